@@ -1,0 +1,1645 @@
+//! The operator's TOML file, parsed into raw serde structs (strings for modes, MACs and ports, so
+//! the messages are ours) and then validated into typed ones. A config is validated completely
+//! before EAL starts; every error names its key and why.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use crate::frame::MacAddr;
+
+/// Why a config was rejected. Display is `<key>: <why>`, so the operator knows where to look.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read config file: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not TOML, a value of the wrong type, or an unknown key. The text is toml's, which already
+    /// names the line, the column and the field.
+    #[error("config: {0}")]
+    Parse(String),
+    /// Well-formed TOML with a value epochgate cannot use.
+    #[error("{key}: {why}")]
+    Invalid { key: String, why: String },
+}
+
+fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        why: why.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed configuration
+// ---------------------------------------------------------------------------------------------
+
+/// A validated configuration: every port parses, every VM is reachable, nothing is duplicated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub eal: EalConfig,
+    pub egress: PortSpec,
+    /// The shared ingress port, on which VMs are told apart by source MAC (and VLAN).
+    pub ingress: Option<PortSpec>,
+    pub control: ControlConfig,
+    pub dataplane: DataplaneConfig,
+    pub vms: Vec<VmConfig>,
+}
+
+/// `[eal]`: what the DPDK environment abstraction layer is started with.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [eal] table")]
+pub struct EalConfig {
+    /// EAL `-l` list, e.g. "0-1" or "0,2-3".
+    pub lcores: String,
+    /// EAL `-m`, in megabytes.
+    pub memory_mb: u32,
+    /// `false` runs without hugepages (`--no-huge`): slow, but needs no host setup.
+    pub hugepages: bool,
+    /// EAL `--file-prefix`, so several instances on one host do not share runtime files.
+    pub file_prefix: String,
+    /// Extra EAL arguments, appended verbatim after the ones epochgate derives.
+    pub args: Vec<String>,
+}
+
+impl Default for EalConfig {
+    fn default() -> Self {
+        EalConfig {
+            lcores: "0-1".to_string(),
+            memory_mb: 512,
+            hugepages: true,
+            file_prefix: "epochgate".to_string(),
+            args: Vec::new(),
+        }
+    }
+}
+
+/// `[control]`: where the VMM shim and the operator talk to epochgate.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [control] table")]
+pub struct ControlConfig {
+    /// The socket the VMM shim uses for epoch fences and commits.
+    pub socket: PathBuf,
+    /// The socket for operator commands (status, mode changes).
+    pub admin_socket: PathBuf,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: PathBuf::from("/run/epochgate/control.sock"),
+            admin_socket: PathBuf::from("/run/epochgate/admin.sock"),
+        }
+    }
+}
+
+/// `[dataplane]`: pool, ring and queue sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [dataplane] table")]
+pub struct DataplaneConfig {
+    /// Mbufs in the packet pool (2^n - 1 is what DPDK's ring-backed pools use best).
+    pub mbufs: u32,
+    /// Per-lcore mempool cache.
+    pub mbuf_cache: u32,
+    /// Descriptors per RX ring: a power of two in 64..=4096.
+    pub rx_ring: u16,
+    /// Descriptors per TX ring: a power of two in 64..=4096.
+    pub tx_ring: u16,
+    /// Frames a VM may have waiting for egress (held until its epoch commits).
+    pub vm_queue: u32,
+    /// How often counters are published.
+    pub stats_interval_ms: u64,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            mbufs: 16383,
+            mbuf_cache: 256,
+            rx_ring: 1024,
+            tx_ring: 1024,
+            vm_queue: 1024,
+            stats_interval_ms: 1000,
+        }
+    }
+}
+
+/// How epochgate treats a VM's outbound frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// Not checkpointed: frames go straight to the egress scheduler.
+    #[default]
+    Passthrough,
+    /// Frames are held until the epoch that produced them is committed.
+    Protected,
+    /// The secondary copy on this host: its frames are dropped (and counted) until it is promoted.
+    Standby,
+}
+
+impl Mode {
+    /// The spelling used in the config file and on the admin socket.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Passthrough => "passthrough",
+            Mode::Protected => "protected",
+            Mode::Standby => "standby",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a string is not a [`Mode`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown mode {0:?} (expected \"passthrough\", \"protected\" or \"standby\")")]
+pub struct ModeParseError(pub String);
+
+impl FromStr for Mode {
+    type Err = ModeParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "passthrough" => Ok(Mode::Passthrough),
+            "protected" => Ok(Mode::Protected),
+            "standby" => Ok(Mode::Standby),
+            _ => Err(ModeParseError(s.to_string())),
+        }
+    }
+}
+
+/// One `[[vm]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmConfig {
+    pub name: String,
+    /// The VM's own port; `None` means it sends on the shared ingress.
+    pub port: Option<PortSpec>,
+    /// On the shared ingress: the source MAC that identifies the VM. On its own port: the VM's
+    /// address for the inbound path; `None` means it is learned from the VM's first frame.
+    pub mac: Option<MacAddr>,
+    /// Outer VLAN id that, together with `mac`, identifies the VM.
+    pub vlan: Option<u16>,
+    pub mode: Mode,
+}
+
+/// A DPDK port as the operator wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PortSpec {
+    /// A virtual device: `spec` is handed to `--vdev`, `name` (before the first comma) is the
+    /// ethdev name.
+    Vdev { spec: String, name: String },
+    /// A PCI device, normalised to DPDK's device name: "0000:03:00.0".
+    Pci { addr: String },
+}
+
+const PORT_SYNTAX: &str =
+    "is neither a vdev spec (net_<driver><n>[,key=value...]) nor a PCI address (0000:03:00.0)";
+
+// DPDK's RTE_ETH_NAME_MAX_LEN is 64 including the terminating NUL.
+const MAX_DEV_NAME: usize = 63;
+
+impl PortSpec {
+    /// Parses a vdev spec or a PCI address; the error says why, quoting `s`.
+    pub fn parse(s: &str) -> Result<PortSpec, String> {
+        if let Some(pci) = parse_pci(s) {
+            return pci.map(|addr| PortSpec::Pci { addr });
+        }
+        if s.starts_with("net_") {
+            return parse_vdev(s).map(|name| PortSpec::Vdev {
+                spec: s.to_string(),
+                name,
+            });
+        }
+        Err(format!("{s:?} {PORT_SYNTAX}"))
+    }
+
+    /// The vdev name or PCI address: what `rte_eth_dev_get_port_by_name` takes.
+    pub fn device_name(&self) -> &str {
+        match self {
+            PortSpec::Vdev { name, .. } => name,
+            PortSpec::Pci { addr } => addr,
+        }
+    }
+
+    /// A PCI device (allow-listed with `-a`) rather than a vdev.
+    pub fn is_pci(&self) -> bool {
+        matches!(self, PortSpec::Pci { .. })
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortSpec::Vdev { spec, .. } => f.write_str(spec),
+            PortSpec::Pci { addr } => f.write_str(addr),
+        }
+    }
+}
+
+/// `None` if `s` does not look like a PCI address at all (so the caller can try a vdev);
+/// otherwise the normalised address or why it is out of range.
+fn parse_pci(s: &str) -> Option<Result<String, String>> {
+    let is_hex = |p: &str, max: usize| {
+        !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    let (domain, bus, devfn) = match parts.as_slice() {
+        [bus, devfn] => ("0", *bus, *devfn),
+        [domain, bus, devfn] => (*domain, *bus, *devfn),
+        _ => return None,
+    };
+    let (dev, func) = devfn.split_once('.')?;
+    // Domains above ffff exist (Intel VMD uses 10000 and up), so allow a full u32.
+    if !(is_hex(domain, 8) && is_hex(bus, 2) && is_hex(dev, 2) && is_hex(func, 2)) {
+        return None;
+    }
+    let hex = |p: &str| u32::from_str_radix(p, 16).unwrap_or(u32::MAX);
+    let (domain, bus, dev, func) = (hex(domain), hex(bus), hex(dev), hex(func));
+    if dev > 0x1f {
+        return Some(Err(format!(
+            "{s:?} is not a valid PCI address: device {dev:#04x} is above 0x1f"
+        )));
+    }
+    if func > 7 {
+        return Some(Err(format!(
+            "{s:?} is not a valid PCI address: function {func:#x} is above 7"
+        )));
+    }
+    // The same format as DPDK's rte_pci_device_name, so the name finds the probed port.
+    Some(Ok(format!("{domain:04x}:{bus:02x}:{dev:02x}.{func:x}")))
+}
+
+/// Checks a spec that starts with "net_"; returns its device name.
+fn parse_vdev(s: &str) -> Result<String, String> {
+    let bad = |why: String| format!("{s:?} is not a valid vdev spec: {why}");
+    let mut items = s.split(',');
+    let name = items.next().unwrap_or_default();
+    let instance = &name["net_".len()..];
+    if instance.is_empty() {
+        return Err(bad(
+            "the driver and instance are missing after \"net_\" (e.g. net_pcap0)".to_string(),
+        ));
+    }
+    if let Some(c) = instance
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+    {
+        return Err(bad(format!(
+            "the device name {name:?} contains {c:?} (allowed: A-Z a-z 0-9 _)"
+        )));
+    }
+    if name.len() > MAX_DEV_NAME {
+        return Err(bad(format!(
+            "the device name is {} characters long (DPDK allows at most {MAX_DEV_NAME})",
+            name.len()
+        )));
+    }
+    for item in items {
+        // A bare key is allowed: some drivers take flags (net_tap's "persist").
+        let (key, value) = item.split_once('=').unwrap_or((item, "x"));
+        let key_ok = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !key_ok {
+            return Err(bad(format!(
+                "parameter {item:?} is not key=value (keys use A-Z a-z 0-9 _ -)"
+            )));
+        }
+        if value.is_empty() {
+            return Err(bad(format!("parameter {key:?} has an empty value")));
+        }
+    }
+    Ok(name.to_string())
+}
+
+impl Config {
+    /// Parses and validates a whole config.
+    pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(s).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        raw.validate()
+    }
+
+    /// Reads, parses and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    /// All ports in a stable order: egress first, then ingress, then VM ports in VM order.
+    pub fn ports(&self) -> Vec<&PortSpec> {
+        std::iter::once(&self.egress)
+            .chain(self.ingress.as_ref())
+            .chain(self.vms.iter().filter_map(|vm| vm.port.as_ref()))
+            .collect()
+    }
+
+    /// The resolved topology as human-readable text (what `epochgate check-config` prints).
+    pub fn topology(&self) -> String {
+        let mut out = String::new();
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        let eal = eal_args(&self.eal, &self.ports());
+        line(format!(
+            "EAL:       {}",
+            eal.iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        line(format!("egress:    {}", describe_port(&self.egress)));
+        match &self.ingress {
+            Some(p) => line(format!("ingress:   {}", describe_port(p))),
+            None => line("ingress:   none (every VM has its own port)".to_string()),
+        }
+        for vm in &self.vms {
+            let mut s = format!("vm {:?}: {}, ", vm.name, vm.mode);
+            match &vm.port {
+                Some(p) => {
+                    s.push_str(&format!("port {}", describe_port(p)));
+                    match vm.mac {
+                        Some(mac) => s.push_str(&format!(", mac {mac}")),
+                        None => s.push_str(", mac learned from its first frame"),
+                    }
+                }
+                None => {
+                    s.push_str("shared ingress");
+                    if let Some(mac) = vm.mac {
+                        s.push_str(&format!(", mac {mac}"));
+                    }
+                }
+            }
+            if let Some(vlan) = vm.vlan {
+                s.push_str(&format!(", vlan {vlan}"));
+            }
+            line(s);
+        }
+        line(format!(
+            "control:   socket {}, admin socket {}",
+            self.control.socket.display(),
+            self.control.admin_socket.display()
+        ));
+        let d = &self.dataplane;
+        line(format!(
+            "dataplane: {} mbufs (cache {}), rx ring {}, tx ring {}, vm queue {} frames, stats every {} ms",
+            d.mbufs, d.mbuf_cache, d.rx_ring, d.tx_ring, d.vm_queue, d.stats_interval_ms
+        ));
+        out
+    }
+}
+
+fn describe_port(p: &PortSpec) -> String {
+    match p {
+        PortSpec::Vdev { spec, name } if spec != name => format!("{spec} (vdev {name})"),
+        PortSpec::Vdev { spec, .. } => format!("{spec} (vdev)"),
+        PortSpec::Pci { addr } => format!("{addr} (PCI)"),
+    }
+}
+
+// Only for display, so the printed EAL line can be pasted into a shell.
+fn shell_quote(a: &str) -> String {
+    let plain = !a.is_empty()
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.,:=/@+%".contains(&b));
+    if plain {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+/// EAL arguments for `cfg` and `ports` (in [`Config::ports`] order). PCI ports are allow-listed
+/// with `-a` so EAL never probes other devices; with no PCI port at all, `--no-pci`.
+pub fn eal_args(cfg: &EalConfig, ports: &[&PortSpec]) -> Vec<String> {
+    let mut v: Vec<String> = vec!["epochgate".into(), "-l".into(), cfg.lcores.clone()];
+    if !cfg.hugepages {
+        v.push("--no-huge".into());
+    }
+    v.extend([
+        "-m".into(),
+        cfg.memory_mb.to_string(),
+        "--file-prefix".into(),
+        cfg.file_prefix.clone(),
+    ]);
+    let mut any_pci = false;
+    for p in ports {
+        if let PortSpec::Pci { addr } = p {
+            any_pci = true;
+            v.extend(["-a".into(), addr.clone()]);
+        }
+    }
+    if !any_pci {
+        v.push("--no-pci".into());
+    }
+    for p in ports {
+        if let PortSpec::Vdev { spec, .. } = p {
+            v.extend(["--vdev".into(), spec.clone()]);
+        }
+    }
+    v.extend(cfg.args.iter().cloned());
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw configuration and validation
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    eal: EalConfig,
+    // Option rather than required, so a missing [egress] gets our message, not serde's.
+    egress: Option<RawPort>,
+    ingress: Option<RawPort>,
+    #[serde(default)]
+    control: ControlConfig,
+    #[serde(default)]
+    dataplane: DataplaneConfig,
+    #[serde(default)]
+    vm: Vec<RawVm>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table with a `port` key")]
+struct RawPort {
+    port: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[vm]] table")]
+struct RawVm {
+    name: Option<String>,
+    port: Option<String>,
+    mac: Option<String>,
+    // i64, TOML's integer, so 5000 and -1 get our range message rather than serde's.
+    vlan: Option<i64>,
+    mode: Option<String>,
+}
+
+const EGRESS_WHY: &str = "epochgate needs an egress port (a vdev spec such as \"net_pcap0,tx_pcap=out.pcap\" or a PCI address)";
+const NAME_MAX: usize = 32;
+const RING_MIN: u16 = 64;
+const RING_MAX: u16 = 4096;
+const MEMORY_MIN_MB: u32 = 64;
+const MBUFS_MIN: u32 = 1023;
+// RTE_MEMPOOL_CACHE_MAX_SIZE: rte_pktmbuf_pool_create refuses larger caches.
+const MBUF_CACHE_MAX: u32 = 512;
+const VM_QUEUE_MIN: u32 = 32;
+const VLAN_MAX: i64 = 4094;
+
+/// EAL options that epochgate derives from other keys; passing them again in `eal.args` would
+/// contradict (or, for devices, bypass) the validated config. (option, the key that sets it)
+const MANAGED_EAL_OPTIONS: &[(&str, &str)] = &[
+    ("-l", "eal.lcores"),
+    ("--lcores", "eal.lcores"),
+    ("-c", "eal.lcores"),
+    ("-m", "eal.memory_mb"),
+    (
+        "--socket-mem",
+        "eal.memory_mb (EAL rejects it together with -m)",
+    ),
+    ("--no-huge", "eal.hugepages"),
+    ("--file-prefix", "eal.file_prefix"),
+    ("--no-pci", "the configured ports"),
+    ("-a", "the configured ports"),
+    ("--allow", "the configured ports"),
+    ("-b", "the configured ports"),
+    ("--block", "the configured ports"),
+    ("--vdev", "the configured ports"),
+];
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let eal = validate_eal(self.eal)?;
+
+        let egress = match self.egress {
+            None => {
+                return Err(invalid(
+                    "egress",
+                    format!("missing [egress] section: {EGRESS_WHY}"),
+                ))
+            }
+            Some(RawPort { port: None }) => {
+                return Err(invalid("egress.port", format!("missing: {EGRESS_WHY}")))
+            }
+            Some(RawPort { port: Some(p) }) => {
+                PortSpec::parse(&p).map_err(|why| invalid("egress.port", why))?
+            }
+        };
+        let ingress = match self.ingress {
+            None => None,
+            Some(RawPort { port: None }) => {
+                return Err(invalid(
+                    "ingress.port",
+                    "missing: an [ingress] section needs a port (or remove the section if every VM has its own port)",
+                ))
+            }
+            Some(RawPort { port: Some(p) }) => {
+                Some(PortSpec::parse(&p).map_err(|why| invalid("ingress.port", why))?)
+            }
+        };
+
+        let control = validate_control(self.control)?;
+        let dataplane = validate_dataplane(self.dataplane)?;
+
+        if self.vm.is_empty() {
+            return Err(invalid(
+                "vm",
+                "no [[vm]] entries: epochgate needs at least one VM to forward for",
+            ));
+        }
+        let mut vms = Vec::with_capacity(self.vm.len());
+        let mut names: HashMap<String, usize> = HashMap::new();
+        // (mac, vlan) -> label of the VM that has it: the pair is what the data plane matches on.
+        let mut addrs: HashMap<(MacAddr, Option<u16>), String> = HashMap::new();
+        for (i, raw) in self.vm.into_iter().enumerate() {
+            let vm = validate_vm(i, raw, ingress.is_some())?;
+            if let Some(&j) = names.get(&vm.name) {
+                return Err(invalid(
+                    format!("vm[{i}].name"),
+                    format!("duplicate VM name {:?} (also vm[{j}])", vm.name),
+                ));
+            }
+            names.insert(vm.name.clone(), i);
+            let label = vm_label(i, &vm.name);
+            if let Some(mac) = vm.mac {
+                if let Some(other) = addrs.get(&(mac, vm.vlan)) {
+                    let on_vlan = vm.vlan.map(|v| format!(" on VLAN {v}")).unwrap_or_default();
+                    return Err(invalid(
+                        format!("{label}.mac"),
+                        format!("duplicate MAC {mac}{on_vlan} (also {other})"),
+                    ));
+                }
+                addrs.insert((mac, vm.vlan), label);
+            }
+            vms.push(vm);
+        }
+
+        let config = Config {
+            eal,
+            egress,
+            ingress,
+            control,
+            dataplane,
+            vms,
+        };
+        check_devices_unique(&config)?;
+        Ok(config)
+    }
+}
+
+fn vm_label(i: usize, name: &str) -> String {
+    format!("vm[{i}] (\"{name}\")")
+}
+
+fn validate_eal(eal: EalConfig) -> Result<EalConfig, ConfigError> {
+    if eal.lcores.is_empty() {
+        return Err(invalid(
+            "eal.lcores",
+            "is empty: EAL needs at least one lcore (e.g. \"0-1\")",
+        ));
+    }
+    if let Some(c) = eal
+        .lcores
+        .chars()
+        .find(|c| !(c.is_ascii_digit() || ",-@()".contains(*c)))
+    {
+        return Err(invalid(
+            "eal.lcores",
+            format!(
+                "{:?} contains {c:?} (allowed: digits, ',', '-', '@', '(', ')')",
+                eal.lcores
+            ),
+        ));
+    }
+    if eal.memory_mb < MEMORY_MIN_MB {
+        return Err(invalid(
+            "eal.memory_mb",
+            format!(
+                "{} is too small (at least {MEMORY_MIN_MB}: the mbuf pool and rings must fit)",
+                eal.memory_mb
+            ),
+        ));
+    }
+    if eal.file_prefix.is_empty() {
+        return Err(invalid(
+            "eal.file_prefix",
+            "is empty: EAL names its runtime files after it",
+        ));
+    }
+    if eal.file_prefix.contains('/') {
+        return Err(invalid(
+            "eal.file_prefix",
+            format!(
+                "{:?} contains '/': it is a file name prefix, not a path",
+                eal.file_prefix
+            ),
+        ));
+    }
+    for (k, arg) in eal.args.iter().enumerate() {
+        if let Some(set_by) = managed_option(arg) {
+            return Err(invalid(
+                format!("eal.args[{k}]"),
+                format!("{arg:?} is set by epochgate from {set_by}; use that instead"),
+            ));
+        }
+    }
+    Ok(eal)
+}
+
+/// The key that sets `arg`, if `arg` is an option epochgate passes itself ("-l", "-l0-3",
+/// "--vdev", "--vdev=...").
+fn managed_option(arg: &str) -> Option<&'static str> {
+    MANAGED_EAL_OPTIONS.iter().find_map(|&(opt, key)| {
+        let hit = if opt.starts_with("--") {
+            arg == opt || arg.strip_prefix(opt).is_some_and(|r| r.starts_with('='))
+        } else {
+            // Short options take their value attached or separate: "-l0-3" or "-l" "0-3".
+            arg.starts_with(opt) && !arg.starts_with("--")
+        };
+        hit.then_some(key)
+    })
+}
+
+fn validate_control(control: ControlConfig) -> Result<ControlConfig, ConfigError> {
+    for (key, path) in [
+        ("control.socket", &control.socket),
+        ("control.admin_socket", &control.admin_socket),
+    ] {
+        if path.as_os_str().is_empty() {
+            return Err(invalid(key, "is empty: it must be a socket path"));
+        }
+    }
+    if control.socket == control.admin_socket {
+        return Err(invalid(
+            "control.admin_socket",
+            format!(
+                "{:?} is also control.socket: the two sockets need different paths",
+                control.admin_socket
+            ),
+        ));
+    }
+    Ok(control)
+}
+
+fn validate_dataplane(d: DataplaneConfig) -> Result<DataplaneConfig, ConfigError> {
+    if d.mbufs < MBUFS_MIN {
+        return Err(invalid(
+            "dataplane.mbufs",
+            format!("{} is too few (at least {MBUFS_MIN})", d.mbufs),
+        ));
+    }
+    if d.mbuf_cache > MBUF_CACHE_MAX {
+        return Err(invalid(
+            "dataplane.mbuf_cache",
+            format!(
+                "{} is above DPDK's per-lcore cache maximum of {MBUF_CACHE_MAX}",
+                d.mbuf_cache
+            ),
+        ));
+    }
+    // DPDK also wants 1.5 x cache <= mbufs; the two bounds above already guarantee it.
+    for (key, n) in [
+        ("dataplane.rx_ring", d.rx_ring),
+        ("dataplane.tx_ring", d.tx_ring),
+    ] {
+        if !(n.is_power_of_two() && (RING_MIN..=RING_MAX).contains(&n)) {
+            return Err(invalid(
+                key,
+                format!("{n} is not a power of two in {RING_MIN}..={RING_MAX}"),
+            ));
+        }
+    }
+    if d.vm_queue < VM_QUEUE_MIN {
+        return Err(invalid(
+            "dataplane.vm_queue",
+            format!(
+                "{} is too small (at least {VM_QUEUE_MIN} frames)",
+                d.vm_queue
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+fn check_vm_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!(
+            "is empty: a VM name needs 1 to {NAME_MAX} characters from A-Z a-z 0-9 _ . -"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c)))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?} (allowed: A-Z a-z 0-9 _ . -)"
+        ));
+    }
+    if name.len() > NAME_MAX {
+        return Err(format!(
+            "{name:?} is {} characters long (at most {NAME_MAX})",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Validates one VM on its own; names and addresses across VMs are the caller's business.
+fn validate_vm(i: usize, raw: RawVm, have_ingress: bool) -> Result<VmConfig, ConfigError> {
+    let name = raw.name.ok_or_else(|| {
+        invalid(
+            format!("vm[{i}].name"),
+            format!("missing: every VM needs a name (1 to {NAME_MAX} characters from A-Z a-z 0-9 _ . -)"),
+        )
+    })?;
+    check_vm_name(&name).map_err(|why| invalid(format!("vm[{i}].name"), why))?;
+    let label = vm_label(i, &name);
+
+    let mode = match raw.mode {
+        None => Mode::default(),
+        Some(m) => m
+            .parse()
+            .map_err(|e: ModeParseError| invalid(format!("{label}.mode"), e.to_string()))?,
+    };
+    let port = raw
+        .port
+        .map(|p| PortSpec::parse(&p))
+        .transpose()
+        .map_err(|why| invalid(format!("{label}.port"), why))?;
+    let mac = match raw.mac {
+        None => None,
+        Some(m) => {
+            let mac: MacAddr = m.parse().map_err(|e: crate::frame::MacParseError| {
+                invalid(format!("{label}.mac"), e.to_string())
+            })?;
+            if mac.is_group() {
+                return Err(invalid(
+                    format!("{label}.mac"),
+                    format!("{mac} is a group (multicast or broadcast) address: a VM's MAC must be unicast"),
+                ));
+            }
+            if !mac.is_unicast() {
+                return Err(invalid(
+                    format!("{label}.mac"),
+                    format!(
+                        "{mac} is the all-zero address: a VM's MAC must be a real unicast address"
+                    ),
+                ));
+            }
+            Some(mac)
+        }
+    };
+    let vlan = match raw.vlan {
+        None => None,
+        Some(v) if !(0..=VLAN_MAX).contains(&v) => {
+            return Err(invalid(
+                format!("{label}.vlan"),
+                format!("{v} is out of range (expected 0..={VLAN_MAX})"),
+            ))
+        }
+        Some(_) if mac.is_none() => {
+            return Err(invalid(
+                format!("{label}.vlan"),
+                "a VLAN without a mac identifies nothing: a VM is recognised by mac + VLAN",
+            ))
+        }
+        Some(v) => u16::try_from(v).ok(),
+    };
+
+    if port.is_none() && !(mac.is_some() && have_ingress) {
+        const BOTH: &str = "needs either its own port (vm.port) or a mac on the shared ingress ([ingress] port and vm.mac)";
+        let detail = match (mac.is_some(), have_ingress) {
+            (false, true) => "it has neither",
+            (true, false) => "it has a mac but there is no [ingress] section",
+            _ => "it has no port or mac, and there is no [ingress] section",
+        };
+        return Err(invalid(label, format!("{BOTH}: {detail}")));
+    }
+
+    Ok(VmConfig {
+        name,
+        port,
+        mac,
+        vlan,
+        mode,
+    })
+}
+
+/// Two keys naming the same device would make EAL probe it once and epochgate use it twice.
+fn check_devices_unique(cfg: &Config) -> Result<(), ConfigError> {
+    let mut keyed: Vec<(String, &PortSpec)> = vec![("egress.port".to_string(), &cfg.egress)];
+    if let Some(p) = &cfg.ingress {
+        keyed.push(("ingress.port".to_string(), p));
+    }
+    for (i, vm) in cfg.vms.iter().enumerate() {
+        if let Some(p) = &vm.port {
+            keyed.push((format!("{}.port", vm_label(i, &vm.name)), p));
+        }
+    }
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for (key, p) in &keyed {
+        let dev = p.device_name();
+        if let Some(other) = seen.get(dev) {
+            return Err(invalid(
+                key.as_str(),
+                format!("device {dev} is already used by {other}: each port needs its own device"),
+            ));
+        }
+        seen.insert(dev, key);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MINIMAL: &str = r#"
+[egress]
+port = "net_pcap0,tx_pcap=out.pcap"
+
+[[vm]]
+name = "web"
+port = "net_vhost0,iface=/tmp/web.sock"
+"#;
+
+    const FULL: &str = r#"
+[eal]
+lcores = "0,2-3"
+memory_mb = 1024
+hugepages = false
+file_prefix = "eg1"
+args = ["--log-level=lib.eal:debug", "--huge-dir=/mnt/huge"]
+
+[egress]
+port = "0000:03:00.0"
+
+[ingress]
+port = "net_pcap1,rx_pcap=in.pcap"
+
+[control]
+socket = "/tmp/eg/control.sock"
+admin_socket = "/tmp/eg/admin.sock"
+
+[dataplane]
+mbufs = 8191
+mbuf_cache = 128
+rx_ring = 512
+tx_ring = 2048
+vm_queue = 4096
+stats_interval_ms = 250
+
+[[vm]]
+name = "web"
+port = "net_vhost0,iface=/tmp/web.sock,queues=1"
+mode = "protected"
+
+[[vm]]
+name = "db"
+mac = "52:54:00:00:00:02"
+vlan = 10
+mode = "standby"
+
+[[vm]]
+name = "cache.1"
+port = "04:00.1"
+mac = "52:54:00:00:00:03"
+"#;
+
+    fn err(toml: &str) -> String {
+        match Config::from_toml_str(toml) {
+            Ok(c) => panic!("accepted:\n{toml}\n=> {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn mac(s: &str) -> MacAddr {
+        s.parse().unwrap()
+    }
+
+    fn vdev(spec: &str) -> PortSpec {
+        PortSpec::parse(spec).unwrap()
+    }
+
+    fn assert_contains(text: &str, parts: &[&str]) {
+        for p in parts {
+            assert!(text.contains(p), "{text:?} does not contain {p:?}");
+        }
+    }
+
+    #[test]
+    fn full_config_parses_every_key() {
+        let c = Config::from_toml_str(FULL).unwrap();
+        assert_eq!(
+            c.eal,
+            EalConfig {
+                lcores: "0,2-3".into(),
+                memory_mb: 1024,
+                hugepages: false,
+                file_prefix: "eg1".into(),
+                args: vec![
+                    "--log-level=lib.eal:debug".into(),
+                    "--huge-dir=/mnt/huge".into()
+                ],
+            }
+        );
+        assert_eq!(
+            c.egress,
+            PortSpec::Pci {
+                addr: "0000:03:00.0".into()
+            }
+        );
+        assert_eq!(
+            c.ingress,
+            Some(PortSpec::Vdev {
+                spec: "net_pcap1,rx_pcap=in.pcap".into(),
+                name: "net_pcap1".into()
+            })
+        );
+        assert_eq!(
+            c.control,
+            ControlConfig {
+                socket: "/tmp/eg/control.sock".into(),
+                admin_socket: "/tmp/eg/admin.sock".into(),
+            }
+        );
+        assert_eq!(
+            c.dataplane,
+            DataplaneConfig {
+                mbufs: 8191,
+                mbuf_cache: 128,
+                rx_ring: 512,
+                tx_ring: 2048,
+                vm_queue: 4096,
+                stats_interval_ms: 250,
+            }
+        );
+        assert_eq!(
+            c.vms,
+            vec![
+                VmConfig {
+                    name: "web".into(),
+                    port: Some(vdev("net_vhost0,iface=/tmp/web.sock,queues=1")),
+                    mac: None,
+                    vlan: None,
+                    mode: Mode::Protected,
+                },
+                VmConfig {
+                    name: "db".into(),
+                    port: None,
+                    mac: Some(mac("52:54:00:00:00:02")),
+                    vlan: Some(10),
+                    mode: Mode::Standby,
+                },
+                VmConfig {
+                    name: "cache.1".into(),
+                    port: Some(PortSpec::Pci {
+                        addr: "0000:04:00.1".into()
+                    }),
+                    mac: Some(mac("52:54:00:00:00:03")),
+                    vlan: None,
+                    mode: Mode::Passthrough,
+                },
+            ]
+        );
+        let names: Vec<&str> = c.ports().iter().map(|p| p.device_name()).collect();
+        assert_eq!(
+            names,
+            ["0000:03:00.0", "net_pcap1", "net_vhost0", "0000:04:00.1"]
+        );
+    }
+
+    #[test]
+    fn absent_sections_take_defaults() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(c.eal, EalConfig::default());
+        assert_eq!(c.eal.lcores, "0-1");
+        assert_eq!(c.eal.memory_mb, 512);
+        assert!(c.eal.hugepages);
+        assert_eq!(c.eal.file_prefix, "epochgate");
+        assert_eq!(c.control.socket, Path::new("/run/epochgate/control.sock"));
+        assert_eq!(
+            c.control.admin_socket,
+            Path::new("/run/epochgate/admin.sock")
+        );
+        assert_eq!(c.dataplane, DataplaneConfig::default());
+        assert_eq!(c.dataplane.mbufs, 16383);
+        assert_eq!(c.ingress, None);
+        assert_eq!(c.vms[0].mode, Mode::Passthrough);
+        assert_eq!(c.vms[0].mac, None);
+    }
+
+    #[test]
+    fn partial_sections_keep_other_defaults() {
+        let c = Config::from_toml_str(&format!(
+            "[eal]\nmemory_mb = 256\n[dataplane]\nrx_ring = 256\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.eal.memory_mb, 256);
+        assert_eq!(c.eal.lcores, "0-1");
+        assert_eq!(c.dataplane.rx_ring, 256);
+        assert_eq!(c.dataplane.tx_ring, 1024);
+    }
+
+    const EGRESS: &str = "[egress]\nport = \"net_pcap0,tx_pcap=out.pcap\"\n";
+    const INGRESS: &str = "[ingress]\nport = \"net_pcap1,rx_pcap=in.pcap\"\n";
+
+    #[test]
+    fn vm_errors_name_the_vm_and_key() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "[[vm]]\nname = \"web\"\nmac = \"52:54:00:00:00:01\"\n[[vm]]\nname = \"db\"\nmac = \"52:54:zz:00:00:01\"\n",
+                &["vm[1] (\"db\").mac: \"52:54:zz:00:00:01\" is not a MAC address (expected"],
+            ),
+            (
+                "[[vm]]\nname = \"web\"\nmac = \"52:54:00:00:00:01\"\n[[vm]]\nname = \"db\"\nmac = \"52:54:00:00:00:02\"\n[[vm]]\nname = \"web\"\nmac = \"52:54:00:00:00:03\"\n",
+                &["vm[2].name: duplicate VM name \"web\" (also vm[0])"],
+            ),
+            (
+                "[[vm]]\nname = \"a\"\nmac = \"52:54:00:00:00:09\"\n[[vm]]\nname = \"y\"\nmac = \"52:54:00:00:00:01\"\n[[vm]]\nname = \"b\"\nmac = \"52:54:00:00:00:08\"\n[[vm]]\nname = \"x\"\nmac = \"52:54:00:00:00:01\"\n",
+                &["vm[3] (\"x\").mac: duplicate MAC 52:54:00:00:00:01 (also vm[1] (\"y\"))"],
+            ),
+            (
+                // A port VM's mac still may not clash with a shared-ingress VM's.
+                "[[vm]]\nname = \"y\"\nmac = \"52:54:00:00:00:01\"\nvlan = 7\n[[vm]]\nname = \"x\"\nport = \"net_tap0\"\nmac = \"52:54:00:00:00:01\"\nvlan = 7\n",
+                &["vm[1] (\"x\").mac: duplicate MAC 52:54:00:00:00:01 on VLAN 7 (also vm[0] (\"y\"))"],
+            ),
+            (
+                "[[vm]]\nname = \"web\"\nmac = \"52:54:00:00:00:01\"\nmode = \"protectd\"\n",
+                &["vm[0] (\"web\").mode: unknown mode \"protectd\" (expected \"passthrough\", \"protected\" or \"standby\")"],
+            ),
+            (
+                "[[vm]]\nname = \"web\"\nmac = \"01:00:5e:00:00:01\"\n",
+                &["vm[0] (\"web\").mac:", "group", "unicast"],
+            ),
+            (
+                "[[vm]]\nname = \"web\"\nmac = \"00:00:00:00:00:00\"\n",
+                &["vm[0] (\"web\").mac:", "all-zero"],
+            ),
+            (
+                "[[vm]]\nname = \"web\"\nmac = \"52:54:00:00:00:01\"\nvlan = 4095\n",
+                &["vm[0] (\"web\").vlan: 4095 is out of range (expected 0..=4094)"],
+            ),
+            (
+                "[[vm]]\nname = \"web\"\nmac = \"52:54:00:00:00:01\"\nvlan = -1\n",
+                &["vm[0] (\"web\").vlan: -1 is out of range"],
+            ),
+            (
+                "[[vm]]\nname = \"web\"\nport = \"net_tap0\"\nvlan = 5\n",
+                &["vm[0] (\"web\").vlan:", "without a mac"],
+            ),
+            (
+                "[[vm]]\nname = \"web\"\nmac = \"52:54:00:00:00:01\"\n[[vm]]\nname = \"db\"\n",
+                &["vm[1] (\"db\"): needs either its own port (vm.port) or a mac on the shared ingress ([ingress] port and vm.mac)", "neither"],
+            ),
+            (
+                "[[vm]]\nport = \"net_tap0\"\n",
+                &["vm[0].name: missing"],
+            ),
+            (
+                "[[vm]]\nname = \"\"\nport = \"net_tap0\"\n",
+                &["vm[0].name: is empty"],
+            ),
+            (
+                "[[vm]]\nname = \"my vm\"\nport = \"net_tap0\"\n",
+                &["vm[0].name: \"my vm\" contains ' '"],
+            ),
+            (
+                "[[vm]]\nname = \"abcdefghijklmnopqrstuvwxyz0123456\"\nport = \"net_tap0\"\n",
+                &["vm[0].name:", "33 characters long (at most 32)"],
+            ),
+            (
+                "[[vm]]\nname = \"web\"\nport = \"eth0\"\n",
+                &["vm[0] (\"web\").port: \"eth0\" is neither a vdev spec"],
+            ),
+            ("", &["vm: no [[vm]] entries"]),
+        ];
+        for (vms, expected) in cases {
+            let text = format!("{EGRESS}{INGRESS}{vms}");
+            assert_contains(&err(&text), expected);
+        }
+    }
+
+    #[test]
+    fn shared_ingress_vm_without_ingress_says_so() {
+        let e = err(&format!(
+            "{EGRESS}[[vm]]\nname = \"db\"\nmac = \"52:54:00:00:00:01\"\n"
+        ));
+        assert_contains(
+            &e,
+            &["vm[0] (\"db\"): needs either", "no [ingress] section"],
+        );
+        let e = err(&format!("{EGRESS}[[vm]]\nname = \"db\"\n"));
+        assert_contains(&e, &["vm[0] (\"db\"): needs either", "no port or mac"]);
+    }
+
+    #[test]
+    fn same_mac_on_different_vlans_is_fine() {
+        let c = Config::from_toml_str(&format!(
+            "{EGRESS}{INGRESS}[[vm]]\nname = \"a\"\nmac = \"52:54:00:00:00:01\"\nvlan = 1\n[[vm]]\nname = \"b\"\nmac = \"52:54:00:00:00:01\"\nvlan = 2\n[[vm]]\nname = \"c\"\nmac = \"52:54:00:00:00:01\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.vms.len(), 3);
+    }
+
+    #[test]
+    fn section_errors_name_the_key() {
+        let vm = "[[vm]]\nname = \"web\"\nport = \"net_tap0\"\n";
+        let cases: &[(String, &[&str])] = &[
+            (
+                vm.to_string(),
+                &["egress: missing [egress] section: epochgate needs an egress port (a vdev spec such as \"net_pcap0,tx_pcap=out.pcap\" or a PCI address)"],
+            ),
+            (format!("[egress]\n{vm}"), &["egress.port: missing"]),
+            (format!("{EGRESS}[ingress]\n{vm}"), &["ingress.port: missing"]),
+            (
+                format!("[egress]\nport = \"eth0\"\n{vm}"),
+                &["egress.port: \"eth0\" is neither a vdev spec (net_<driver><n>[,key=value...]) nor a PCI address (0000:03:00.0)"],
+            ),
+            (
+                format!("[egress]\nport = \"0000:03:00.0\"\n[ingress]\nport = \"03:00.0\"\n{vm}"),
+                &["ingress.port: device 0000:03:00.0 is already used by egress.port"],
+            ),
+            (
+                format!("{EGRESS}{INGRESS}[[vm]]\nname = \"web\"\nport = \"net_pcap1,iface=x\"\n"),
+                &["vm[0] (\"web\").port: device net_pcap1 is already used by ingress.port"],
+            ),
+            (
+                format!("{EGRESS}[[vm]]\nname = \"a\"\nport = \"net_tap0\"\n[[vm]]\nname = \"b\"\nport = \"net_tap0,iface=t0\"\n"),
+                &["vm[1] (\"b\").port: device net_tap0 is already used by vm[0] (\"a\").port"],
+            ),
+            (format!("[eal]\nlcores = \"\"\n{EGRESS}{vm}"), &["eal.lcores: is empty"]),
+            (format!("[eal]\nlcores = \"0-1 \"\n{EGRESS}{vm}"), &["eal.lcores: \"0-1 \" contains ' '"]),
+            (format!("[eal]\nlcores = \"1@(0,1)\"\nmemory_mb = 32\n{EGRESS}{vm}"), &["eal.memory_mb: 32 is too small"]),
+            (format!("[eal]\nfile_prefix = \"\"\n{EGRESS}{vm}"), &["eal.file_prefix: is empty"]),
+            (format!("[eal]\nfile_prefix = \"a/b\"\n{EGRESS}{vm}"), &["eal.file_prefix: \"a/b\" contains '/'"]),
+            (format!("[eal]\nargs = [\"-n\", \"4\", \"-l3\"]\n{EGRESS}{vm}"), &["eal.args[2]: \"-l3\" is set by epochgate from eal.lcores"]),
+            (format!("[eal]\nargs = [\"--vdev=net_null0\"]\n{EGRESS}{vm}"), &["eal.args[0]:", "configured ports"]),
+            (format!("[eal]\nargs = [\"-a\", \"0000:05:00.0\"]\n{EGRESS}{vm}"), &["eal.args[0]:", "configured ports"]),
+            (format!("[control]\nsocket = \"/tmp/a\"\nadmin_socket = \"/tmp/a\"\n{EGRESS}{vm}"), &["control.admin_socket:", "also control.socket"]),
+            (format!("[control]\nsocket = \"\"\n{EGRESS}{vm}"), &["control.socket: is empty"]),
+            (format!("[dataplane]\nmbufs = 1000\n{EGRESS}{vm}"), &["dataplane.mbufs: 1000 is too few (at least 1023)"]),
+            (format!("[dataplane]\nmbufs = 1023\nmbuf_cache = 1000\n{EGRESS}{vm}"), &["dataplane.mbuf_cache: 1000 is above"]),
+            (format!("[dataplane]\nrx_ring = 1000\n{EGRESS}{vm}"), &["dataplane.rx_ring: 1000 is not a power of two in 64..=4096"]),
+            (format!("[dataplane]\ntx_ring = 32\n{EGRESS}{vm}"), &["dataplane.tx_ring: 32 is not a power of two"]),
+            (format!("[dataplane]\ntx_ring = 8192\n{EGRESS}{vm}"), &["dataplane.tx_ring: 8192"]),
+            (format!("[dataplane]\nvm_queue = 31\n{EGRESS}{vm}"), &["dataplane.vm_queue: 31 is too small"]),
+        ];
+        for (text, expected) in cases {
+            assert_contains(&err(text), expected);
+        }
+    }
+
+    #[test]
+    fn unknown_keys_fail_naming_the_field() {
+        let vm = "[[vm]]\nname = \"web\"\nport = \"net_tap0\"\n";
+        for (text, field) in [
+            (format!("lcore = \"0\"\n{EGRESS}{vm}"), "lcore"),
+            (format!("[eal]\nlcore = \"0\"\n{EGRESS}{vm}"), "lcore"),
+            (
+                format!("{EGRESS}[[vm]]\nname = \"web\"\nport = \"net_tap0\"\nvlna = 3\n"),
+                "vlna",
+            ),
+            (format!("{EGRESS}\negres = 1\n{vm}"), "egres"),
+            (
+                format!("[dataplane]\nrx_rings = 64\n{EGRESS}{vm}"),
+                "rx_rings",
+            ),
+            (format!("[contrl]\n{EGRESS}{vm}"), "contrl"),
+        ] {
+            let e = Config::from_toml_str(&text).unwrap_err();
+            assert!(matches!(e, ConfigError::Parse(_)), "{e}");
+            assert_contains(
+                &e.to_string(),
+                &[
+                    "config: TOML parse error at line",
+                    &format!("unknown field `{field}`"),
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_parse_errors_with_a_line() {
+        let e = err(&format!("[eal]\nmemory_mb = \"lots\"\n{MINIMAL}"));
+        assert_contains(&e, &["config: TOML parse error at line 2", "memory_mb"]);
+        let e = err(&format!("[dataplane]\nrx_ring = 70000\n{MINIMAL}"));
+        assert_contains(&e, &["line 2", "u16"]);
+    }
+
+    #[test]
+    fn port_specs() {
+        let ok: &[(&str, PortSpec)] = &[
+            (
+                "03:00.0",
+                PortSpec::Pci {
+                    addr: "0000:03:00.0".into(),
+                },
+            ),
+            (
+                "0000:03:00.0",
+                PortSpec::Pci {
+                    addr: "0000:03:00.0".into(),
+                },
+            ),
+            (
+                "0000:AF:1F.7",
+                PortSpec::Pci {
+                    addr: "0000:af:1f.7".into(),
+                },
+            ),
+            (
+                "10000:01:00.0",
+                PortSpec::Pci {
+                    addr: "10000:01:00.0".into(),
+                },
+            ),
+            (
+                "net_pcap0",
+                PortSpec::Vdev {
+                    spec: "net_pcap0".into(),
+                    name: "net_pcap0".into(),
+                },
+            ),
+            (
+                "net_pcap0,tx_pcap=out.pcap",
+                PortSpec::Vdev {
+                    spec: "net_pcap0,tx_pcap=out.pcap".into(),
+                    name: "net_pcap0".into(),
+                },
+            ),
+            (
+                "net_tap0,iface=tap0,persist",
+                PortSpec::Vdev {
+                    spec: "net_tap0,iface=tap0,persist".into(),
+                    name: "net_tap0".into(),
+                },
+            ),
+        ];
+        for (s, want) in ok {
+            assert_eq!(&PortSpec::parse(s).unwrap(), want, "{s}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("eth0", "is neither"),
+            ("", "is neither"),
+            ("net_", "missing after"),
+            ("net_pcap 0", "contains ' '"),
+            ("net_pcap0,", "is not key=value"),
+            ("net_pcap0,,a=b", "is not key=value"),
+            ("net_pcap0,tx_pcap=", "empty value"),
+            ("0000:03:20.0", "device 0x20 is above 0x1f"),
+            ("0000:03:00.8", "function 0x8 is above 7"),
+            ("0000:003:00.0", "is neither"),
+            ("03:00", "is neither"),
+            ("eth_pcap0", "is neither"),
+        ];
+        for (s, why) in bad {
+            let e = PortSpec::parse(s).unwrap_err();
+            assert!(
+                e.contains(why) && e.contains(&format!("{s:?}")),
+                "{s:?}: {e}"
+            );
+        }
+        let p = PortSpec::parse("03:00.0").unwrap();
+        assert!(p.is_pci());
+        assert_eq!(p.to_string(), "0000:03:00.0");
+        assert_eq!(p.device_name(), "0000:03:00.0");
+        let v = vdev("net_pcap0,tx_pcap=out.pcap");
+        assert!(!v.is_pci());
+        assert_eq!(v.to_string(), "net_pcap0,tx_pcap=out.pcap");
+        assert_eq!(v.device_name(), "net_pcap0");
+    }
+
+    #[test]
+    fn modes_round_trip() {
+        for m in [Mode::Passthrough, Mode::Protected, Mode::Standby] {
+            assert_eq!(m.to_string().parse::<Mode>(), Ok(m));
+        }
+        assert!("Protected".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn eal_args_with_only_vdevs() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        let args = eal_args(&c.eal, &c.ports());
+        assert_eq!(
+            args,
+            [
+                "epochgate",
+                "-l",
+                "0-1",
+                "-m",
+                "512",
+                "--file-prefix",
+                "epochgate",
+                "--no-pci",
+                "--vdev",
+                "net_pcap0,tx_pcap=out.pcap",
+                "--vdev",
+                "net_vhost0,iface=/tmp/web.sock",
+            ]
+        );
+    }
+
+    #[test]
+    fn eal_args_with_pci_ports_allow_list_them() {
+        let c = Config::from_toml_str(FULL).unwrap();
+        let args = eal_args(&c.eal, &c.ports());
+        assert_eq!(
+            args,
+            [
+                "epochgate",
+                "-l",
+                "0,2-3",
+                "--no-huge",
+                "-m",
+                "1024",
+                "--file-prefix",
+                "eg1",
+                "-a",
+                "0000:03:00.0",
+                "-a",
+                "0000:04:00.1",
+                "--vdev",
+                "net_pcap1,rx_pcap=in.pcap",
+                "--vdev",
+                "net_vhost0,iface=/tmp/web.sock,queues=1",
+                "--log-level=lib.eal:debug",
+                "--huge-dir=/mnt/huge",
+            ]
+        );
+        assert!(!args.iter().any(|a| a == "--no-pci"));
+    }
+
+    #[test]
+    fn no_huge_iff_hugepages_false() {
+        let mut eal = EalConfig::default();
+        let p = vdev("net_null0");
+        assert!(!eal_args(&eal, &[&p]).iter().any(|a| a == "--no-huge"));
+        eal.hugepages = false;
+        assert_eq!(
+            eal_args(&eal, &[&p])
+                .iter()
+                .filter(|a| *a == "--no-huge")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn topology_describes_everything() {
+        let t = Config::from_toml_str(FULL).unwrap().topology();
+        assert_contains(
+            &t,
+            &[
+                "EAL:       epochgate -l 0,2-3 --no-huge -m 1024",
+                "egress:    0000:03:00.0 (PCI)",
+                "ingress:   net_pcap1,rx_pcap=in.pcap (vdev net_pcap1)",
+                "vm \"web\": protected, port net_vhost0,iface=/tmp/web.sock,queues=1 (vdev net_vhost0), mac learned from its first frame",
+                "vm \"db\": standby, shared ingress, mac 52:54:00:00:00:02, vlan 10",
+                "vm \"cache.1\": passthrough, port 0000:04:00.1 (PCI), mac 52:54:00:00:00:03",
+                "control:   socket /tmp/eg/control.sock, admin socket /tmp/eg/admin.sock",
+                "dataplane: 8191 mbufs (cache 128), rx ring 512, tx ring 2048, vm queue 4096 frames, stats every 250 ms",
+            ],
+        );
+        let t = Config::from_toml_str(MINIMAL).unwrap().topology();
+        assert_contains(&t, &["ingress:   none"]);
+    }
+
+    #[test]
+    fn load_names_the_path() {
+        let dir =
+            std::env::temp_dir().join(format!("epochgate-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.toml");
+        let e = Config::load(&missing).unwrap_err();
+        assert!(matches!(e, ConfigError::Io { .. }));
+        assert_contains(
+            &e.to_string(),
+            &[&missing.display().to_string(), "cannot read"],
+        );
+        let file = dir.join("ok.toml");
+        std::fs::write(&file, MINIMAL).unwrap();
+        assert_eq!(
+            Config::load(&file).unwrap(),
+            Config::from_toml_str(MINIMAL).unwrap()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // --- property: any generated valid config renders to TOML that parses back to itself ---
+
+    #[derive(Debug, Clone)]
+    struct GenVm {
+        base: String,
+        mac_hi: [u8; 4],
+        has_mac: bool,
+        upper_mac: bool,
+        vlan: Option<u16>,
+        mode: Mode,
+        attach: u8, // 0 own vdev, 1 own PCI (short BDF), 2 own PCI (full), else shared ingress
+    }
+
+    fn gen_vm() -> impl Strategy<Value = GenVm> {
+        (
+            "[A-Za-z0-9_.-]{1,28}",
+            any::<[u8; 4]>(),
+            any::<bool>(),
+            any::<bool>(),
+            prop::option::of(0u16..=4094),
+            prop_oneof![
+                Just(Mode::Passthrough),
+                Just(Mode::Protected),
+                Just(Mode::Standby)
+            ],
+            0u8..5,
+        )
+            .prop_map(
+                |(base, mac_hi, has_mac, upper_mac, vlan, mode, attach)| GenVm {
+                    base,
+                    mac_hi,
+                    has_mac,
+                    upper_mac,
+                    vlan,
+                    mode,
+                    attach,
+                },
+            )
+    }
+
+    fn quote(s: &str) -> String {
+        // Generated strings hold no quotes, backslashes or control characters.
+        format!("\"{s}\"")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        vms: &[GenVm],
+        egress_pci: bool,
+        ingress: Option<bool>,
+        hugepages: bool,
+        lcores: &str,
+        memory_mb: u32,
+        args: &[String],
+        ring_shift: (u32, u32),
+    ) -> (String, Config) {
+        let egress = if egress_pci {
+            "0000:03:00.0"
+        } else {
+            "net_pcap0,tx_pcap=/tmp/out.pcap"
+        };
+        let ingress_spec = ingress.map(|pci| {
+            if pci {
+                "0000:04:00.1"
+            } else {
+                "net_pcap1,rx_pcap=/tmp/in.pcap"
+            }
+        });
+        let mut text = format!(
+            "[eal]\nlcores = {}\nmemory_mb = {memory_mb}\nhugepages = {hugepages}\nfile_prefix = \"eg\"\nargs = [{}]\n\n[egress]\nport = {}\n",
+            quote(lcores),
+            args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(", "),
+            quote(egress),
+        );
+        if let Some(spec) = ingress_spec {
+            text.push_str(&format!("\n[ingress]\nport = {}\n", quote(spec)));
+        }
+        let rx_ring = 64u16 << ring_shift.0;
+        let tx_ring = 64u16 << ring_shift.1;
+        text.push_str(&format!(
+            "\n[dataplane]\nrx_ring = {rx_ring}\ntx_ring = {tx_ring}\n"
+        ));
+        let mut expected = Vec::new();
+        for (i, g) in vms.iter().enumerate() {
+            // Index suffixes make names and MACs unique whatever the generator drew.
+            let name = format!("{}-{i}", g.base);
+            let m = MacAddr([
+                (g.mac_hi[0] & 0xfc) | 0x02,
+                g.mac_hi[1],
+                g.mac_hi[2],
+                g.mac_hi[3],
+                0,
+                i as u8,
+            ]);
+            let shared = g.attach >= 3 && ingress.is_some() && g.has_mac;
+            let (port_text, port) = match g.attach {
+                _ if shared => (None, None),
+                1 => (
+                    Some(format!("{:02X}:00.{}", 0x10 + i, i % 8)),
+                    Some(PortSpec::Pci {
+                        addr: format!("0000:{:02x}:00.{}", 0x10 + i, i % 8),
+                    }),
+                ),
+                2 => (
+                    Some(format!("0000:{:02x}:01.0", 0x10 + i)),
+                    Some(PortSpec::Pci {
+                        addr: format!("0000:{:02x}:01.0", 0x10 + i),
+                    }),
+                ),
+                _ => {
+                    let spec = format!("net_vhost{i},iface=/tmp/vm{i}.sock,queues=1");
+                    (
+                        Some(spec.clone()),
+                        Some(PortSpec::Vdev {
+                            spec,
+                            name: format!("net_vhost{i}"),
+                        }),
+                    )
+                }
+            };
+            let mac = g.has_mac.then_some(m);
+            let vlan = if g.has_mac { g.vlan } else { None };
+            text.push_str(&format!(
+                "\n[[vm]]\nname = {}\nmode = {}\n",
+                quote(&name),
+                quote(g.mode.as_str())
+            ));
+            if let Some(p) = &port_text {
+                text.push_str(&format!("port = {}\n", quote(p)));
+            }
+            if let Some(m) = mac {
+                let s = m.to_string();
+                let s = if g.upper_mac { s.to_uppercase() } else { s };
+                text.push_str(&format!("mac = {}\n", quote(&s)));
+            }
+            if let Some(v) = vlan {
+                text.push_str(&format!("vlan = {v}\n"));
+            }
+            expected.push(VmConfig {
+                name,
+                port,
+                mac,
+                vlan,
+                mode: g.mode,
+            });
+        }
+        let config = Config {
+            eal: EalConfig {
+                lcores: lcores.to_string(),
+                memory_mb,
+                hugepages,
+                file_prefix: "eg".into(),
+                args: args.to_vec(),
+            },
+            egress: PortSpec::parse(egress).unwrap(),
+            ingress: ingress_spec.map(|s| PortSpec::parse(s).unwrap()),
+            control: ControlConfig::default(),
+            dataplane: DataplaneConfig {
+                rx_ring,
+                tx_ring,
+                ..DataplaneConfig::default()
+            },
+            vms: expected,
+        };
+        (text, config)
+    }
+
+    proptest! {
+        #[test]
+        fn generated_configs_round_trip(
+            vms in prop::collection::vec(gen_vm(), 1..8),
+            egress_pci in any::<bool>(),
+            ingress in prop::option::of(any::<bool>()),
+            hugepages in any::<bool>(),
+            lcores in prop_oneof![Just("0-1"), Just("2"), Just("0,2-3"), Just("1@(0,1)")],
+            memory_mb in 64u32..65536,
+            args in prop::collection::vec(
+                prop_oneof![Just("--log-level=lib.eal:debug"), Just("--huge-dir=/mnt/huge"), Just("-n"), Just("4"), Just("--iova-mode=va")],
+                0..4,
+            ),
+            ring_shift in (0u32..=6, 0u32..=6),
+        ) {
+            let args: Vec<String> = args.into_iter().map(String::from).collect();
+            let (text, expected) = build(&vms, egress_pci, ingress, hugepages, lcores, memory_mb, &args, ring_shift);
+            let parsed = Config::from_toml_str(&text);
+            prop_assert!(parsed.is_ok(), "{}\n---\n{}", parsed.unwrap_err(), text);
+            let parsed = parsed.unwrap();
+            prop_assert_eq!(&parsed, &expected);
+
+            let eal = eal_args(&parsed.eal, &parsed.ports());
+            let no_pci = eal.iter().any(|a| a == "--no-pci");
+            let allow = eal.iter().any(|a| a == "-a");
+            prop_assert!(no_pci != allow, "{:?}", eal);
+            prop_assert_eq!(allow, parsed.ports().iter().any(|p| p.is_pci()));
+            prop_assert_eq!(eal.iter().any(|a| a == "--no-huge"), !hugepages);
+            prop_assert!(eal.ends_with(&args));
+        }
+    }
+}

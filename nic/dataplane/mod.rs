@@ -1,0 +1,201 @@
+//! The data plane: from a validated [`Config`] to running ports and a worker on a pinned lcore.
+//! [`Appliance::start`] brings it up, [`Appliance::snapshot`] reads its counters at any time,
+//! [`Appliance::stop`] drains it, closes the ports (a pcap port flushes its file then) and gives
+//! the final counters.
+
+pub mod demux;
+mod worker;
+
+pub use worker::{PortRole, Worker, WorkerOptions, WorkerPort, WorkerVm};
+
+use crate::config::{Config, PortSpec};
+use crate::dpdk::{self, DpdkError, Eal, LaunchHandle, Mempool, Port, PortConf};
+use crate::stats::{PortCounters, PortSnapshot, Snapshot, VmCounters, VmSnapshot};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a stopping worker keeps transmitting what it may still send.
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// Why the appliance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Dpdk(#[from] DpdkError),
+    #[error("eal.lcores: needs at least two lcores (the main lcore runs control and stats, a worker runs the poll loop); got {0:?}")]
+    NoWorker(String),
+}
+
+struct VmView {
+    name: String,
+    mode: String,
+    counters: Arc<VmCounters>,
+}
+
+struct PortView {
+    port: Port,
+    role: PortRole,
+    counters: Arc<PortCounters>,
+}
+
+/// A running epochgate data plane.
+pub struct Appliance {
+    eal: &'static Eal,
+    pool: Mempool,
+    vms: Vec<VmView>,
+    ports: Vec<PortView>,
+    quit: Arc<AtomicBool>,
+    worker: Option<LaunchHandle>,
+    started: Instant,
+}
+
+impl Appliance {
+    /// Starts the EAL (once per process), the mempool and every port, and launches the worker.
+    pub fn start(cfg: &Config) -> Result<Appliance, StartError> {
+        let specs = cfg.ports();
+        let eal = dpdk::init(&crate::config::eal_args(&cfg.eal, &specs))?;
+        let lcore = *dpdk::worker_lcores(eal)
+            .first()
+            .ok_or_else(|| StartError::NoWorker(cfg.eal.lcores.clone()))?;
+        let pool = Mempool::create(
+            eal,
+            &format!("eg_pool_{}", std::process::id()),
+            cfg.dataplane.mbufs,
+            cfg.dataplane.mbuf_cache,
+        )?;
+        let conf = PortConf {
+            rx_queues: 1,
+            tx_queues: 1,
+            rx_ring: cfg.dataplane.rx_ring,
+            tx_ring: cfg.dataplane.tx_ring,
+        };
+
+        // Port order is cfg.ports(): egress, then the shared ingress, then VM ports.
+        let mut ports = Vec::new();
+        let mut wports = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let role = match i {
+                0 => PortRole::Egress,
+                1 if cfg.ingress.is_some() => PortRole::Ingress,
+                _ => PortRole::Vm,
+            };
+            let (port, mut rx, mut tx) = Port::start(eal, spec.device_name(), &pool, conf)?;
+            let counters = Arc::new(PortCounters::default());
+            let (Some(rxq), Some(txq)) = (rx.pop(), tx.pop()) else {
+                unreachable!("Port::start returns the one rx and tx queue it was asked for");
+            };
+            wports.push(WorkerPort::new(role, rxq, txq, counters.clone()));
+            ports.push(PortView {
+                port,
+                role,
+                counters,
+            });
+        }
+        let port_index = |spec: &PortSpec| {
+            specs
+                .iter()
+                .position(|s| s.device_name() == spec.device_name())
+        };
+
+        let mut vms = Vec::new();
+        let mut wvms = Vec::new();
+        for vm in &cfg.vms {
+            let counters = Arc::new(VmCounters::default());
+            wvms.push(WorkerVm::new(
+                vm.mode,
+                vm.port.as_ref().and_then(port_index),
+                vm.mac,
+                vm.vlan,
+                cfg.dataplane.vm_queue as usize,
+                counters.clone(),
+            ));
+            vms.push(VmView {
+                name: vm.name.clone(),
+                mode: vm.mode.to_string(),
+                counters,
+            });
+        }
+
+        let quit = Arc::new(AtomicBool::new(false));
+        let drain_ticks = dpdk::tsc_hz(eal) / 1000 * DRAIN.as_millis() as u64;
+        let worker = Worker::new(
+            wports,
+            wvms,
+            0,
+            cfg.ingress.as_ref().map(|_| 1),
+            quit.clone(),
+            WorkerOptions { drain_ticks },
+        );
+        let handle = dpdk::launch_on(eal, lcore, move || worker.run())?;
+        Ok(Appliance {
+            eal,
+            pool,
+            vms,
+            ports,
+            quit,
+            worker: Some(handle),
+            started: Instant::now(),
+        })
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            vms: self
+                .vms
+                .iter()
+                .map(|v| VmSnapshot::of(&v.name, &v.mode, &v.counters))
+                .collect(),
+            ports: self
+                .ports
+                .iter()
+                .map(|p| PortSnapshot {
+                    name: p.port.name().to_string(),
+                    role: p.role.name().to_string(),
+                    rx_frames: p.counters.rx_frames.get(),
+                    rx_bytes: p.counters.rx_bytes.get(),
+                    tx_frames: p.counters.tx_frames.get(),
+                    tx_bytes: p.counters.tx_bytes.get(),
+                    dropped: p.counters.drops.snapshot(),
+                    driver: p.port.stats(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether every VM port's link is up (for vhost-user: its VMM has attached).
+    pub fn vm_links_up(&self) -> bool {
+        self.ports
+            .iter()
+            .filter(|p| p.role == PortRole::Vm)
+            .all(|p| p.port.link_up())
+    }
+
+    /// Mbufs free in the pool (a leak shows here).
+    pub fn free_mbufs(&self) -> u32 {
+        self.pool.available()
+    }
+
+    pub fn eal(&self) -> &'static Eal {
+        self.eal
+    }
+
+    /// Stops the worker (it drains what it may send), closes every port and returns the final
+    /// counters.
+    pub fn stop(mut self) -> Snapshot {
+        self.quit.store(true, Relaxed);
+        if let Some(h) = self.worker.take() {
+            h.wait();
+        }
+        let snap = self.snapshot();
+        for p in self.ports.drain(..) {
+            if let Err(port) = p.port.close() {
+                // Unreachable after the worker returned (it owned the queues); say so if not.
+                eprintln!("epochgate: port {} still has queues in use; not closed", port.name());
+            }
+        }
+        snap
+    }
+}

@@ -1,0 +1,109 @@
+//! The owning mbuf. One `Mbuf` is one reference to an `rte_mbuf`: dropping it frees that
+//! reference; TX takes it without a copy. Data is only ever read through `&[u8]`, which is what
+//! makes sharing one buffer between several owners (`share`) sound.
+
+use super::{ffi, Mempool};
+use arrayvec::ArrayVec;
+use std::fmt;
+use std::ptr::NonNull;
+
+/// Frames per rx/tx burst.
+pub const BURST: usize = 32;
+
+/// A burst of owned mbufs in a fixed array: no allocation per burst or per frame.
+pub type Burst = ArrayVec<Mbuf, BURST>;
+
+/// An owned reference to a packet buffer.
+#[repr(transparent)]
+pub struct Mbuf(NonNull<ffi::rte_mbuf>);
+
+// SAFETY: an Mbuf is a unique owning reference (like Box); DPDK mbufs may be freed from any
+// thread, and the only shared access is read-only data (see `share`).
+unsafe impl Send for Mbuf {}
+
+impl Mbuf {
+    /// Takes ownership of one reference to `p`.
+    ///
+    /// # Safety
+    /// `p` must be a valid mbuf whose reference the caller owns and gives up.
+    #[inline]
+    pub(crate) unsafe fn from_owned(p: NonNull<ffi::rte_mbuf>) -> Mbuf {
+        Mbuf(p)
+    }
+
+    /// A new single-segment mbuf holding a copy of `bytes`; `None` if the pool is empty or the
+    /// bytes do not fit one segment. (For generated frames: the data path itself never copies.)
+    pub fn from_bytes(pool: &Mempool, bytes: &[u8]) -> Option<Mbuf> {
+        let m = pool.alloc()?;
+        let len = u16::try_from(bytes.len()).ok()?;
+        // SAFETY: m is a fresh mbuf we own exclusively (refcnt 1), so appending is not visible to
+        // anyone else; append returns null if len does not fit the tailroom.
+        let dst = unsafe { ffi::eg_pktmbuf_append(m.0.as_ptr(), len) };
+        if dst.is_null() {
+            return None; // m is dropped (freed)
+        }
+        // SAFETY: dst points to `len` writable bytes inside m's data room, which cannot overlap
+        // `bytes` (a Rust slice we hold a shared borrow of).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.cast::<u8>(), bytes.len()) };
+        Some(m)
+    }
+
+    /// The frame's bytes in its first segment (all of it for single-segment frames).
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        // SAFETY: mtod + data_len describe the initialised data of the first segment, which lives
+        // as long as we hold a reference to the mbuf and is never written while shared.
+        unsafe {
+            let p = self.0.as_ptr();
+            std::slice::from_raw_parts(ffi::eg_mbuf_data(p), usize::from(ffi::eg_mbuf_data_len(p)))
+        }
+    }
+
+    /// Length of the whole frame on the wire (all segments).
+    #[inline]
+    pub fn len(&self) -> usize {
+        // SAFETY: reads pkt_len of a valid mbuf we hold a reference to.
+        unsafe { ffi::eg_mbuf_pkt_len(self.0.as_ptr()) as usize }
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of segments.
+    pub fn segments(&self) -> u16 {
+        // SAFETY: reads nb_segs of a valid mbuf we hold a reference to.
+        unsafe { ffi::eg_mbuf_nb_segs(self.0.as_ptr()) }
+    }
+
+    /// A second owner of the same buffer (reference count + 1), for sending one frame to several
+    /// ports without copying. Sound because nobody writes an mbuf's data through this API.
+    #[inline]
+    pub fn share(&self) -> Mbuf {
+        // SAFETY: we hold a reference, so the mbuf is alive; the new reference is owned by the
+        // returned Mbuf and released by its Drop.
+        unsafe { ffi::eg_mbuf_refcnt_update(self.0.as_ptr(), 1) };
+        Mbuf(self.0)
+    }
+
+    /// Current reference count (1 unless shared).
+    pub fn refcnt(&self) -> u16 {
+        // SAFETY: reads the refcnt of a valid mbuf.
+        unsafe { ffi::eg_mbuf_refcnt_read(self.0.as_ptr()) }
+    }
+}
+
+impl Drop for Mbuf {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: we own one reference, released exactly once here.
+        unsafe { ffi::eg_pktmbuf_free(self.0.as_ptr()) }
+    }
+}
+
+impl fmt::Debug for Mbuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Mbuf({} bytes)", self.len())
+    }
+}

@@ -1,0 +1,156 @@
+//! The `epochgate` command: run the appliance, check a config, or run the built-in demo.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use epochgate::config::Config;
+use epochgate::dataplane::Appliance;
+use epochgate::stats::Snapshot;
+use epochgate::{demo, dpdk};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "epochgate", version, about = "Output-commit egress stage for checkpoint-protected VMs (DPDK)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the appliance until Ctrl-C / SIGTERM (or --duration).
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Stop by itself after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Keep a JSON snapshot of the counters here (rewritten every stats interval and at exit).
+        #[arg(long)]
+        stats_file: Option<PathBuf>,
+        /// Do not print live counters (final counters are always printed).
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Validate a configuration and print the resolved topology; exit 1 naming the bad key.
+    CheckConfig { file: PathBuf },
+    /// The built-in default: three VMs from generated captures, egress to a pcap file.
+    Demo {
+        /// Seconds to run.
+        #[arg(long, default_value_t = 4.0)]
+        duration: f64,
+        /// Where captures, config and output go.
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run {
+            config,
+            duration,
+            stats_file,
+            quiet,
+        } => Config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|cfg| run(&cfg, duration, stats_file.as_deref(), quiet).map(|_| ())),
+        Cmd::CheckConfig { file } => Config::load(&file).map_err(anyhow::Error::from).map(|cfg| {
+            println!("{}: ok", file.display());
+            print!("{}", cfg.topology());
+        }),
+        Cmd::Demo { duration, out } => run_demo(duration, &out),
+    };
+    if let Err(e) = result {
+        eprintln!("epochgate: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Runs the appliance until a signal or the duration, printing counters; returns the final ones.
+fn run(cfg: &Config, duration: Option<f64>, stats_file: Option<&Path>, quiet: bool) -> Result<Snapshot> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).context("installing the SIGINT/SIGTERM handler")?;
+    }
+    let app = Appliance::start(cfg).context("starting the data plane")?;
+    println!(
+        "epochgate: running (pid {}): {} VM(s), egress {}; Ctrl-C to stop",
+        std::process::id(),
+        cfg.vms.len(),
+        cfg.egress
+    );
+    let started = Instant::now();
+    let interval = Duration::from_millis(cfg.dataplane.stats_interval_ms.max(50));
+    let mut next_stats = started + interval;
+    let deadline = duration.map(|d| started + Duration::from_secs_f64(d.max(0.0)));
+    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+        std::thread::sleep(Duration::from_millis(20));
+        if Instant::now() >= next_stats {
+            next_stats += interval;
+            let snap = app.snapshot();
+            if !quiet {
+                print!("{}", snap.render());
+            }
+            if let Some(path) = stats_file {
+                write_stats(path, &snap)?;
+            }
+        }
+    }
+    let eal = app.eal();
+    let snap = app.stop();
+    println!("epochgate: stopped; final counters:");
+    print!("{}", snap.render());
+    if let Some(path) = stats_file {
+        write_stats(path, &snap)?;
+    }
+    dpdk::cleanup(eal);
+    Ok(snap)
+}
+
+/// Writes the snapshot atomically (temp file + rename), so a reader never sees half of it.
+fn write_stats(path: &Path, snap: &Snapshot) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(snap)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// Free 2 MB hugepages, as the kernel reports them.
+fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn run_demo(duration: f64, out: &Path) -> Result<()> {
+    // 512 MB of EAL memory = 256 pages; otherwise --no-huge.
+    let hugepages = free_hugepages() >= 256;
+    let d = demo::prepare(out, hugepages).with_context(|| format!("preparing the demo in {}", out.display()))?;
+    println!(
+        "epochgate demo: 3 VMs (web on its own port; db and ledger on a shared ingress), egress to {}",
+        d.egress_out.display()
+    );
+    println!("  memory: {}", if hugepages { "hugepages" } else { "--no-huge (no free hugepages)" });
+    let cfg = Config::load(&d.config)?;
+    let stats = d.dir.join("stats.json");
+    let snap = run(&cfg, Some(duration), Some(&stats), false)?;
+    println!();
+    print!("{}", demo::report(&d)?);
+    if let Some(v) = snap.vms.iter().find(|v| v.name == "ledger") {
+        println!(
+            "  ledger is protected and no VMM committed: of its {} frames none left; dropped by reason: {:?}",
+            v.rx_frames, v.dropped
+        );
+    }
+    println!("\noutput in {}:", d.dir.display());
+    println!("  egress.pcap (what left), web-in.pcap and shared-in.pcap (inbound delivered to VMs),");
+    println!("  stats.json (final counters), demo.toml (the config: epochgate run --config {})", d.config.display());
+    Ok(())
+}
