@@ -13,7 +13,9 @@ fn pkg_config(args: &[&str]) -> Vec<String> {
         .args(args)
         .arg("libdpdk")
         .output()
-        .unwrap_or_else(|e| panic!("pkg-config not runnable ({e}); install pkg-config and libdpdk-dev"));
+        .unwrap_or_else(|e| {
+            panic!("pkg-config not runnable ({e}); install pkg-config and libdpdk-dev")
+        });
     if !out.status.success() {
         panic!(
             "pkg-config {args:?} libdpdk failed: {}\ninstall DPDK 22.11: apt-get install -y dpdk dpdk-dev libdpdk-dev",
@@ -36,7 +38,9 @@ fn main() {
     let libs = pkg_config(&["--libs"]);
 
     let mut cc = cc::Build::new();
-    cc.file("nic/dpdk/inline.c").include("nic/dpdk").opt_level(3);
+    cc.file("nic/dpdk/inline.c")
+        .include("nic/dpdk")
+        .opt_level(3);
     for f in &cflags {
         cc.flag(f);
     }
@@ -70,5 +74,7 @@ fn main() {
         .generate()
         .expect("bindgen could not generate DPDK bindings (is libclang-dev installed?)");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    bindings.write_to_file(out.join("dpdk_bindings.rs")).expect("write bindings");
+    bindings
+        .write_to_file(out.join("dpdk_bindings.rs"))
+        .expect("write bindings");
 }

@@ -16,9 +16,30 @@ pub const FRAMES_PER_VM: u32 = 20_000;
 
 /// The demo's VMs: (name, stream id, MAC, VLAN, where it sits, mode).
 pub const VMS: [(&str, u32, [u8; 6], Option<u16>, &str, &str); 3] = [
-    ("web", 1, [0x52, 0x54, 0, 0, 0, 1], None, "own port", "passthrough"),
-    ("db", 2, [0x52, 0x54, 0, 0, 0, 2], None, "shared ingress", "passthrough"),
-    ("ledger", 3, [0x52, 0x54, 0, 0, 0, 3], Some(10), "shared ingress", "protected"),
+    (
+        "web",
+        1,
+        [0x52, 0x54, 0, 0, 0, 1],
+        None,
+        "own port",
+        "passthrough",
+    ),
+    (
+        "db",
+        2,
+        [0x52, 0x54, 0, 0, 0, 2],
+        None,
+        "shared ingress",
+        "passthrough",
+    ),
+    (
+        "ledger",
+        3,
+        [0x52, 0x54, 0, 0, 0, 3],
+        Some(10),
+        "shared ingress",
+        "protected",
+    ),
 ];
 
 /// A sender on the shared ingress that is no configured VM (its frames are dropped, counted).
@@ -178,9 +199,17 @@ pub fn report(demo: &Demo) -> Result<String, capture::CaptureError> {
         }
     }
     let mut s = String::new();
-    let _ = writeln!(s, "egress capture {} holds {} frames:", demo.egress_out.display(), cap.frames.len());
+    let _ = writeln!(
+        s,
+        "egress capture {} holds {} frames:",
+        demo.egress_out.display(),
+        cap.frames.len()
+    );
     for (name, _, mac, _, place, mode) in VMS {
-        let (n, ordered, _) = per_src.get(&MacAddr(mac)).copied().unwrap_or((0, true, None));
+        let (n, ordered, _) = per_src
+            .get(&MacAddr(mac))
+            .copied()
+            .unwrap_or((0, true, None));
         let _ = writeln!(
             s,
             "  {name:<7} ({mode}, {place}): {n} of {FRAMES_PER_VM} frames{}",
@@ -194,6 +223,10 @@ pub fn report(demo: &Demo) -> Result<String, capture::CaptureError> {
         );
     }
     let stray = per_src.get(&MacAddr(STRAY)).map_or(0, |e| e.0);
-    let _ = writeln!(s, "  stray sender {}: {stray} frames (unknown source MACs are dropped)", MacAddr(STRAY));
+    let _ = writeln!(
+        s,
+        "  stray sender {}: {stray} frames (unknown source MACs are dropped)",
+        MacAddr(STRAY)
+    );
     Ok(s)
 }

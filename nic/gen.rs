@@ -19,7 +19,13 @@ pub enum Kind {
     Vlan,
 }
 
-const KINDS: [Kind; 5] = [Kind::Ipv4Udp, Kind::Ipv4Tcp, Kind::Ipv6Udp, Kind::Arp, Kind::Vlan];
+const KINDS: [Kind; 5] = [
+    Kind::Ipv4Udp,
+    Kind::Ipv4Tcp,
+    Kind::Ipv6Udp,
+    Kind::Arp,
+    Kind::Vlan,
+];
 
 /// A stream of frames from one source.
 #[derive(Debug, Clone)]
@@ -35,7 +41,9 @@ pub struct Stream {
 pub fn frame(stream: &Stream, seq: u32) -> Vec<u8> {
     let kind = KINDS[seq as usize % KINDS.len()];
     // Sizes spread over 60..=1514 with a cheap deterministic hash of (id, seq).
-    let h = seq.wrapping_mul(2_654_435_761).wrapping_add(stream.id.wrapping_mul(40_503));
+    let h = seq
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(stream.id.wrapping_mul(40_503));
     let target = 60 + (h % (1514 - 60 + 1)) as usize;
     let mut payload = Vec::with_capacity(1514);
     payload.extend_from_slice(&MAGIC);
@@ -70,11 +78,13 @@ pub fn frame(stream: &Stream, seq: u32) -> Vec<u8> {
             out.extend_from_slice(&payload);
         }
         _ => {
-            let hdr_len = 14 + if vlan.is_some() { 4 } else { 0 } + match kind {
-                Kind::Ipv6Udp => 40 + 8,
-                Kind::Ipv4Tcp => 20 + 20,
-                _ => 20 + 8,
-            };
+            let hdr_len = 14
+                + if vlan.is_some() { 4 } else { 0 }
+                + match kind {
+                    Kind::Ipv6Udp => 40 + 8,
+                    Kind::Ipv4Tcp => 20 + 20,
+                    _ => 20 + 8,
+                };
             payload.resize(target.saturating_sub(hdr_len).max(payload.len()), 0xa5);
             let link = eth;
             let res = match kind {
@@ -84,14 +94,19 @@ pub fn frame(stream: &Stream, seq: u32) -> Vec<u8> {
                     a[15] = 1;
                     let mut b = a;
                     b[15] = 2;
-                    link.ipv6(a, b, 64).udp(4000, 5000).write(&mut out, &payload)
+                    link.ipv6(a, b, 64)
+                        .udp(4000, 5000)
+                        .write(&mut out, &payload)
                 }
                 Kind::Ipv4Tcp => link
                     .ipv4(ip4(1), ip4(2), 64)
                     .tcp(4000, 80, seq, 65535)
                     .ack(1)
                     .write(&mut out, &payload),
-                _ => link.ipv4(ip4(1), ip4(2), 64).udp(4000, 5000).write(&mut out, &payload),
+                _ => link
+                    .ipv4(ip4(1), ip4(2), 64)
+                    .udp(4000, 5000)
+                    .write(&mut out, &payload),
             };
             res.expect("writing to a Vec cannot fail and payload sizes are within limits");
             if let Some(v) = vlan {
@@ -136,7 +151,11 @@ mod tests {
         let s = stream(3);
         for seq in 0..500 {
             let f = frame(&s, seq);
-            assert!((60..=1518).contains(&f.len()), "frame {seq} is {} bytes", f.len());
+            assert!(
+                (60..=1518).contains(&f.len()),
+                "frame {seq} is {} bytes",
+                f.len()
+            );
             assert_eq!(stamp(&f), Some((3, seq)));
             assert_eq!(&f[6..12], &s.src.0);
             if !matches!(KINDS[seq as usize % 5], Kind::Arp) {
@@ -151,7 +170,10 @@ mod tests {
         let frames: Vec<_> = (0..1000).map(|q| frame(&s, q)).collect();
         let ethertype = |f: &Vec<u8>| u16::from_be_bytes([f[12], f[13]]);
         for et in [0x0800, 0x86dd, 0x0806, 0x8100] {
-            assert!(frames.iter().any(|f| ethertype(f) == et), "no ethertype {et:#x}");
+            assert!(
+                frames.iter().any(|f| ethertype(f) == et),
+                "no ethertype {et:#x}"
+            );
         }
         assert!(frames.iter().any(|f| f.len() < 100));
         assert!(frames.iter().any(|f| f.len() > 1400));

@@ -12,7 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "epochgate", version, about = "Output-commit egress stage for checkpoint-protected VMs (DPDK)")]
+#[command(
+    name = "epochgate",
+    version,
+    about = "Output-commit egress stage for checkpoint-protected VMs (DPDK)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -72,11 +76,17 @@ fn main() {
 }
 
 /// Runs the appliance until a signal or the duration, printing counters; returns the final ones.
-fn run(cfg: &Config, duration: Option<f64>, stats_file: Option<&Path>, quiet: bool) -> Result<Snapshot> {
+fn run(
+    cfg: &Config,
+    duration: Option<f64>,
+    stats_file: Option<&Path>,
+    quiet: bool,
+) -> Result<Snapshot> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).context("installing the SIGINT/SIGTERM handler")?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("installing the SIGINT/SIGTERM handler")?;
     }
     let app = Appliance::start(cfg).context("starting the data plane")?;
     println!(
@@ -116,8 +126,10 @@ fn run(cfg: &Config, duration: Option<f64>, stats_file: Option<&Path>, quiet: bo
 /// Writes the snapshot atomically (temp file + rename), so a reader never sees half of it.
 fn write_stats(path: &Path, snap: &Snapshot) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(snap)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::write(&tmp, serde_json::to_vec_pretty(snap)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -132,12 +144,20 @@ fn free_hugepages() -> u64 {
 fn run_demo(duration: f64, out: &Path) -> Result<()> {
     // 512 MB of EAL memory = 256 pages; otherwise --no-huge.
     let hugepages = free_hugepages() >= 256;
-    let d = demo::prepare(out, hugepages).with_context(|| format!("preparing the demo in {}", out.display()))?;
+    let d = demo::prepare(out, hugepages)
+        .with_context(|| format!("preparing the demo in {}", out.display()))?;
     println!(
         "epochgate demo: 3 VMs (web on its own port; db and ledger on a shared ingress), egress to {}",
         d.egress_out.display()
     );
-    println!("  memory: {}", if hugepages { "hugepages" } else { "--no-huge (no free hugepages)" });
+    println!(
+        "  memory: {}",
+        if hugepages {
+            "hugepages"
+        } else {
+            "--no-huge (no free hugepages)"
+        }
+    );
     let cfg = Config::load(&d.config)?;
     let stats = d.dir.join("stats.json");
     let snap = run(&cfg, Some(duration), Some(&stats), false)?;
@@ -150,7 +170,12 @@ fn run_demo(duration: f64, out: &Path) -> Result<()> {
         );
     }
     println!("\noutput in {}:", d.dir.display());
-    println!("  egress.pcap (what left), web-in.pcap and shared-in.pcap (inbound delivered to VMs),");
-    println!("  stats.json (final counters), demo.toml (the config: epochgate run --config {})", d.config.display());
+    println!(
+        "  egress.pcap (what left), web-in.pcap and shared-in.pcap (inbound delivered to VMs),"
+    );
+    println!(
+        "  stats.json (final counters), demo.toml (the config: epochgate run --config {})",
+        d.config.display()
+    );
     Ok(())
 }

@@ -222,7 +222,9 @@ mod tests {
     #[test]
     fn drop_reason_names_are_unique_and_kebab_case() {
         let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
-        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '-')));
+        assert!(names
+            .iter()
+            .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '-')));
         names.sort();
         names.dedup();
         assert_eq!(names.len(), DropReason::ALL.len());
@@ -246,6 +248,9 @@ mod tests {
         let c = VmCounters::default();
         assert_eq!(VmSnapshot::of("a", "p", &c).mac, None);
         c.mac.set(0x5254_0000_0001);
-        assert_eq!(VmSnapshot::of("a", "p", &c).mac.as_deref(), Some("52:54:00:00:00:01"));
+        assert_eq!(
+            VmSnapshot::of("a", "p", &c).mac.as_deref(),
+            Some("52:54:00:00:00:01")
+        );
     }
 }

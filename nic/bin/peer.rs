@@ -1,1 +1,225 @@
-fn main() {}
+//! `epochgate-peer`: the other end of epochgate's ports, as a VMM or the network would be. It
+//! attaches DPDK ports (virtio-user to epochgate's vhost-user sockets, typically), waits for
+//! every link, then plays a capture into each port and records what each port receives, until
+//! every expected count is met or the timeout passes. One JSON line of results on stdout.
+//!
+//! ```text
+//! epochgate-peer --port net_virtio_user0,path=/tmp/vm1.sock --port net_virtio_user1,path=/tmp/up.sock \
+//!     --send 0=vm1-out.pcap --recv 0=vm1-in.pcap --expect 0=40 \
+//!     --send 1=uplink-in.pcap --recv 1=egress.pcap --expect 1=1000
+//! ```
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use epochgate::capture::{self, Frame, PcapWriter};
+use epochgate::dpdk::{self, Burst, Mbuf, Mempool, Port, PortConf};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Parser)]
+#[command(
+    name = "epochgate-peer",
+    about = "Attach to epochgate's ports like a VMM, play captures in, record what comes out"
+)]
+struct Args {
+    /// A vdev spec to attach (repeat; ports are numbered from 0 in this order).
+    #[arg(long = "port", required = true)]
+    ports: Vec<String>,
+    /// `IDX=FILE`: transmit this capture's frames on port IDX once its link is up.
+    #[arg(long = "send", value_parser = idx_value::<PathBuf>)]
+    send: Vec<(usize, PathBuf)>,
+    /// `IDX=FILE`: write the frames port IDX receives to this pcap.
+    #[arg(long = "recv", value_parser = idx_value::<PathBuf>)]
+    recv: Vec<(usize, PathBuf)>,
+    /// `IDX=N`: done once port IDX has received N frames.
+    #[arg(long = "expect", value_parser = idx_value::<u64>)]
+    expect: Vec<(usize, u64)>,
+    /// After the expected counts are met, keep receiving this long (to catch extra frames).
+    #[arg(long, default_value_t = 0.3)]
+    linger: f64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
+    /// EAL --file-prefix (distinct per concurrently running DPDK process).
+    #[arg(long, default_value = "epochgate-peer")]
+    file_prefix: String,
+}
+
+fn idx_value<T: std::str::FromStr>(s: &str) -> Result<(usize, T), String> {
+    let (i, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected IDX=VALUE"))?;
+    let i = i
+        .parse()
+        .map_err(|_| format!("{s:?}: {i:?} is not a port index"))?;
+    let v = v.parse().map_err(|_| format!("{s:?}: bad value {v:?}"))?;
+    Ok((i, v))
+}
+
+struct PeerPort {
+    port: Port,
+    rx: dpdk::RxQueue,
+    tx: dpdk::TxQueue,
+    to_send: std::vec::IntoIter<Frame>,
+    staged: Burst,
+    sent: u64,
+    received: u64,
+    expect: Option<u64>,
+    out: Option<PcapWriter<std::io::BufWriter<std::fs::File>>>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("epochgate-peer: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let n = args.ports.len();
+    let indices = args.send.iter().map(|(i, _)| ("send", *i));
+    let indices = indices.chain(args.recv.iter().map(|(i, _)| ("recv", *i)));
+    for (flag, i) in indices.chain(args.expect.iter().map(|(i, _)| ("expect", *i))) {
+        if i >= n {
+            bail!("--{flag} {i}=...: there are only {n} ports (numbered from 0)");
+        }
+    }
+    let mut eal_args: Vec<String> = [
+        "epochgate-peer",
+        "-l",
+        "0",
+        "--no-huge",
+        "-m",
+        "256",
+        "--no-pci",
+        "--file-prefix",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    eal_args.push(args.file_prefix.clone());
+    for p in &args.ports {
+        eal_args.push("--vdev".into());
+        eal_args.push(p.clone());
+    }
+    let eal = dpdk::init(&eal_args)?;
+    let pool = Mempool::create(eal, "peer_pool", 8191, 256)?;
+    let conf = PortConf {
+        rx_queues: 1,
+        tx_queues: 1,
+        rx_ring: 1024,
+        tx_ring: 1024,
+    };
+    let mut ports = Vec::new();
+    for (i, spec) in args.ports.iter().enumerate() {
+        let name = spec.split(',').next().unwrap_or(spec);
+        let (port, mut rx, mut tx) = Port::start(eal, name, &pool, conf)?;
+        let to_send = match args.send.iter().find(|(j, _)| *j == i) {
+            Some((_, path)) => capture::read_file(path)?.frames,
+            None => Vec::new(),
+        };
+        let out = match args.recv.iter().find(|(j, _)| *j == i) {
+            Some((_, path)) => Some(PcapWriter::new_nanos(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            ))?),
+            None => None,
+        };
+        ports.push(PeerPort {
+            port,
+            rx: rx.pop().context("port has no rx queue")?,
+            tx: tx.pop().context("port has no tx queue")?,
+            to_send: to_send.into_iter(),
+            staged: Burst::new(),
+            sent: 0,
+            received: 0,
+            expect: args.expect.iter().find(|(j, _)| *j == i).map(|&(_, e)| e),
+            out,
+        });
+    }
+
+    let start = Instant::now();
+    let timeout = Duration::from_secs_f64(args.timeout);
+    while !ports.iter().all(|p| p.port.link_up()) {
+        if start.elapsed() > timeout {
+            bail!("timed out waiting for every link to come up");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("{{\"event\":\"ready\"}}");
+
+    let mut met_at: Option<Instant> = None;
+    loop {
+        let mut busy = false;
+        for p in ports.iter_mut() {
+            // Send: keep a burst staged; what TX does not take is retried, never dropped.
+            while !p.staged.is_full() {
+                let Some(f) = p.to_send.next() else { break };
+                let m =
+                    Mbuf::from_bytes(&pool, &f.data).context("mempool empty or frame too large")?;
+                p.staged.push(m);
+            }
+            let sent = p.tx.tx_burst(&mut p.staged);
+            p.sent += sent as u64;
+            busy |= sent > 0;
+            let mut burst = Burst::new();
+            let got = p.rx.rx_burst(&mut burst);
+            busy |= got > 0;
+            p.received += got as u64;
+            if let Some(w) = p.out.as_mut() {
+                for m in &burst {
+                    w.write(now_ns(), m.data())?;
+                }
+            }
+        }
+        let all_sent = ports
+            .iter()
+            .all(|p| p.staged.is_empty() && p.to_send.len() == 0);
+        let all_met = ports
+            .iter()
+            .all(|p| p.expect.is_none_or(|e| p.received >= e));
+        if all_sent && all_met {
+            let at = *met_at.get_or_insert_with(Instant::now);
+            if at.elapsed().as_secs_f64() >= args.linger {
+                break;
+            }
+        }
+        if start.elapsed() > timeout {
+            break;
+        }
+        if !busy {
+            // A test peer, not a data plane: leave the CPU to epochgate when idle.
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    let mut ok = true;
+    let mut report = Vec::new();
+    for (i, p) in ports.into_iter().enumerate() {
+        if let Some(w) = p.out {
+            w.into_inner()?;
+        }
+        ok &=
+            p.expect.is_none_or(|e| p.received >= e) && p.to_send.len() == 0 && p.staged.is_empty();
+        report.push(serde_json::json!({"port": i, "sent": p.sent, "received": p.received, "expected": p.expect}));
+        drop((p.rx, p.tx, p.staged));
+        let _ = p.port.close();
+    }
+    println!(
+        "{}",
+        serde_json::json!({"event": "done", "ok": ok, "ports": report})
+    );
+    if !ok {
+        bail!(
+            "not every frame was sent or not every expected frame arrived within {:?}",
+            timeout
+        );
+    }
+    Ok(())
+}

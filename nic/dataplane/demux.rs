@@ -80,7 +80,8 @@ impl Demux {
     /// Exact (mac, vlan) first; then the VM bound to `mac` without a VLAN.
     #[inline]
     fn lookup_any_vlan(&self, mac: MacAddr, vlan: Option<u16>) -> Option<VmIdx> {
-        self.lookup(mac, vlan).or_else(|| vlan.and_then(|_| self.lookup(mac, None)))
+        self.lookup(mac, vlan)
+            .or_else(|| vlan.and_then(|_| self.lookup(mac, None)))
     }
 
     #[inline]
@@ -122,9 +123,18 @@ mod tests {
         assert!(d.bind(mac(1), Some(20), 2));
         assert_eq!(d.source(&frame(MacAddr::BROADCAST, mac(1), None)), Some(0));
         // A VM bound without VLAN owns its MAC on any VLAN not bound to another VM.
-        assert_eq!(d.source(&frame(MacAddr::BROADCAST, mac(1), Some(10))), Some(0));
-        assert_eq!(d.source(&frame(MacAddr::BROADCAST, mac(1), Some(20))), Some(2));
-        assert_eq!(d.source(&frame(MacAddr::BROADCAST, mac(2), Some(10))), Some(1));
+        assert_eq!(
+            d.source(&frame(MacAddr::BROADCAST, mac(1), Some(10))),
+            Some(0)
+        );
+        assert_eq!(
+            d.source(&frame(MacAddr::BROADCAST, mac(1), Some(20))),
+            Some(2)
+        );
+        assert_eq!(
+            d.source(&frame(MacAddr::BROADCAST, mac(2), Some(10))),
+            Some(1)
+        );
         assert_eq!(d.source(&frame(MacAddr::BROADCAST, mac(2), None)), None);
         assert_eq!(d.source(&frame(MacAddr::BROADCAST, mac(3), None)), None);
         assert_eq!(d.source(&[0u8; 11]), None);
@@ -136,11 +146,20 @@ mod tests {
         d.bind(mac(1), None, 0);
         d.bind(mac(2), Some(10), 1);
         assert_eq!(d.destination(&frame(mac(1), mac(9), None)), Inbound::Vm(0));
-        assert_eq!(d.destination(&frame(mac(2), mac(9), Some(10))), Inbound::Vm(1));
+        assert_eq!(
+            d.destination(&frame(mac(2), mac(9), Some(10))),
+            Inbound::Vm(1)
+        );
         // A tagged frame for an untagged VM's MAC still reaches it (the tag is the network's).
-        assert_eq!(d.destination(&frame(mac(1), mac(9), Some(5))), Inbound::Vm(0));
+        assert_eq!(
+            d.destination(&frame(mac(1), mac(9), Some(5))),
+            Inbound::Vm(0)
+        );
         assert_eq!(d.destination(&frame(mac(3), mac(9), None)), Inbound::Nobody);
-        assert_eq!(d.destination(&frame(MacAddr::BROADCAST, mac(9), None)), Inbound::All);
+        assert_eq!(
+            d.destination(&frame(MacAddr::BROADCAST, mac(9), None)),
+            Inbound::All
+        );
         let mcast: MacAddr = "01:00:5e:00:00:01".parse().unwrap();
         assert_eq!(d.destination(&frame(mcast, mac(9), None)), Inbound::All);
         assert_eq!(d.destination(&[0u8; 5]), Inbound::Runt);
@@ -150,9 +169,18 @@ mod tests {
     fn an_address_has_one_owner() {
         let mut d = Demux::new();
         assert!(d.bind(mac(1), None, 0));
-        assert!(!d.bind(mac(1), None, 1), "a second VM must not take a bound address");
-        assert!(d.bind(mac(1), None, 0), "rebinding to the same VM is harmless");
-        assert!(d.bind(mac(1), Some(7), 1), "the same MAC on another VLAN is another address");
+        assert!(
+            !d.bind(mac(1), None, 1),
+            "a second VM must not take a bound address"
+        );
+        assert!(
+            d.bind(mac(1), None, 0),
+            "rebinding to the same VM is harmless"
+        );
+        assert!(
+            d.bind(mac(1), Some(7), 1),
+            "the same MAC on another VLAN is another address"
+        );
         assert!(!d.bind(MacAddr::BROADCAST, None, 2));
         assert!(!d.bind(MacAddr([0; 6]), None, 2));
     }

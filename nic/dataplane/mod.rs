@@ -193,7 +193,10 @@ impl Appliance {
         for p in self.ports.drain(..) {
             if let Err(port) = p.port.close() {
                 // Unreachable after the worker returned (it owned the queues); say so if not.
-                eprintln!("epochgate: port {} still has queues in use; not closed", port.name());
+                eprintln!(
+                    "epochgate: port {} still has queues in use; not closed",
+                    port.name()
+                );
             }
         }
         snap

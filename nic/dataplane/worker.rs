@@ -421,7 +421,9 @@ impl Worker {
             vm.drop_frames(DropReason::Shutdown, n);
         }
         for p in &mut self.ports {
-            p.counters.drops.add(DropReason::Shutdown, p.inbound.len() as u64);
+            p.counters
+                .drops
+                .add(DropReason::Shutdown, p.inbound.len() as u64);
             p.inbound.clear();
         }
     }

@@ -1,7 +1,7 @@
 //! EAL start (once per process, for ever), time from the TSC, and launching closures on pinned
 //! worker lcores.
 
-use super::{ffi, strerror, last_errno, DpdkError};
+use super::{ffi, last_errno, strerror, DpdkError};
 use std::ffi::{c_int, c_void, CString};
 use std::sync::{Mutex, OnceLock};
 
@@ -43,14 +43,17 @@ pub fn init(args: &[String]) -> Result<&'static Eal, DpdkError> {
             .collect::<Vec<_>>()
             .into_boxed_slice(),
     );
-    let argc = c_int::try_from(argv.len()).map_err(|_| DpdkError::Eal("too many arguments".into()))?;
+    let argc =
+        c_int::try_from(argv.len()).map_err(|_| DpdkError::Eal("too many arguments".into()))?;
     // SAFETY: argv points to argc valid NUL-terminated strings that live for the rest of the
     // process (leaked above); INIT_LOCK plus the OnceLock make this the only rte_eal_init call.
     let rc = unsafe { ffi::rte_eal_init(argc, argv.as_mut_ptr()) };
     if rc < 0 {
         return Err(DpdkError::Eal(strerror(last_errno())));
     }
-    Ok(EAL.get_or_init(|| Eal { args: args.to_vec() }))
+    Ok(EAL.get_or_init(|| Eal {
+        args: args.to_vec(),
+    }))
 }
 
 /// Releases EAL resources (hugepage files, runtime directory). Call last: after it, no DPDK call

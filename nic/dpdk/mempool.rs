@@ -27,11 +27,15 @@ impl Mempool {
         })?;
         let room = u16::try_from(ffi::RTE_MBUF_DEFAULT_BUF_SIZE).unwrap_or(u16::MAX);
         // SAFETY: the EAL is initialised (we hold &Eal) and cname is a valid C string.
-        let p = unsafe { ffi::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, room, ffi::SOCKET_ID_ANY) };
-        NonNull::new(p).map(|ptr| Mempool { ptr }).ok_or_else(|| DpdkError::Mempool {
-            name: name.into(),
-            reason: format!("cannot create {n} mbufs: {}", strerror(last_errno())),
-        })
+        let p = unsafe {
+            ffi::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, room, ffi::SOCKET_ID_ANY)
+        };
+        NonNull::new(p)
+            .map(|ptr| Mempool { ptr })
+            .ok_or_else(|| DpdkError::Mempool {
+                name: name.into(),
+                reason: format!("cannot create {n} mbufs: {}", strerror(last_errno())),
+            })
     }
 
     /// One mbuf, or `None` when the pool is empty.

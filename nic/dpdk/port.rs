@@ -76,14 +76,16 @@ impl Port {
             op,
             reason,
         };
-        let cname = CString::new(device_name).map_err(|_| err("lookup", "name contains NUL".into()))?;
+        let cname =
+            CString::new(device_name).map_err(|_| err("lookup", "name contains NUL".into()))?;
         let mut id: u16 = 0;
         // SAFETY: EAL initialised (&Eal); cname is a valid C string; id is a valid out pointer.
         let rc = unsafe { ffi::rte_eth_dev_get_port_by_name(cname.as_ptr(), &mut id) };
         if rc != 0 {
             return Err(err(
                 "lookup",
-                "no such device: the EAL did not probe it (check the vdev spec or PCI address)".into(),
+                "no such device: the EAL did not probe it (check the vdev spec or PCI address)"
+                    .into(),
             ));
         }
         let mut info = ffi::rte_eth_dev_info::default();
@@ -103,7 +105,8 @@ impl Port {
         }
         let eth_conf = ffi::rte_eth_conf::default();
         // SAFETY: id is valid; eth_conf is a zeroed (default) configuration that outlives the call.
-        let rc = unsafe { ffi::rte_eth_dev_configure(id, conf.rx_queues, conf.tx_queues, &eth_conf) };
+        let rc =
+            unsafe { ffi::rte_eth_dev_configure(id, conf.rx_queues, conf.tx_queues, &eth_conf) };
         if rc != 0 {
             return Err(err("configure", strerror(rc)));
         }
@@ -119,7 +122,9 @@ impl Port {
         for q in 0..conf.rx_queues {
             // SAFETY: id is configured with rx_queues queues; a null rx_conf means driver
             // defaults; pool is a live mempool that outlives the port (pools are never freed).
-            let rc = unsafe { ffi::rte_eth_rx_queue_setup(id, q, nrx, socket, std::ptr::null(), pool.as_ptr()) };
+            let rc = unsafe {
+                ffi::rte_eth_rx_queue_setup(id, q, nrx, socket, std::ptr::null(), pool.as_ptr())
+            };
             if rc != 0 {
                 return Err(err("rx queue setup", strerror(rc)));
             }
@@ -274,7 +279,12 @@ impl TxQueue {
         // remaining len - n down to the front (no Drop runs for the n taken ones) and shorten.
         unsafe {
             let base = frames.as_mut_ptr();
-            let n = usize::from(ffi::eg_tx_burst(self.port.id, self.queue, base.cast(), count));
+            let n = usize::from(ffi::eg_tx_burst(
+                self.port.id,
+                self.queue,
+                base.cast(),
+                count,
+            ));
             std::ptr::copy(base.add(n), base, len - n);
             frames.set_len(len - n);
             n
