@@ -1,0 +1,268 @@
+//! Shared by the integration tests: run the real `epochgate` binary on a config, wait for its
+//! counters (through `--stats-file`), stop it with a signal like an operator would, and read the
+//! captures it wrote. Every test makes its own directory, file prefix and sockets.
+#![allow(dead_code)]
+
+use epochgate::capture::{self, Frame};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// DPDK processes spin their cores: tests in one file run one at a time.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub const EPOCHGATE: &str = env!("CARGO_BIN_EXE_epochgate");
+pub const PEER: &str = env!("CARGO_BIN_EXE_epochgate-peer");
+
+/// Generous: the machines are shared and have two cores.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("eg-test-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// `[eal]`, `[control]` sections for a test: --no-huge (works on every machine), unique prefix.
+pub fn eal_and_control(dir: &Path, prefix: &str) -> String {
+    format!(
+        "[eal]\nlcores = \"0-1\"\nmemory_mb = 512\nhugepages = false\nfile_prefix = \"{prefix}-{pid}\"\n\n\
+         [control]\nsocket = \"{d}/control.sock\"\nadmin_socket = \"{d}/admin.sock\"\n\n",
+        pid = std::process::id(),
+        d = dir.display()
+    )
+}
+
+pub fn frames(data: &[Vec<u8>]) -> Vec<Frame> {
+    data.iter()
+        .enumerate()
+        .map(|(i, d)| Frame {
+            ts_ns: 1_700_000_000_000_000_000 + i as u64 * 1000,
+            orig_len: d.len() as u32,
+            data: d.clone(),
+        })
+        .collect()
+}
+
+pub fn write_pcap(path: &Path, data: &[Vec<u8>]) {
+    capture::write_file(path, &frames(data)).expect("write pcap");
+}
+
+pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
+    capture::read_file(path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .frames
+        .into_iter()
+        .map(|f| f.data)
+        .collect()
+}
+
+/// A running epochgate process.
+pub struct Running {
+    pub child: Child,
+    pub stats: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Running {
+    pub fn start(dir: &Path, config: &str) -> Running {
+        let cfg = dir.join("epochgate.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let stats = dir.join("stats.json");
+        let child = Command::new(EPOCHGATE)
+            .args(["run", "--quiet", "--config"])
+            .arg(&cfg)
+            .arg("--stats-file")
+            .arg(&stats)
+            .stdout(std::fs::File::create(dir.join("epochgate.out")).expect("log"))
+            .stderr(std::fs::File::create(dir.join("epochgate.err")).expect("log"))
+            .spawn()
+            .expect("spawn epochgate");
+        Running {
+            child,
+            stats,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The latest counters epochgate wrote, if any yet.
+    pub fn stats(&self) -> Option<Value> {
+        let s = std::fs::read_to_string(&self.stats).ok()?;
+        serde_json::from_str(&s).ok()
+    }
+
+    /// Waits until `cond` holds on the counters; panics with the logs after the deadline or if
+    /// epochgate exits.
+    pub fn wait_for(&mut self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.stats() {
+                if cond(&s) {
+                    return s;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "epochgate exited ({status}) while waiting for {what}\n{}",
+                    self.logs()
+                );
+            }
+            if start.elapsed() > DEADLINE {
+                panic!(
+                    "timed out waiting for {what}; last stats {:?}\n{}",
+                    self.stats(),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for a file (e.g. a vhost-user socket) to appear.
+    pub fn wait_for_path(&mut self, path: &Path) {
+        let start = Instant::now();
+        while !path.exists() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "epochgate exited ({status}) before creating {}\n{}",
+                    path.display(),
+                    self.logs()
+                );
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no {} after {DEADLINE:?}\n{}",
+                path.display(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let read = |n: &str| std::fs::read_to_string(self.dir.join(n)).unwrap_or_default();
+        format!(
+            "--- stdout\n{}--- stderr\n{}",
+            read("epochgate.out"),
+            read("epochgate.err")
+        )
+    }
+
+    /// SIGTERM, as an operator or systemd stops it; waits for a clean exit and returns the final
+    /// counters (which epochgate writes on its way out).
+    pub fn stop(mut self) -> Value {
+        signal(self.child.id(), "TERM");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = self.child.kill();
+                panic!("epochgate did not exit after SIGTERM\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            status.success(),
+            "epochgate exited with {status}\n{}",
+            self.logs()
+        );
+        assert!(
+            self.logs().contains("final counters"),
+            "no final counters printed\n{}",
+            self.logs()
+        );
+        self.stats().expect("final stats file")
+    }
+}
+
+/// Sends a signal to a process we started (by PID), with the system's `kill`.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// Runs epochgate-peer to completion.
+pub fn run_peer(args: &[String]) -> Output {
+    Command::new(PEER)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run epochgate-peer")
+}
+
+pub fn vm<'a>(stats: &'a Value, name: &str) -> &'a Value {
+    stats["vms"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == name))
+        .unwrap_or_else(|| panic!("no vm {name} in {stats}"))
+}
+
+pub fn port<'a>(stats: &'a Value, role: &str, idx: usize) -> &'a Value {
+    stats["ports"]
+        .as_array()
+        .and_then(|v| v.iter().filter(|p| p["role"] == role).nth(idx))
+        .unwrap_or_else(|| panic!("no {role} port {idx} in {stats}"))
+}
+
+pub fn u(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}"))
+}
+
+pub fn dropped(v: &Value, reason: &str) -> u64 {
+    v["dropped"][reason].as_u64().unwrap_or(0)
+}
+
+/// Every frame received is transmitted, waiting or dropped by a named reason.
+pub fn assert_balanced(stats: &Value) {
+    for v in stats["vms"].as_array().expect("vms") {
+        let drops: u64 = v["dropped"]
+            .as_object()
+            .map_or(0, |d| d.values().filter_map(Value::as_u64).sum());
+        assert_eq!(
+            u(v, "rx_frames"),
+            u(v, "tx_frames") + u(v, "waiting") + drops,
+            "counters do not add up for {v}"
+        );
+    }
+}
+
+/// Checks that `out` is exactly an interleaving of `inputs`: every input frame appears once,
+/// byte for byte, each input's frames in their original order, nothing else. Returns, per input,
+/// how many of its frames were found.
+pub fn assert_interleaving(out: &[Vec<u8>], inputs: &[&[Vec<u8>]]) {
+    let mut next = vec![0usize; inputs.len()];
+    for (i, f) in out.iter().enumerate() {
+        let Some(k) = (0..inputs.len()).find(|&k| inputs[k].get(next[k]) == Some(f)) else {
+            panic!(
+                "egress frame {} ({} bytes) is not the next frame of any input (next indices {next:?}): \
+                 reordered, altered or foreign",
+                i + 1,
+                f.len()
+            );
+        };
+        next[k] += 1;
+    }
+    for (k, input) in inputs.iter().enumerate() {
+        assert_eq!(
+            next[k],
+            input.len(),
+            "input {k}: only {} of {} frames came out",
+            next[k],
+            input.len()
+        );
+    }
+}
