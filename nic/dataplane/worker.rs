@@ -231,7 +231,9 @@ impl Worker {
             if port.rx.rx_burst(&mut burst) == 0 {
                 continue;
             }
-            count_rx(&port.counters, &burst);
+            let bytes = burst_bytes(&burst);
+            count_rx(&port.counters, burst.len(), bytes);
+            count_rx_vm(&vm.counters, burst.len(), bytes);
             for m in burst {
                 self.accept(vi, m);
             }
@@ -245,10 +247,13 @@ impl Worker {
         if port.rx.rx_burst(&mut burst) == 0 {
             return;
         }
-        count_rx(&port.counters, &burst);
+        count_rx(&port.counters, burst.len(), burst_bytes(&burst));
         for m in burst {
             match self.demux.source(m.data()) {
-                Some(vi) => self.accept(vi, m),
+                Some(vi) => {
+                    count_rx_vm(&self.vms[vi].counters, 1, m.len() as u64);
+                    self.accept(vi, m);
+                }
                 None => {
                     let reason = if m.data().len() < 14 {
                         DropReason::Runt
@@ -261,19 +266,16 @@ impl Worker {
         }
     }
 
-    /// A frame the VM sent: counted, then queued, or dropped under a named reason.
+    /// A frame the VM sent (already counted as received and waiting): queued, or dropped under
+    /// a named reason.
     #[inline]
     fn accept(&mut self, vi: VmIdx, m: Mbuf) {
         let vm = &mut self.vms[vi];
-        let c = &vm.counters;
-        c.rx_frames.add(1);
-        c.rx_bytes.add(m.len() as u64);
-        c.waiting.add(1);
         if vm.mac.is_none() {
             if let Some(src) = frame::src_mac(m.data()).filter(MacAddr::is_unicast) {
                 if self.demux.bind(src, vm.vlan, vi) {
                     vm.mac = Some(src);
-                    c.mac.set(mac_to_u64(src));
+                    vm.counters.mac.set(mac_to_u64(src));
                 }
             }
         }
@@ -288,18 +290,22 @@ impl Worker {
         }
     }
 
-    /// Moves frames from eligible VMs' queues into the egress stage, one frame per VM per turn.
+    /// Moves frames from eligible VMs' queues into the egress stage: round robin over VMs, each
+    /// turn a run of up to the stage's free room from one VM (runs keep the per-frame cost low).
     fn fill_egress(&mut self) {
         let n = self.vms.len();
-        while !self.out.is_full() {
-            let Some(vi) = (0..n)
-                .map(|k| (self.next_vm + k) % n)
-                .find(|&vi| self.vms[vi].eligible())
-            else {
-                break;
-            };
-            self.next_vm = (vi + 1) % n;
-            if let Some(m) = self.vms[vi].queue.pop_front() {
+        let mut passed = 0;
+        while !self.out.is_full() && passed < n {
+            let vi = self.next_vm;
+            self.next_vm = if vi + 1 == n { 0 } else { vi + 1 };
+            let vm = &mut self.vms[vi];
+            if !vm.eligible() {
+                passed += 1;
+                continue;
+            }
+            passed = 0;
+            let take = self.out.remaining_capacity().min(vm.queue.len());
+            for m in vm.queue.drain(..take) {
                 let len = m.len() as u32;
                 self.out.push(m);
                 self.out_owner.push((vi, len));
@@ -316,17 +322,30 @@ impl Worker {
         if sent == 0 {
             return;
         }
-        let mut bytes = 0u64;
+        // Account by runs of the same VM: one counter update per run, not per frame.
+        let mut total = 0u64;
+        let mut run: Option<(VmIdx, u64, u64)> = None;
         for &(vi, len) in &self.out_owner[..sent] {
-            let c = &self.vms[vi].counters;
-            c.tx_frames.add(1);
-            c.tx_bytes.add(u64::from(len));
-            c.waiting.sub(1);
-            bytes += u64::from(len);
+            total += u64::from(len);
+            match &mut run {
+                Some((v, frames, bytes)) if *v == vi => {
+                    *frames += 1;
+                    *bytes += u64::from(len);
+                }
+                _ => {
+                    if let Some((v, frames, bytes)) = run {
+                        count_tx_vm(&self.vms[v].counters, frames, bytes);
+                    }
+                    run = Some((vi, 1, u64::from(len)));
+                }
+            }
+        }
+        if let Some((v, frames, bytes)) = run {
+            count_tx_vm(&self.vms[v].counters, frames, bytes);
         }
         self.out_owner.drain(..sent);
         port.counters.tx_frames.add(sent as u64);
-        port.counters.tx_bytes.add(bytes);
+        port.counters.tx_bytes.add(total);
     }
 
     /// The inbound path: frames from the uplink to the port of the VM they are addressed to.
@@ -336,7 +355,7 @@ impl Worker {
         if self.ports[eg].rx.rx_burst(&mut burst) == 0 {
             return;
         }
-        count_rx(&self.ports[eg].counters, &burst);
+        count_rx(&self.ports[eg].counters, burst.len(), burst_bytes(&burst));
         for m in burst {
             match self.demux.destination(m.data()) {
                 Inbound::Vm(vi) => {
@@ -430,9 +449,29 @@ impl Worker {
 }
 
 #[inline]
-fn count_rx(c: &PortCounters, burst: &Burst) {
-    c.rx_frames.add(burst.len() as u64);
-    c.rx_bytes.add(burst.iter().map(|m| m.len() as u64).sum());
+fn burst_bytes(burst: &Burst) -> u64 {
+    burst.iter().map(|m| m.len() as u64).sum()
+}
+
+#[inline]
+fn count_rx(c: &PortCounters, frames: usize, bytes: u64) {
+    c.rx_frames.add(frames as u64);
+    c.rx_bytes.add(bytes);
+}
+
+/// Received from the VM: counted as received and as waiting until transmitted or dropped.
+#[inline]
+fn count_rx_vm(c: &VmCounters, frames: usize, bytes: u64) {
+    c.rx_frames.add(frames as u64);
+    c.rx_bytes.add(bytes);
+    c.waiting.add(frames as u64);
+}
+
+#[inline]
+fn count_tx_vm(c: &VmCounters, frames: u64, bytes: u64) {
+    c.tx_frames.add(frames);
+    c.tx_bytes.add(bytes);
+    c.waiting.sub(frames);
 }
 
 /// Queues an inbound frame for a port's TX, or drops it (counted) when the port is not draining.

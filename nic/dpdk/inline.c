@@ -9,9 +9,6 @@ uint16_t eg_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint
 struct rte_mbuf *eg_pktmbuf_alloc(struct rte_mempool *mp) { return rte_pktmbuf_alloc(mp); }
 void eg_pktmbuf_free(struct rte_mbuf *m) { rte_pktmbuf_free(m); }
 void eg_pktmbuf_free_bulk(struct rte_mbuf **m, unsigned int n) { rte_pktmbuf_free_bulk(m, n); }
-uint8_t *eg_mbuf_data(const struct rte_mbuf *m) { return rte_pktmbuf_mtod(m, uint8_t *); }
-uint16_t eg_mbuf_data_len(const struct rte_mbuf *m) { return m->data_len; }
-uint32_t eg_mbuf_pkt_len(const struct rte_mbuf *m) { return m->pkt_len; }
 uint16_t eg_mbuf_nb_segs(const struct rte_mbuf *m) { return m->nb_segs; }
 char *eg_pktmbuf_append(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_append(m, len); }
 void eg_mbuf_refcnt_update(struct rte_mbuf *m, int16_t v) { rte_mbuf_refcnt_update(m, v); }

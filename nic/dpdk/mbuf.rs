@@ -51,11 +51,13 @@ impl Mbuf {
     /// The frame's bytes in its first segment (all of it for single-segment frames).
     #[inline]
     pub fn data(&self) -> &[u8] {
-        // SAFETY: mtod + data_len describe the initialised data of the first segment, which lives
-        // as long as we hold a reference to the mbuf and is never written while shared.
+        // SAFETY: buf_addr + data_off is rte_pktmbuf_mtod, and data_len bytes from there are the
+        // initialised data of the first segment (bindgen's layout assertions pin these fields to
+        // the C struct). The data lives as long as our reference and is never written while shared.
         unsafe {
-            let p = self.0.as_ptr();
-            std::slice::from_raw_parts(ffi::eg_mbuf_data(p), usize::from(ffi::eg_mbuf_data_len(p)))
+            let m = self.0.as_ref();
+            let start = m.buf_addr.cast::<u8>().add(usize::from(m.data_off));
+            std::slice::from_raw_parts(start, usize::from(m.data_len))
         }
     }
 
@@ -63,7 +65,7 @@ impl Mbuf {
     #[inline]
     pub fn len(&self) -> usize {
         // SAFETY: reads pkt_len of a valid mbuf we hold a reference to.
-        unsafe { ffi::eg_mbuf_pkt_len(self.0.as_ptr()) as usize }
+        unsafe { self.0.as_ref().pkt_len as usize }
     }
 
     #[inline]

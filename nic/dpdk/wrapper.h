@@ -14,9 +14,6 @@ uint16_t eg_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint
 struct rte_mbuf *eg_pktmbuf_alloc(struct rte_mempool *mp);
 void eg_pktmbuf_free(struct rte_mbuf *m);
 void eg_pktmbuf_free_bulk(struct rte_mbuf **m, unsigned int n);
-uint8_t *eg_mbuf_data(const struct rte_mbuf *m);
-uint16_t eg_mbuf_data_len(const struct rte_mbuf *m);
-uint32_t eg_mbuf_pkt_len(const struct rte_mbuf *m);
 uint16_t eg_mbuf_nb_segs(const struct rte_mbuf *m);
 char *eg_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 void eg_mbuf_refcnt_update(struct rte_mbuf *m, int16_t v);

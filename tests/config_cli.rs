@@ -1,0 +1,182 @@
+//! `epochgate check-config` and `epochgate run` on good and bad configuration files: every
+//! example in config/ is valid; every mistake is refused before EAL starts, naming the key and why.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn check(text: &str) -> (bool, String) {
+    let dir = tempdir();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, text).unwrap();
+    let out = Command::new(EPOCHGATE)
+        .arg("check-config")
+        .arg(&f)
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), all)
+}
+
+const GOOD: &str = r#"
+[egress]
+port = "net_pcap0,tx_pcap=/tmp/out.pcap"
+[ingress]
+port = "net_pcap1,rx_pcap=/tmp/in.pcap"
+[[vm]]
+name = "a"
+mac = "52:54:00:00:00:01"
+[[vm]]
+name = "b"
+port = "net_vhost0,iface=/tmp/b.sock"
+"#;
+
+#[test]
+fn every_example_config_is_valid_and_prints_its_topology() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = Command::new(EPOCHGATE)
+                .arg("check-config")
+                .arg(&path)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(text.contains("EAL:") && text.contains("egress:"), "{text}");
+            n += 1;
+        }
+    }
+    assert!(
+        n >= 3,
+        "config/ should hold the demo, QEMU and physical NIC examples"
+    );
+}
+
+#[test]
+fn the_resolved_topology_shows_eal_arguments_and_each_vm() {
+    let (ok, out) = check(GOOD);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("--no-pci"),
+        "only vdevs: EAL must not probe PCI\n{out}"
+    );
+    assert!(out.contains("--vdev net_vhost0,iface=/tmp/b.sock"), "{out}");
+    assert!(
+        out.contains("vm \"a\"") && out.contains("52:54:00:00:00:01"),
+        "{out}"
+    );
+    assert!(out.contains("learned from its first frame"), "{out}");
+}
+
+#[test]
+fn mistakes_are_refused_naming_the_key_and_why() {
+    let cases: &[(&str, String, &[&str])] = &[
+        (
+            "missing egress",
+            GOOD.replace("[egress]\nport = \"net_pcap0,tx_pcap=/tmp/out.pcap\"\n", ""),
+            &["egress"],
+        ),
+        (
+            "duplicate VM name",
+            GOOD.replace("name = \"b\"", "name = \"a\""),
+            &["vm[1]", "name", "duplicate"],
+        ),
+        (
+            "duplicate MAC",
+            format!("{GOOD}[[vm]]\nname = \"c\"\nmac = \"52:54:00:00:00:01\"\n"),
+            &["vm[2]", "mac", "duplicate"],
+        ),
+        (
+            "unknown mode",
+            format!("{GOOD}mode = \"protectd\"\n"),
+            &["vm[1]", "mode", "protectd"],
+        ),
+        (
+            "malformed MAC",
+            GOOD.replace("52:54:00:00:00:01", "52:54:00:zz:00:01"),
+            &["vm[0]", "mac", "not a MAC"],
+        ),
+        (
+            "VM with neither port nor shared-ingress MAC",
+            format!("{GOOD}[[vm]]\nname = \"c\"\n"),
+            &["vm[2]", "port", "mac"],
+        ),
+        (
+            "MAC VM without a shared ingress",
+            GOOD.replace("[ingress]\nport = \"net_pcap1,rx_pcap=/tmp/in.pcap\"\n", ""),
+            &["vm[0]", "ingress"],
+        ),
+        (
+            "typo in a key",
+            GOOD.replace("[[vm]]\nname = \"a\"", "[[vm]]\nnmae = \"a\""),
+            &["nmae"],
+        ),
+        (
+            "unknown section key",
+            format!("[eal]\nlcore = \"0-1\"\n{GOOD}"),
+            &["lcore"],
+        ),
+        (
+            "bad port",
+            GOOD.replace("net_pcap0,tx_pcap=/tmp/out.pcap", "eth0"),
+            &["egress.port", "eth0"],
+        ),
+        (
+            "same device twice",
+            GOOD.replace("net_pcap1", "net_pcap0"),
+            &["net_pcap0"],
+        ),
+        (
+            "vlan out of range",
+            format!("{GOOD}[[vm]]\nname = \"c\"\nmac = \"52:54:00:00:00:09\"\nvlan = 5000\n"),
+            &["vm[2]", "vlan"],
+        ),
+        (
+            "no VMs",
+            "[egress]\nport = \"net_null0\"\n".to_string(),
+            &["vm"],
+        ),
+    ];
+    for (what, text, needles) in cases {
+        let (ok, out) = check(text);
+        assert!(!ok, "{what}: accepted\n{text}");
+        for n in *needles {
+            assert!(
+                out.contains(n),
+                "{what}: error does not mention {n:?}: {out}"
+            );
+        }
+        assert!(
+            !out.contains("EAL: Detected"),
+            "{what}: EAL must not start on a bad config: {out}"
+        );
+    }
+}
+
+#[test]
+fn run_refuses_a_bad_config_before_eal_starts() {
+    let dir = tempdir();
+    let f = dir.path().join("bad.toml");
+    std::fs::write(&f, GOOD.replace("name = \"b\"", "name = \"a\"")).unwrap();
+    let out = Command::new(EPOCHGATE)
+        .args(["run", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("vm[1]") && err.contains("duplicate"), "{err}");
+    assert!(!err.contains("EAL: Detected"), "{err}");
+}
