@@ -14,32 +14,39 @@ use std::path::{Path, PathBuf};
 /// Frames each demo VM sends.
 pub const FRAMES_PER_VM: u32 = 20_000;
 
-/// The demo's VMs: (name, stream id, MAC, VLAN, where it sits, mode).
-pub const VMS: [(&str, u32, [u8; 6], Option<u16>, &str, &str); 3] = [
-    (
-        "web",
-        1,
-        [0x52, 0x54, 0, 0, 0, 1],
-        None,
-        "own port",
-        "passthrough",
-    ),
-    (
-        "db",
-        2,
-        [0x52, 0x54, 0, 0, 0, 2],
-        None,
-        "shared ingress",
-        "passthrough",
-    ),
-    (
-        "ledger",
-        3,
-        [0x52, 0x54, 0, 0, 0, 3],
-        Some(10),
-        "shared ingress",
-        "protected",
-    ),
+/// One of the demo's VMs.
+pub struct DemoVm {
+    pub name: &'static str,
+    /// Stream id in the generated frames.
+    pub id: u32,
+    pub mac: [u8; 6],
+    pub vlan: Option<u16>,
+    /// Where it sits, for the report.
+    pub place: &'static str,
+    pub mode: &'static str,
+}
+
+const fn demo_vm(
+    name: &'static str,
+    id: u32,
+    vlan: Option<u16>,
+    place: &'static str,
+    mode: &'static str,
+) -> DemoVm {
+    DemoVm {
+        name,
+        id,
+        mac: [0x52, 0x54, 0, 0, 0, id as u8],
+        vlan,
+        place,
+        mode,
+    }
+}
+
+pub const VMS: [DemoVm; 3] = [
+    demo_vm("web", 1, None, "own port", "passthrough"),
+    demo_vm("db", 2, None, "shared ingress", "passthrough"),
+    demo_vm("ledger", 3, Some(10), "shared ingress", "protected"),
 ];
 
 /// A sender on the shared ingress that is no configured VM (its frames are dropped, counted).
@@ -71,17 +78,17 @@ pub fn prepare(dir: &Path, hugepages: bool) -> io::Result<Demo> {
     };
 
     // web: its own port.
-    let (_, id, mac, vlan, _, _) = VMS[0];
+    let w = &VMS[0];
     let web: Vec<Frame> = (0..FRAMES_PER_VM)
-        .map(|q| to_frame(q, gen::frame(&stream(id, mac, vlan), q)))
+        .map(|q| to_frame(q, gen::frame(&stream(w.id, w.mac, w.vlan), q)))
         .collect();
     capture::write_file(&dir.join("web-out.pcap"), &web)?;
 
     // db, ledger and a stray sender interleaved on the shared ingress.
     let mut shared = Vec::new();
     for q in 0..FRAMES_PER_VM {
-        for &(_, id, mac, vlan, _, _) in &VMS[1..] {
-            shared.push(gen::frame(&stream(id, mac, vlan), q));
+        for v in &VMS[1..] {
+            shared.push(gen::frame(&stream(v.id, v.mac, v.vlan), q));
         }
         if q < STRAY_FRAMES {
             shared.push(gen::frame(&stream(99, STRAY, None), q));
@@ -98,7 +105,7 @@ pub fn prepare(dir: &Path, hugepages: bool) -> io::Result<Demo> {
     let mut inbound = Vec::new();
     for q in 0..UPLINK_FRAMES {
         let dst = match q % 5 {
-            0..=2 => MacAddr(VMS[(q % 5) as usize].2),
+            0..=2 => MacAddr(VMS[(q % 5) as usize].mac),
             3 => MacAddr::BROADCAST,
             _ => MacAddr([0x52, 0x54, 0, 0, 0, 0x77]),
         };
@@ -106,7 +113,7 @@ pub fn prepare(dir: &Path, hugepages: bool) -> io::Result<Demo> {
             id: 200,
             src: gw,
             dst,
-            vlan: (dst.0 == VMS[2].2).then_some(10),
+            vlan: (dst.0 == VMS[2].mac).then_some(10),
         };
         inbound.push(to_frame(q, gen::frame(&s, q)));
     }
@@ -162,8 +169,8 @@ mode = "protected"
         web = p("web-out.pcap"),
         web_in = p("web-in.pcap"),
         dir = dir.display(),
-        db_mac = MacAddr(VMS[1].2),
-        ledger_mac = MacAddr(VMS[2].2),
+        db_mac = MacAddr(VMS[1].mac),
+        ledger_mac = MacAddr(VMS[2].mac),
     );
     let config_path = dir.join("demo.toml");
     std::fs::write(&config_path, config)?;
@@ -205,7 +212,14 @@ pub fn report(demo: &Demo) -> Result<String, capture::CaptureError> {
         demo.egress_out.display(),
         cap.frames.len()
     );
-    for (name, _, mac, _, place, mode) in VMS {
+    for DemoVm {
+        name,
+        mac,
+        place,
+        mode,
+        ..
+    } in VMS
+    {
         let (n, ordered, _) = per_src
             .get(&MacAddr(mac))
             .copied()

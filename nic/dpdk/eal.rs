@@ -100,10 +100,7 @@ extern "C" fn trampoline(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the Box<Work> leaked by launch_on for exactly this one call.
     let work: Box<Work> = unsafe { Box::from_raw(arg.cast::<Work>()) };
     // A panic must not unwind into C: report it as a failed lcore instead.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || work())) {
-        Ok(rc) => rc,
-        Err(_) => -1,
-    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or(-1)
 }
 
 /// A closure running on a worker lcore; `wait` joins it.
