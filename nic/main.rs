@@ -133,17 +133,9 @@ fn write_stats(path: &Path, snap: &Snapshot) -> Result<()> {
     Ok(())
 }
 
-/// Free 2 MB hugepages, as the kernel reports them.
-fn free_hugepages() -> u64 {
-    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn run_demo(duration: f64, out: &Path) -> Result<()> {
     // 512 MB of EAL memory = 256 pages; otherwise --no-huge.
-    let hugepages = free_hugepages() >= 256;
+    let hugepages = epochgate::dataplane::free_hugepages() >= 256;
     let d = demo::prepare(out, hugepages)
         .with_context(|| format!("preparing the demo in {}", out.display()))?;
     println!(

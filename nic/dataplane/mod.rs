@@ -23,6 +23,8 @@ const DRAIN: Duration = Duration::from_millis(500);
 pub enum StartError {
     #[error(transparent)]
     Dpdk(#[from] DpdkError),
+    #[error("{source}; eal.hugepages is true but no 2 MB hugepages are free: reserve some (scripts/setup.sh does) or set eal.hugepages = false")]
+    NoHugepages { source: DpdkError },
     #[error("eal.lcores: needs at least two lcores (the main lcore runs control and stats, a worker runs the poll loop); got {0:?}")]
     NoWorker(String),
 }
@@ -37,6 +39,14 @@ struct PortView {
     port: Port,
     role: PortRole,
     counters: Arc<PortCounters>,
+}
+
+/// Free 2 MB hugepages as the kernel reports them (0 if unknown).
+pub fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// A running epochgate data plane.
@@ -54,7 +64,13 @@ impl Appliance {
     /// Starts the EAL (once per process), the mempool and every port, and launches the worker.
     pub fn start(cfg: &Config) -> Result<Appliance, StartError> {
         let specs = cfg.ports();
-        let eal = dpdk::init(&crate::config::eal_args(&cfg.eal, &specs))?;
+        let eal = dpdk::init(&crate::config::eal_args(&cfg.eal, &specs)).map_err(|source| {
+            if cfg.eal.hugepages && free_hugepages() == 0 {
+                StartError::NoHugepages { source }
+            } else {
+                StartError::Dpdk(source)
+            }
+        })?;
         let lcore = *dpdk::worker_lcores(eal)
             .first()
             .ok_or_else(|| StartError::NoWorker(cfg.eal.lcores.clone()))?;
