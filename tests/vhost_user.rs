@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use epochgate::frame::MacAddr;
 use epochgate::gen::{self, Stream};
-use serde_json::Value;
 use std::path::Path;
 
 const VM: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x01]);
@@ -21,19 +20,24 @@ fn config(d: &Path, prefix: &str) -> String {
     )
 }
 
-fn peer_result(out: &std::process::Output) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.contains("\"done\""))
-        .unwrap_or_else(|| {
-            panic!(
-                "peer printed no result\n{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
+fn virtio_user(n: u32, socket: &Path) -> String {
+    format!("net_virtio_user{n},path={}", socket.display())
+}
+
+fn traffic(id: u32, src: MacAddr, dst: MacAddr, n: u32) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|q| {
+            gen::frame(
+                &Stream {
+                    id,
+                    src,
+                    dst,
+                    vlan: None,
+                },
+                q,
             )
-        });
-    serde_json::from_str(line).expect("peer JSON")
+        })
+        .collect()
 }
 
 #[test]
@@ -41,67 +45,32 @@ fn a_virtio_user_vm_sends_to_egress_and_receives_from_the_uplink() {
     let _g = serial();
     let dir = tempdir();
     let d = dir.path();
-    let vm_out: Vec<_> = (0..2000)
-        .map(|q| {
-            gen::frame(
-                &Stream {
-                    id: 1,
-                    src: VM,
-                    dst: GW,
-                    vlan: None,
-                },
-                q,
-            )
-        })
-        .collect();
-    let to_vm: Vec<_> = (0..300)
-        .map(|q| {
-            gen::frame(
-                &Stream {
-                    id: 9,
-                    src: GW,
-                    dst: VM,
-                    vlan: None,
-                },
-                q,
-            )
-        })
-        .collect();
+    let vm_out = traffic(1, VM, GW, 2000);
+    let to_vm = traffic(9, GW, VM, 300);
     write_pcap(&d.join("vm-out.pcap"), &vm_out);
     write_pcap(&d.join("to-vm.pcap"), &to_vm);
 
     let mut eg = Running::start(d, &config(d, "eg-vhost"));
     eg.wait_for_path(&d.join("vm1.sock"));
     eg.wait_for_path(&d.join("uplink.sock"));
-    let p = |n: &str| d.join(n).display().to_string();
-    let out = run_peer(&[
-        "--file-prefix".into(),
-        format!("eg-vhost-peer-{}", std::process::id()),
-        "--port".into(),
-        format!("net_virtio_user0,path={}", p("vm1.sock")),
-        "--port".into(),
-        format!("net_virtio_user1,path={}", p("uplink.sock")),
-        "--send".into(),
-        format!("0={}", p("vm-out.pcap")),
-        "--recv".into(),
-        format!("0={}", p("vm-in.pcap")),
-        "--expect".into(),
-        format!("0={}", to_vm.len()),
-        "--send".into(),
-        format!("1={}", p("to-vm.pcap")),
-        "--recv".into(),
-        format!("1={}", p("egress.pcap")),
-        "--expect".into(),
-        format!("1={}", vm_out.len()),
-    ]);
-    let result = peer_result(&out);
-    let stats = eg.stop();
-    assert_eq!(
-        result["ok"],
-        true,
-        "peer: {result}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_peer(
+        "eg-vhost-peer",
+        &[
+            PeerPort {
+                vdev: virtio_user(0, &d.join("vm1.sock")),
+                send: Some(d.join("vm-out.pcap")),
+                recv: Some(d.join("vm-in.pcap")),
+                expect: Some(to_vm.len()),
+            },
+            PeerPort {
+                vdev: virtio_user(1, &d.join("uplink.sock")),
+                send: Some(d.join("to-vm.pcap")),
+                recv: Some(d.join("egress.pcap")),
+                expect: Some(vm_out.len()),
+            },
+        ],
     );
+    let stats = eg.stop();
 
     assert_interleaving(&read_pcap(&d.join("egress.pcap")), &[&vm_out]);
     assert_eq!(
@@ -122,32 +91,18 @@ fn frames_wait_for_an_uplink_that_is_not_there_yet() {
     let _g = serial();
     let dir = tempdir();
     let d = dir.path();
-    let vm_out: Vec<_> = (0..900)
-        .map(|q| {
-            gen::frame(
-                &Stream {
-                    id: 1,
-                    src: VM,
-                    dst: GW,
-                    vlan: None,
-                },
-                q,
-            )
-        })
-        .collect();
+    let vm_out = traffic(1, VM, GW, 900);
     write_pcap(&d.join("vm-out.pcap"), &vm_out);
     let mut eg = Running::start(d, &config(d, "eg-late"));
     eg.wait_for_path(&d.join("vm1.sock"));
-    let p = |n: &str| d.join(n).display().to_string();
-    let sender = run_peer(&[
-        "--file-prefix".into(),
-        format!("eg-late-vm-{}", std::process::id()),
-        "--port".into(),
-        format!("net_virtio_user0,path={}", p("vm1.sock")),
-        "--send".into(),
-        format!("0={}", p("vm-out.pcap")),
-    ]);
-    assert_eq!(peer_result(&sender)["ok"], true);
+    run_peer(
+        "eg-late-vm",
+        &[PeerPort {
+            vdev: virtio_user(0, &d.join("vm1.sock")),
+            send: Some(d.join("vm-out.pcap")),
+            ..Default::default()
+        }],
+    );
     let waiting = eg.wait_for("the VM's frames inside epochgate", |s| {
         u(vm(s, "vm1"), "rx_frames") == 900
     });
@@ -157,19 +112,16 @@ fn frames_wait_for_an_uplink_that_is_not_there_yet() {
         "nothing can have left without an uplink"
     );
 
-    let receiver = run_peer(&[
-        "--file-prefix".into(),
-        format!("eg-late-up-{}", std::process::id()),
-        "--port".into(),
-        format!("net_virtio_user0,path={}", p("uplink.sock")),
-        "--recv".into(),
-        format!("0={}", p("egress.pcap")),
-        "--expect".into(),
-        "0=900".into(),
-    ]);
-    let result = peer_result(&receiver);
+    run_peer(
+        "eg-late-up",
+        &[PeerPort {
+            vdev: virtio_user(0, &d.join("uplink.sock")),
+            recv: Some(d.join("egress.pcap")),
+            expect: Some(900),
+            ..Default::default()
+        }],
+    );
     let stats = eg.stop();
-    assert_eq!(result["ok"], true, "{result}");
     assert_interleaving(&read_pcap(&d.join("egress.pcap")), &[&vm_out]);
     let v = vm(&stats, "vm1");
     assert!(

@@ -47,6 +47,8 @@ pub struct WorkerPort {
     pub tx: TxQueue,
     pub counters: Arc<PortCounters>,
     inbound: ArrayVec<Mbuf, INBOUND_STAGE>,
+    /// Bytes in `inbound`, so TX accounting does not walk the stage every round.
+    inbound_bytes: u64,
 }
 
 impl WorkerPort {
@@ -57,6 +59,7 @@ impl WorkerPort {
             tx,
             counters,
             inbound: ArrayVec::new(),
+            inbound_bytes: 0,
         }
     }
 }
@@ -396,12 +399,12 @@ impl Worker {
             if p.inbound.is_empty() {
                 continue;
             }
-            let before: u64 = p.inbound.iter().map(|m| m.len() as u64).sum();
             let sent = p.tx.tx_burst(&mut p.inbound);
             if sent > 0 {
-                let after: u64 = p.inbound.iter().map(|m| m.len() as u64).sum();
+                let left: u64 = p.inbound.iter().map(|m| m.len() as u64).sum();
                 p.counters.tx_frames.add(sent as u64);
-                p.counters.tx_bytes.add(before - after);
+                p.counters.tx_bytes.add(p.inbound_bytes - left);
+                p.inbound_bytes = left;
             }
         }
     }
@@ -477,7 +480,9 @@ fn count_tx_vm(c: &VmCounters, frames: u64, bytes: u64) {
 /// Queues an inbound frame for a port's TX, or drops it (counted) when the port is not draining.
 #[inline]
 fn stage_inbound(port: &mut WorkerPort, m: Mbuf) {
-    if port.inbound.try_push(m).is_err() {
-        port.counters.drops.add(DropReason::PortBusy, 1);
+    let len = m.len() as u64;
+    match port.inbound.try_push(m) {
+        Ok(()) => port.inbound_bytes += len,
+        Err(_) => port.counters.drops.add(DropReason::PortBusy, 1),
     }
 }

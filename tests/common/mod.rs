@@ -195,13 +195,56 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig} {pid} failed");
 }
 
-/// Runs epochgate-peer to completion.
-pub fn run_peer(args: &[String]) -> Output {
-    Command::new(PEER)
-        .args(args)
+/// One port of an `epochgate-peer` run: the vdev it attaches, and optionally a capture to
+/// send, a capture to record into, and how many frames to expect.
+#[derive(Default)]
+pub struct PeerPort {
+    pub vdev: String,
+    pub send: Option<PathBuf>,
+    pub recv: Option<PathBuf>,
+    pub expect: Option<usize>,
+}
+
+/// Runs epochgate-peer to completion with these ports; returns its result line (JSON).
+pub fn run_peer(prefix: &str, ports: &[PeerPort]) -> Value {
+    let mut cmd = Command::new(PEER);
+    cmd.arg("--file-prefix")
+        .arg(format!("{prefix}-{}", std::process::id()));
+    for (i, p) in ports.iter().enumerate() {
+        cmd.arg("--port").arg(&p.vdev);
+        if let Some(f) = &p.send {
+            cmd.arg("--send").arg(format!("{i}={}", f.display()));
+        }
+        if let Some(f) = &p.recv {
+            cmd.arg("--recv").arg(format!("{i}={}", f.display()));
+        }
+        if let Some(n) = p.expect {
+            cmd.arg("--expect").arg(format!("{i}={n}"));
+        }
+    }
+    let out: Output = cmd
         .stdin(Stdio::null())
         .output()
-        .expect("run epochgate-peer")
+        .expect("run epochgate-peer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"done\""))
+        .unwrap_or_else(|| {
+            panic!(
+                "peer printed no result\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let v: Value = serde_json::from_str(line).expect("peer JSON");
+    assert_eq!(
+        v["ok"],
+        true,
+        "peer: {v}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    v
 }
 
 pub fn vm<'a>(stats: &'a Value, name: &str) -> &'a Value {
