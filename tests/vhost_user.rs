@@ -130,3 +130,62 @@ fn frames_wait_for_an_uplink_that_is_not_there_yet() {
     );
     assert_balanced(&stats);
 }
+
+#[test]
+fn epochgate_comes_back_after_being_killed() {
+    // SIGKILL leaves the vhost-user socket files behind; a restart must serve them again, and
+    // a second epochgate must not steal the sockets of a live one.
+    let _g = serial();
+    let dir = tempdir();
+    let d = dir.path();
+    let mut first = Running::start(d, &config(d, "eg-crash1"));
+    first.wait_for("first instance running", |_| true);
+    let pid = first.child.id();
+    signal(pid, "KILL");
+    let _ = first.child.wait();
+    assert!(
+        d.join("vm1.sock").exists(),
+        "the killed process left its socket file"
+    );
+
+    let live_dir = tempdir();
+    let mut second = Running::start(live_dir.path(), &config(d, "eg-crash2"));
+    second.wait_for("restarted instance running", |_| true);
+    let vm_out = traffic(1, VM, GW, 100);
+    write_pcap(&d.join("vm-out.pcap"), &vm_out);
+    run_peer(
+        "eg-crash-peer",
+        &[
+            PeerPort {
+                vdev: virtio_user(0, &d.join("vm1.sock")),
+                send: Some(d.join("vm-out.pcap")),
+                ..Default::default()
+            },
+            PeerPort {
+                vdev: virtio_user(1, &d.join("uplink.sock")),
+                recv: Some(d.join("egress.pcap")),
+                expect: Some(100),
+                ..Default::default()
+            },
+        ],
+    );
+    assert_interleaving(&read_pcap(&d.join("egress.pcap")), &[&vm_out]);
+
+    // A third instance on the same sockets is refused, naming the socket, and the live one is untouched.
+    let third_dir = tempdir();
+    let cfg = third_dir.path().join("c.toml");
+    std::fs::write(&cfg, config(d, "eg-crash3")).unwrap();
+    let out = std::process::Command::new(EPOCHGATE)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("uplink.sock") && err.contains("another process"),
+        "{err}"
+    );
+    let stats = second.stop();
+    assert_eq!(u(vm(&stats, "vm1"), "tx_frames"), 100);
+}

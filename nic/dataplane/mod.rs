@@ -25,6 +25,8 @@ pub enum StartError {
     Dpdk(#[from] DpdkError),
     #[error("{source}; eal.hugepages is true but no 2 MB hugepages are free: reserve some (scripts/setup.sh does) or set eal.hugepages = false")]
     NoHugepages { source: DpdkError },
+    #[error("{path}: {why}")]
+    VhostSocket { path: String, why: String },
     #[error("eal.lcores: needs at least two lcores (the main lcore runs control and stats, a worker runs the poll loop); got {0:?}")]
     NoWorker(String),
 }
@@ -39,6 +41,40 @@ struct PortView {
     port: Port,
     role: PortRole,
     counters: Arc<PortCounters>,
+}
+
+/// A vhost-user port's socket must be creatable: its directory is made if missing, and a socket
+/// file left by a process that died (nobody accepts on it) is removed, so that epochgate comes
+/// back after a crash. A socket another live process serves is refused.
+fn prepare_vhost_socket(spec: &PortSpec) -> Result<(), StartError> {
+    let PortSpec::Vdev { spec, name } = spec else {
+        return Ok(());
+    };
+    if !name.starts_with("net_vhost") {
+        return Ok(());
+    }
+    let Some(path) = spec.split(',').find_map(|kv| kv.strip_prefix("iface=")) else {
+        return Ok(());
+    };
+    let err = |why: String| StartError::VhostSocket {
+        path: path.to_string(),
+        why,
+    };
+    let path = std::path::Path::new(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create its directory: {e}")))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err(
+                "another process is serving this vhost-user socket".into()
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| err(format!("stale socket file cannot be removed: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Free 2 MB hugepages as the kernel reports them (0 if unknown).
@@ -64,6 +100,9 @@ impl Appliance {
     /// Starts the EAL (once per process), the mempool and every port, and launches the worker.
     pub fn start(cfg: &Config) -> Result<Appliance, StartError> {
         let specs = cfg.ports();
+        for spec in &specs {
+            prepare_vhost_socket(spec)?;
+        }
         let eal = dpdk::init(&crate::config::eal_args(&cfg.eal, &specs)).map_err(|source| {
             if cfg.eal.hugepages && free_hugepages() == 0 {
                 StartError::NoHugepages { source }
