@@ -123,6 +123,11 @@ pub fn frame(stream: &Stream, seq: u32) -> Vec<u8> {
     out
 }
 
+/// The first `n` frames of `stream`.
+pub fn frames(stream: &Stream, n: u32) -> Vec<Vec<u8>> {
+    (0..n).map(|seq| frame(stream, seq)).collect()
+}
+
 /// Where a generated frame came from: (stream id, sequence number), if it carries the marker.
 pub fn stamp(frame: &[u8]) -> Option<(u32, u32)> {
     let at = frame.windows(4).position(|w| w == MAGIC)?;

@@ -29,7 +29,7 @@ fn inputs(dir: &Path) -> Vec<Vec<Vec<u8>>> {
                 vlan: None,
             };
             // Different lengths per VM so the round robin interleaves unevenly.
-            (0..1500 + 700 * id).map(|q| gen::frame(&s, q)).collect()
+            gen::frames(&s, 1500 + 700 * id)
         })
         .collect()
 }

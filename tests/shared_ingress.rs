@@ -23,12 +23,8 @@ fn shared_ingress_is_demultiplexed_by_mac_and_vlan_and_unknown_sources_are_count
     let dir = tempdir();
     let d = dir.path();
     // a: untagged; b: VLAN 20 only; c: no VM. b's untagged frames belong to nobody.
-    let a: Vec<_> = (0..1200)
-        .map(|q| gen::frame(&stream(1, A, GW, None), q))
-        .collect();
-    let b: Vec<_> = (0..900)
-        .map(|q| gen::frame(&stream(2, B, GW, Some(20)), q))
-        .collect();
+    let a = gen::frames(&stream(1, A, GW, None), 1200);
+    let b = gen::frames(&stream(2, B, GW, Some(20)), 900);
     let mut shared = Vec::new();
     let (mut unknown, mut runts) = (0u64, 0u64);
     for q in 0..1200u32 {
@@ -95,12 +91,8 @@ fn inbound_frames_reach_the_vm_they_are_addressed_to() {
     let dir = tempdir();
     let d = dir.path();
     // Port VM "p" has no configured MAC: it is learned from its first frame.
-    let p_out: Vec<_> = (0..50)
-        .map(|q| gen::frame(&stream(5, P, GW, None), q))
-        .collect();
-    let s_out: Vec<_> = (0..30)
-        .map(|q| gen::frame(&stream(6, S, GW, None), q))
-        .collect();
+    let p_out = gen::frames(&stream(5, P, GW, None), 50);
+    let s_out = gen::frames(&stream(6, S, GW, None), 30);
     let mcast: MacAddr = "01:00:5e:00:00:fb".parse().unwrap();
     let other: MacAddr = "52:54:00:00:00:77".parse().unwrap();
     let mut uplink = Vec::new();

@@ -25,19 +25,15 @@ fn virtio_user(n: u32, socket: &Path) -> String {
 }
 
 fn traffic(id: u32, src: MacAddr, dst: MacAddr, n: u32) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|q| {
-            gen::frame(
-                &Stream {
-                    id,
-                    src,
-                    dst,
-                    vlan: None,
-                },
-                q,
-            )
-        })
-        .collect()
+    gen::frames(
+        &Stream {
+            id,
+            src,
+            dst,
+            vlan: None,
+        },
+        n,
+    )
 }
 
 #[test]

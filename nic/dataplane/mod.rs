@@ -88,7 +88,6 @@ pub fn free_hugepages() -> u64 {
 /// A running epochgate data plane.
 pub struct Appliance {
     eal: &'static Eal,
-    pool: Mempool,
     vms: Vec<VmView>,
     ports: Vec<PortView>,
     quit: Arc<AtomicBool>,
@@ -140,7 +139,7 @@ impl Appliance {
             let (Some(rxq), Some(txq)) = (rx.pop(), tx.pop()) else {
                 unreachable!("Port::start returns the one rx and tx queue it was asked for");
             };
-            wports.push(WorkerPort::new(role, rxq, txq, counters.clone()));
+            wports.push(WorkerPort::new(rxq, txq, counters.clone()));
             ports.push(PortView {
                 port,
                 role,
@@ -185,7 +184,6 @@ impl Appliance {
         let handle = dpdk::launch_on(eal, lcore, move || worker.run())?;
         Ok(Appliance {
             eal,
-            pool,
             vms,
             ports,
             quit,
@@ -218,19 +216,6 @@ impl Appliance {
                 })
                 .collect(),
         }
-    }
-
-    /// Whether every VM port's link is up (for vhost-user: its VMM has attached).
-    pub fn vm_links_up(&self) -> bool {
-        self.ports
-            .iter()
-            .filter(|p| p.role == PortRole::Vm)
-            .all(|p| p.port.link_up())
-    }
-
-    /// Mbufs free in the pool (a leak shows here).
-    pub fn free_mbufs(&self) -> u32 {
-        self.pool.available()
     }
 
     pub fn eal(&self) -> &'static Eal {

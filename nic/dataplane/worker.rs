@@ -42,7 +42,6 @@ impl PortRole {
 
 /// A port as one worker sees it: its queues and its inbound stage.
 pub struct WorkerPort {
-    pub role: PortRole,
     pub rx: RxQueue,
     pub tx: TxQueue,
     pub counters: Arc<PortCounters>,
@@ -52,9 +51,8 @@ pub struct WorkerPort {
 }
 
 impl WorkerPort {
-    pub fn new(role: PortRole, rx: RxQueue, tx: TxQueue, counters: Arc<PortCounters>) -> Self {
+    pub fn new(rx: RxQueue, tx: TxQueue, counters: Arc<PortCounters>) -> Self {
         WorkerPort {
-            role,
             rx,
             tx,
             counters,

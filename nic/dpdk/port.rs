@@ -18,8 +18,6 @@ struct PortShared {
 #[derive(Debug)]
 pub struct Port {
     shared: Arc<PortShared>,
-    rx_queues: u16,
-    tx_queues: u16,
 }
 
 /// Queue counts and ring sizes for [`Port::start`].
@@ -164,15 +162,7 @@ impl Port {
                 _not_sync: PhantomData,
             })
             .collect();
-        Ok((
-            Port {
-                shared,
-                rx_queues: conf.rx_queues,
-                tx_queues: conf.tx_queues,
-            },
-            rx,
-            tx,
-        ))
+        Ok((Port { shared }, rx, tx))
     }
 
     pub fn id(&self) -> u16 {
@@ -181,10 +171,6 @@ impl Port {
 
     pub fn name(&self) -> &str {
         &self.shared.name
-    }
-
-    pub fn queues(&self) -> (u16, u16) {
-        (self.rx_queues, self.tx_queues)
     }
 
     /// The driver's counters for this port.
@@ -258,10 +244,6 @@ impl RxQueue {
             usize::from(n)
         }
     }
-
-    pub fn port_id(&self) -> u16 {
-        self.port.id
-    }
 }
 
 impl TxQueue {
@@ -289,9 +271,5 @@ impl TxQueue {
             frames.set_len(len - n);
             n
         }
-    }
-
-    pub fn port_id(&self) -> u16 {
-        self.port.id
     }
 }
