@@ -88,6 +88,19 @@ pub struct ControlConfig {
     pub socket: PathBuf,
     /// The socket for operator commands (status, mode changes).
     pub admin_socket: PathBuf,
+    /// Permissions of the control socket file, in octal ("0660"). Connecting needs write
+    /// permission on it; the peer's credentials are checked as well.
+    pub socket_mode: String,
+    /// Users whose VMM sessions are accepted, besides root and the user epochgate runs as
+    /// (those two always are).
+    pub allowed_uids: Vec<u32>,
+    /// Groups whose members' sessions are accepted (checked against the peer's primary gid).
+    pub allowed_gids: Vec<u32>,
+    /// How long a fence may spend draining a paused VM's ingress before it seals anyway.
+    pub fence_drain_ms: u64,
+    /// A session that sends nothing (not even `Ping`) for this long is treated as a dead
+    /// controller: its VM goes to `failed`. 0 turns the check off.
+    pub liveness_timeout_ms: u64,
 }
 
 impl Default for ControlConfig {
@@ -95,8 +108,28 @@ impl Default for ControlConfig {
         ControlConfig {
             socket: PathBuf::from("/run/epochgate/control.sock"),
             admin_socket: PathBuf::from("/run/epochgate/admin.sock"),
+            socket_mode: "0660".to_string(),
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
+            fence_drain_ms: 10,
+            liveness_timeout_ms: 0,
         }
     }
+}
+
+impl ControlConfig {
+    /// `socket_mode` as a number (validated when the config was loaded).
+    pub fn mode_bits(&self) -> u32 {
+        parse_mode(&self.socket_mode).unwrap_or(0o660)
+    }
+}
+
+fn parse_mode(s: &str) -> Option<u32> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 4 {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
 }
 
 /// `[dataplane]`: pool, ring and queue sizes.
@@ -388,10 +421,30 @@ impl Config {
             }
             line(s);
         }
+        let c = &self.control;
         line(format!(
-            "control:   socket {}, admin socket {}",
-            self.control.socket.display(),
-            self.control.admin_socket.display()
+            "control:   socket {} (mode {}), admin socket {}, fence drain <= {} ms, liveness {}",
+            c.socket.display(),
+            c.socket_mode,
+            c.admin_socket.display(),
+            c.fence_drain_ms,
+            if c.liveness_timeout_ms == 0 {
+                "off".to_string()
+            } else {
+                format!("{} ms", c.liveness_timeout_ms)
+            }
+        ));
+        let mut uids = vec!["root".to_string(), "owner".to_string()];
+        uids.extend(c.allowed_uids.iter().map(u32::to_string));
+        let gids: Vec<String> = c.allowed_gids.iter().map(u32::to_string).collect();
+        line(format!(
+            "sessions:  uids {}{}",
+            uids.join(", "),
+            if gids.is_empty() {
+                String::new()
+            } else {
+                format!("; gids {}", gids.join(", "))
+            }
         ));
         let d = &self.dataplane;
         line(format!(
@@ -501,6 +554,7 @@ const MBUFS_MIN: u32 = 1023;
 const MBUF_CACHE_MAX: u32 = 512;
 const VM_QUEUE_MIN: u32 = 32;
 const VLAN_MAX: i64 = 4094;
+const FENCE_DRAIN_MAX_MS: u64 = 1000;
 
 /// EAL options that epochgate derives from other keys; passing them again in `eal.args` would
 /// contradict (or, for devices, bypass) the validated config. (option, the key that sets it)
@@ -691,6 +745,24 @@ fn validate_control(control: ControlConfig) -> Result<ControlConfig, ConfigError
             format!(
                 "{:?} is also control.socket: the two sockets need different paths",
                 control.admin_socket
+            ),
+        ));
+    }
+    if parse_mode(&control.socket_mode).is_none() {
+        return Err(invalid(
+            "control.socket_mode",
+            format!(
+                "{:?} is not a file mode: write permission bits in octal, e.g. \"0660\"",
+                control.socket_mode
+            ),
+        ));
+    }
+    if control.fence_drain_ms == 0 || control.fence_drain_ms > FENCE_DRAIN_MAX_MS {
+        return Err(invalid(
+            "control.fence_drain_ms",
+            format!(
+                "{} is out of range 1..={FENCE_DRAIN_MAX_MS}: the guest stays paused while a fence drains",
+                control.fence_drain_ms
             ),
         ));
     }
@@ -897,6 +969,11 @@ port = "net_pcap1,rx_pcap=in.pcap"
 [control]
 socket = "/tmp/eg/control.sock"
 admin_socket = "/tmp/eg/admin.sock"
+socket_mode = "0600"
+allowed_uids = [1000, 1001]
+allowed_gids = [27]
+fence_drain_ms = 25
+liveness_timeout_ms = 3000
 
 [dataplane]
 mbufs = 8191
@@ -978,6 +1055,11 @@ mac = "52:54:00:00:00:03"
             ControlConfig {
                 socket: "/tmp/eg/control.sock".into(),
                 admin_socket: "/tmp/eg/admin.sock".into(),
+                socket_mode: "0600".into(),
+                allowed_uids: vec![1000, 1001],
+                allowed_gids: vec![27],
+                fence_drain_ms: 25,
+                liveness_timeout_ms: 3000,
             }
         );
         assert_eq!(
@@ -1195,6 +1277,11 @@ mac = "52:54:00:00:00:03"
             (format!("[eal]\nargs = [\"-a\", \"0000:05:00.0\"]\n{EGRESS}{vm}"), &["eal.args[0]:", "configured ports"]),
             (format!("[control]\nsocket = \"/tmp/a\"\nadmin_socket = \"/tmp/a\"\n{EGRESS}{vm}"), &["control.admin_socket:", "also control.socket"]),
             (format!("[control]\nsocket = \"\"\n{EGRESS}{vm}"), &["control.socket: is empty"]),
+            (format!("[control]\nsocket_mode = \"rw\"\n{EGRESS}{vm}"), &["control.socket_mode: \"rw\" is not a file mode"]),
+            (format!("[control]\nsocket_mode = \"01777\"\n{EGRESS}{vm}"), &["control.socket_mode:"]),
+            (format!("[control]\nsocket_mode = \"0999\"\n{EGRESS}{vm}"), &["control.socket_mode:"]),
+            (format!("[control]\nfence_drain_ms = 0\n{EGRESS}{vm}"), &["control.fence_drain_ms: 0 is out of range"]),
+            (format!("[control]\nallowed_uids = [-1]\n{EGRESS}{vm}"), &["allowed_uids"]),
             (format!("[dataplane]\nmbufs = 1000\n{EGRESS}{vm}"), &["dataplane.mbufs: 1000 is too few (at least 1023)"]),
             (format!("[dataplane]\nmbufs = 1023\nmbuf_cache = 1000\n{EGRESS}{vm}"), &["dataplane.mbuf_cache: 1000 is above"]),
             (format!("[dataplane]\nrx_ring = 1000\n{EGRESS}{vm}"), &["dataplane.rx_ring: 1000 is not a power of two in 64..=4096"]),
@@ -1415,7 +1502,8 @@ mac = "52:54:00:00:00:03"
                 "vm \"web\": protected, port net_vhost0,iface=/tmp/web.sock,queues=1 (vdev net_vhost0), mac learned from its first frame",
                 "vm \"db\": standby, shared ingress, mac 52:54:00:00:00:02, vlan 10",
                 "vm \"cache.1\": passthrough, port 0000:04:00.1 (PCI), mac 52:54:00:00:00:03",
-                "control:   socket /tmp/eg/control.sock, admin socket /tmp/eg/admin.sock",
+                "control:   socket /tmp/eg/control.sock (mode 0600), admin socket /tmp/eg/admin.sock, fence drain <= 25 ms, liveness 3000 ms",
+                "sessions:  uids root, owner, 1000, 1001; gids 27",
                 "dataplane: 8191 mbufs (cache 128), rx ring 512, tx ring 2048, vm queue 4096 frames, stats every 250 ms",
             ],
         );

@@ -58,6 +58,10 @@ drop_reasons! {
     PortBusy => "inbound-port-busy": "a frame for a VM whose port had no room (its VMM is not draining)",
     Uncommitted => "uncommitted-at-exit": "held output of a protected VM that was never committed, discarded at exit",
     Shutdown => "shutdown": "released output that TX did not take before the exit deadline",
+    Discarded => "discarded": "held output dropped by the VMM's Discard",
+    UnprotectDrop => "unprotect-drop": "held output dropped by the VMM's Unprotect{drop}",
+    ControllerLost => "controller-lost": "held output of a VM whose controller session went away (the VM failed)",
+    Failed => "failed": "output of a failed VM (no controller), which may not leave until a session adopts it",
 }
 
 /// One counter per drop reason.
@@ -102,6 +106,23 @@ pub struct VmCounters {
     /// The VM's MAC as learned or configured (0 = not known yet).
     pub mac: Counter,
     pub drops: DropCounters,
+    /// The VM's mode now, as `vmm_shim::proto::Mode`'s code.
+    pub mode: Counter,
+    /// Output commit, as gauges: the open epoch (0 when not protected), the highest sealed and
+    /// committed ones, and what is held (not yet releasable).
+    pub open_epoch: Counter,
+    pub sealed_epoch: Counter,
+    pub committed_epoch: Counter,
+    pub held_frames: Counter,
+    pub held_bytes: Counter,
+    /// Epochs sealed, committed and discarded (counters).
+    pub epochs_sealed: Counter,
+    pub epochs_committed: Counter,
+    pub epochs_discarded: Counter,
+    /// Fences that sealed before the VM's ingress was seen empty: the drain hit
+    /// `control.fence_drain_ms`, or the VM's buffer was full (frames left in the guest go to
+    /// the next epoch, which is safe).
+    pub fences_cut_short: Counter,
 }
 
 /// Counters of one port as the data plane sees it (the driver's own are in `PortStats`).
@@ -128,10 +149,22 @@ pub struct VmSnapshot {
     pub inbound_frames: u64,
     pub inbound_bytes: u64,
     pub dropped: BTreeMap<&'static str, u64>,
+    pub open_epoch: u64,
+    pub sealed_epoch: u64,
+    pub committed_epoch: u64,
+    pub held_frames: u64,
+    pub held_bytes: u64,
+    pub epochs_sealed: u64,
+    pub epochs_committed: u64,
+    pub epochs_discarded: u64,
+    pub fences_cut_short: u64,
 }
 
 impl VmSnapshot {
-    pub fn of(name: &str, mode: &str, c: &VmCounters) -> VmSnapshot {
+    /// The counters of VM `name` now; its mode is what the worker last published.
+    pub fn of(name: &str, c: &VmCounters) -> VmSnapshot {
+        let mode = vmm_shim::proto::Mode::from_u8(c.mode.get() as u8)
+            .map_or("unknown", |m| m.name());
         let mac = c.mac.get();
         VmSnapshot {
             name: name.to_string(),
@@ -148,6 +181,15 @@ impl VmSnapshot {
             inbound_frames: c.inbound_frames.get(),
             inbound_bytes: c.inbound_bytes.get(),
             dropped: c.drops.snapshot(),
+            open_epoch: c.open_epoch.get(),
+            sealed_epoch: c.sealed_epoch.get(),
+            committed_epoch: c.committed_epoch.get(),
+            held_frames: c.held_frames.get(),
+            held_bytes: c.held_bytes.get(),
+            epochs_sealed: c.epochs_sealed.get(),
+            epochs_committed: c.epochs_committed.get(),
+            epochs_discarded: c.epochs_discarded.get(),
+            fences_cut_short: c.fences_cut_short.get(),
         }
     }
 
@@ -189,14 +231,20 @@ impl Snapshot {
         for v in &self.vms {
             let _ = writeln!(
                 s,
-                "  vm {:<12} {:<11} out rx {:>10} tx {:>10} waiting {:>6} dropped {:>8} | in {:>10}",
+                "  vm {:<12} {:<11} out rx {:>10} tx {:>10} held {:>6} waiting {:>6} dropped {:>8} | in {:>10}{}",
                 v.name,
                 v.mode,
                 v.rx_frames,
                 v.tx_frames,
+                v.held_frames,
                 v.waiting,
                 v.dropped.values().sum::<u64>(),
-                v.inbound_frames
+                v.inbound_frames,
+                if v.open_epoch > 0 {
+                    format!(" | epoch {} sealed {} committed {}", v.open_epoch, v.sealed_epoch, v.committed_epoch)
+                } else {
+                    String::new()
+                }
             );
         }
         for p in &self.ports {
@@ -237,19 +285,19 @@ mod tests {
         c.tx_frames.add(6);
         c.waiting.set(2);
         c.drops.add(DropReason::VmQueueFull, 2);
-        let s = VmSnapshot::of("a", "passthrough", &c);
+        let s = VmSnapshot::of("a", &c);
         assert!(s.balanced());
         c.rx_frames.add(1);
-        assert!(!VmSnapshot::of("a", "passthrough", &c).balanced());
+        assert!(!VmSnapshot::of("a", &c).balanced());
     }
 
     #[test]
     fn mac_is_shown_once_known() {
         let c = VmCounters::default();
-        assert_eq!(VmSnapshot::of("a", "p", &c).mac, None);
+        assert_eq!(VmSnapshot::of("a", &c).mac, None);
         c.mac.set(0x5254_0000_0001);
         assert_eq!(
-            VmSnapshot::of("a", "p", &c).mac.as_deref(),
+            VmSnapshot::of("a", &c).mac.as_deref(),
             Some("52:54:00:00:00:01")
         );
     }

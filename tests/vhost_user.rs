@@ -20,10 +20,6 @@ fn config(d: &Path, prefix: &str) -> String {
     )
 }
 
-fn virtio_user(n: u32, socket: &Path) -> String {
-    format!("net_virtio_user{n},path={}", socket.display())
-}
-
 fn traffic(id: u32, src: MacAddr, dst: MacAddr, n: u32) -> Vec<Vec<u8>> {
     gen::frames(
         &Stream {

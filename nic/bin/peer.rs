@@ -8,6 +8,12 @@
 //!     --send 0=vm1-out.pcap --recv 0=vm1-in.pcap --expect 0=40 \
 //!     --send 1=uplink-in.pcap --recv 1=egress.pcap --expect 1=1000
 //! ```
+//!
+//! With `--interactive` it also takes commands on stdin, one per line, so a test can play a
+//! guest that sends in steps: `send IDX FILE` (queue a capture's frames on port IDX; a
+//! `{"event":"sent",...}` line follows once TX has taken all of them), `count` (a
+//! `{"event":"count",...}` line with frames sent and received per port), `quit` (or end of
+//! input: finish and report).
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -43,6 +49,9 @@ struct Args {
     /// EAL --file-prefix (distinct per concurrently running DPDK process).
     #[arg(long, default_value = "epochgate-peer")]
     file_prefix: String,
+    /// Take `send IDX FILE`, `count` and `quit` commands on stdin; run until `quit`.
+    #[arg(long)]
+    interactive: bool,
 }
 
 fn idx_value<T: std::str::FromStr>(s: &str) -> Result<(usize, T), String> {
@@ -60,12 +69,57 @@ struct PeerPort {
     port: Port,
     rx: dpdk::RxQueue,
     tx: dpdk::TxQueue,
-    to_send: std::vec::IntoIter<Frame>,
+    to_send: std::collections::VecDeque<Frame>,
     staged: Burst,
     sent: u64,
     received: u64,
     expect: Option<u64>,
     out: Option<PcapWriter<std::io::BufWriter<std::fs::File>>>,
+}
+
+enum Cmd {
+    Nothing,
+    Quit,
+    Count,
+    /// Queued this many frames on this port.
+    Sent(usize, usize),
+}
+
+/// Stdin lines, read on their own thread so the poll loop never blocks; end of input is `quit`.
+fn stdin_lines() -> crossbeam::channel::Receiver<String> {
+    let (tx, rx) = crossbeam::channel::unbounded();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send("quit".to_string());
+    });
+    rx
+}
+
+fn command(line: &str, ports: &mut [PeerPort]) -> Result<Cmd> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        [] => Ok(Cmd::Nothing),
+        ["quit"] => Ok(Cmd::Quit),
+        ["count"] => Ok(Cmd::Count),
+        ["send", idx, file] => {
+            let i: usize = idx
+                .parse()
+                .with_context(|| format!("{line:?}: {idx:?} is not a port index"))?;
+            let p = ports
+                .get_mut(i)
+                .with_context(|| format!("{line:?}: there is no port {i}"))?;
+            let frames = capture::read_file(std::path::Path::new(file))?.frames;
+            let n = frames.len();
+            p.to_send.extend(frames);
+            Ok(Cmd::Sent(i, n))
+        }
+        _ => bail!("{line:?}: expected `send IDX FILE`, `count` or `quit`"),
+    }
 }
 
 fn now_ns() -> u64 {
@@ -135,7 +189,7 @@ fn run(args: Args) -> Result<()> {
             port,
             rx: rx.pop().context("port has no rx queue")?,
             tx: tx.pop().context("port has no tx queue")?,
-            to_send: to_send.into_iter(),
+            to_send: to_send.into(),
             staged: Burst::new(),
             sent: 0,
             received: 0,
@@ -154,13 +208,48 @@ fn run(args: Args) -> Result<()> {
     }
     println!("{{\"event\":\"ready\"}}");
 
+    let commands = args.interactive.then(stdin_lines);
+    // (port, its `sent` count at which the batch is all out, frames in the batch)
+    let mut batches: Vec<(usize, u64, usize)> = Vec::new();
+    let mut quit = false;
     let mut met_at: Option<Instant> = None;
     loop {
+        if let Some(rx) = &commands {
+            while let Ok(line) = rx.try_recv() {
+                match command(&line, &mut ports)? {
+                    Cmd::Nothing => {}
+                    Cmd::Quit => quit = true,
+                    Cmd::Count => {
+                        let sent: Vec<u64> = ports.iter().map(|p| p.sent).collect();
+                        let received: Vec<u64> = ports.iter().map(|p| p.received).collect();
+                        println!(
+                            "{}",
+                            serde_json::json!({"event": "count", "sent": sent, "received": received})
+                        );
+                    }
+                    Cmd::Sent(i, n) => {
+                        let p = &ports[i];
+                        let target = p.sent + (p.staged.len() + p.to_send.len()) as u64;
+                        batches.push((i, target, n));
+                    }
+                }
+            }
+        }
+        batches.retain(|&(i, target, n)| {
+            let done = ports[i].sent >= target;
+            if done {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "sent", "port": i, "frames": n, "total": ports[i].sent})
+                );
+            }
+            !done
+        });
         let mut busy = false;
         for p in ports.iter_mut() {
             // Send: keep a burst staged; what TX does not take is retried, never dropped.
             while !p.staged.is_full() {
-                let Some(f) = p.to_send.next() else { break };
+                let Some(f) = p.to_send.pop_front() else { break };
                 let m =
                     Mbuf::from_bytes(&pool, &f.data).context("mempool empty or frame too large")?;
                 p.staged.push(m);
@@ -184,7 +273,12 @@ fn run(args: Args) -> Result<()> {
         let all_met = ports
             .iter()
             .all(|p| p.expect.is_none_or(|e| p.received >= e));
-        if all_sent && all_met {
+        let finished = if commands.is_some() {
+            quit && all_sent
+        } else {
+            all_sent && all_met
+        };
+        if finished {
             let at = *met_at.get_or_insert_with(Instant::now);
             if at.elapsed().as_secs_f64() >= args.linger {
                 break;
@@ -193,7 +287,7 @@ fn run(args: Args) -> Result<()> {
         if start.elapsed() > timeout {
             break;
         }
-        if !busy {
+        if !busy && batches.is_empty() {
             // A test peer, not a data plane: leave the CPU to epochgate when idle.
             std::thread::sleep(Duration::from_micros(50));
         }

@@ -9,6 +9,7 @@ mod worker;
 pub use worker::{PortRole, Worker, WorkerOptions, WorkerPort, WorkerVm};
 
 use crate::config::{Config, PortSpec};
+use crate::control::{ControlError, ControlServer, ControlVm, Rings};
 use crate::dpdk::{self, DpdkError, Eal, LaunchHandle, Mempool, Port, PortConf};
 use crate::stats::{PortCounters, PortSnapshot, Snapshot, VmCounters, VmSnapshot};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -27,13 +28,14 @@ pub enum StartError {
     NoHugepages { source: DpdkError },
     #[error("{path}: {why}")]
     VhostSocket { path: String, why: String },
+    #[error(transparent)]
+    Control(#[from] ControlError),
     #[error("eal.lcores: needs at least two lcores (the main lcore runs control and stats, a worker runs the poll loop); got {0:?}")]
     NoWorker(String),
 }
 
 struct VmView {
     name: String,
-    mode: String,
     counters: Arc<VmCounters>,
 }
 
@@ -92,6 +94,7 @@ pub struct Appliance {
     ports: Vec<PortView>,
     quit: Arc<AtomicBool>,
     worker: Option<LaunchHandle>,
+    control: Option<ControlServer>,
     started: Instant,
 }
 
@@ -166,20 +169,36 @@ impl Appliance {
             ));
             vms.push(VmView {
                 name: vm.name.clone(),
-                mode: vm.mode.to_string(),
                 counters,
             });
         }
 
+        let rings = Arc::new(Rings::new(vms.len()));
+        let control = ControlServer::start(
+            &cfg.control,
+            vms.iter()
+                .map(|v| ControlVm {
+                    name: v.name.clone(),
+                    counters: v.counters.clone(),
+                })
+                .collect(),
+            rings.clone(),
+        )?;
         let quit = Arc::new(AtomicBool::new(false));
-        let drain_ticks = dpdk::tsc_hz(eal) / 1000 * DRAIN.as_millis() as u64;
+        let tsc_hz = dpdk::tsc_hz(eal);
+        let ms = |n: u64| tsc_hz / 1000 * n;
         let worker = Worker::new(
             wports,
             wvms,
             0,
             cfg.ingress.as_ref().map(|_| 1),
             quit.clone(),
-            WorkerOptions { drain_ticks },
+            WorkerOptions {
+                drain_ticks: ms(DRAIN.as_millis() as u64),
+                fence_drain_ticks: ms(cfg.control.fence_drain_ms),
+                tsc_hz,
+            },
+            rings,
         );
         let handle = dpdk::launch_on(eal, lcore, move || worker.run())?;
         Ok(Appliance {
@@ -188,6 +207,7 @@ impl Appliance {
             ports,
             quit,
             worker: Some(handle),
+            control: Some(control),
             started: Instant::now(),
         })
     }
@@ -199,7 +219,7 @@ impl Appliance {
             vms: self
                 .vms
                 .iter()
-                .map(|v| VmSnapshot::of(&v.name, &v.mode, &v.counters))
+                .map(|v| VmSnapshot::of(&v.name, &v.counters))
                 .collect(),
             ports: self
                 .ports
@@ -225,6 +245,11 @@ impl Appliance {
     /// Stops the worker (it drains what it may send), closes every port and returns the final
     /// counters.
     pub fn stop(mut self) -> Snapshot {
+        // Sessions are told first and no command is taken after this; the worker then
+        // discards what is held and sends what was released.
+        if let Some(c) = self.control.take() {
+            c.stop();
+        }
         self.quit.store(true, Relaxed);
         if let Some(h) = self.worker.take() {
             h.wait();

@@ -1,20 +1,35 @@
 //! The poll loop of one worker lcore. It owns its VMs' queues and one queue of every port, so
 //! nothing here locks, allocates per frame or makes a syscall.
 //!
-//! Each round: VM ports and the shared ingress -> per-VM queues (a full queue stops reading its
-//! VM's port: backpressure into the guest) -> round robin into the egress stage -> tx burst; and
-//! the uplink -> each destination VM's port, unbuffered. A frame TX did not take stays at the head
-//! of its stage for the next round, so nothing is dropped because a ring was momentarily full.
+//! Each round: control commands from the ring -> VM ports and the shared ingress -> each VM's
+//! epoch queue (a full queue stops reading its VM's port: backpressure into the guest) -> round
+//! robin over what the queues may release into the egress stage -> tx burst; and the uplink ->
+//! each destination VM's port, unbuffered. A frame TX did not take stays at the head of its
+//! stage for the next round, so nothing is dropped because a ring was momentarily full.
+//!
+//! Output commit is the epoch queue's ([`crate::epoch`]): this loop only ever transmits what a
+//! queue says is releasable. A fence is a state of its VM: the VM's ingress is read until it is
+//! seen empty (the guest is paused) or the drain time is up, and only then is the epoch sealed
+//! and the answer sent.
 
 use super::demux::{Demux, Inbound, VmIdx};
-use crate::config::Mode;
+use crate::control::{Answer, Command, Mode, Op, Release, Reply, Rings};
 use crate::dpdk::{tsc, Burst, Mbuf, RxQueue, TxQueue, BURST};
+use crate::epoch::{EpochError, EpochQueue, Weighed};
 use crate::frame::{self, MacAddr};
 use crate::stats::{DropReason, PortCounters, VmCounters};
 use arrayvec::ArrayVec;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
+use vmm_shim::proto::ErrorCode;
+
+impl Weighed for Mbuf {
+    #[inline]
+    fn bytes(&self) -> u64 {
+        self.len() as u64
+    }
+}
 
 /// Inbound frames waiting for one port's TX.
 const INBOUND_STAGE: usize = 128;
@@ -62,6 +77,15 @@ impl WorkerPort {
     }
 }
 
+/// A fence in progress: the VM's ingress is being drained.
+#[derive(Debug, Clone, Copy)]
+struct Fencing {
+    epoch: u64,
+    session: u64,
+    started: u64,
+    deadline: u64,
+}
+
 /// A VM as its worker sees it.
 pub struct WorkerVm {
     pub mode: Mode,
@@ -70,15 +94,16 @@ pub struct WorkerVm {
     pub mac: Option<MacAddr>,
     pub vlan: Option<u16>,
     pub counters: Arc<VmCounters>,
-    /// Frames waiting for egress, in the order the VM sent them. A protected VM's frames wait
-    /// here until output commit releases them (not before: see `eligible`).
-    queue: VecDeque<Mbuf>,
+    /// Frames waiting for egress, in the order the VM sent them: what is releasable at the
+    /// front, then sealed epochs, then the open one.
+    queue: EpochQueue<Mbuf>,
     capacity: usize,
+    fencing: Option<Fencing>,
 }
 
 impl WorkerVm {
     pub fn new(
-        mode: Mode,
+        mode: crate::config::Mode,
         port: Option<usize>,
         mac: Option<MacAddr>,
         vlan: Option<u16>,
@@ -88,32 +113,55 @@ impl WorkerVm {
         if let Some(m) = mac {
             counters.mac.set(mac_to_u64(m));
         }
-        WorkerVm {
+        let mut queue = EpochQueue::new(capacity);
+        let mode = match mode {
+            crate::config::Mode::Passthrough => Mode::Passthrough,
+            crate::config::Mode::Protected => {
+                queue.protect();
+                Mode::Protected
+            }
+            crate::config::Mode::Standby => Mode::Standby,
+        };
+        let vm = WorkerVm {
             mode,
             port,
             mac,
             vlan,
             counters,
-            queue: VecDeque::with_capacity(capacity),
+            queue,
             capacity,
-        }
+            fencing: None,
+        };
+        vm.publish();
+        vm
     }
 
-    /// Whether queued frames may go to egress now. Protected VMs have no commit path yet, so
-    /// their output is held (never leaked) and discarded at exit.
+    /// Whether queued frames may go to egress now: only what the epoch queue released.
     #[inline]
     fn eligible(&self) -> bool {
-        self.mode == Mode::Passthrough && !self.queue.is_empty()
+        self.queue.releasable() > 0
     }
 
-    /// Whether inbound frames are delivered to it (not to a standby copy).
+    /// Whether inbound frames are delivered to it (not to a standby copy or a failed VM).
     fn active(&self) -> bool {
-        self.mode != Mode::Standby
+        matches!(self.mode, Mode::Passthrough | Mode::Protected)
     }
 
     fn drop_frames(&self, reason: DropReason, n: u64) {
         self.counters.drops.add(reason, n);
         self.counters.waiting.sub(n);
+    }
+
+    /// Publishes mode, epochs and what is held, for stats and the control thread.
+    fn publish(&self) {
+        let c = &self.counters;
+        let held = self.queue.held();
+        c.mode.set(self.mode as u64);
+        c.open_epoch.set(self.queue.open_epoch().unwrap_or(0));
+        c.sealed_epoch.set(self.queue.sealed_epoch());
+        c.committed_epoch.set(self.queue.committed_epoch());
+        c.held_frames.set(held.frames);
+        c.held_bytes.set(held.bytes);
     }
 }
 
@@ -122,9 +170,13 @@ fn mac_to_u64(m: MacAddr) -> u64 {
     u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
 }
 
-/// How long the worker keeps transmitting released output after it was told to stop.
+/// Times, in TSC ticks.
 pub struct WorkerOptions {
+    /// How long the worker keeps transmitting released output after it was told to stop.
     pub drain_ticks: u64,
+    /// How long a fence may drain a paused VM's ingress.
+    pub fence_drain_ticks: u64,
+    pub tsc_hz: u64,
 }
 
 /// One worker: every VM and port is owned by it (DESIGN.md allows more workers; the foundation
@@ -145,6 +197,11 @@ pub struct Worker {
     group_vms: Vec<VmIdx>,
     quit: Arc<AtomicBool>,
     opts: WorkerOptions,
+    rings: Arc<Rings>,
+    /// Answers the answer ring had no room for, sent first next time (never lost).
+    unsent: VecDeque<Answer>,
+    /// VMs with a fence in progress.
+    fencing: usize,
 }
 
 impl Worker {
@@ -157,6 +214,7 @@ impl Worker {
         ingress: Option<usize>,
         quit: Arc<AtomicBool>,
         opts: WorkerOptions,
+        rings: Arc<Rings>,
     ) -> Worker {
         let mut demux = Demux::new();
         for (i, vm) in vms.iter().enumerate() {
@@ -177,6 +235,9 @@ impl Worker {
             group_vms: Vec::new(),
             quit,
             opts,
+            rings,
+            unsent: VecDeque::with_capacity(64),
+            fencing: 0,
         };
         w.refresh_group_targets();
         w
@@ -210,8 +271,12 @@ impl Worker {
     /// One round of the poll loop.
     #[inline]
     pub fn poll_once(&mut self) {
+        self.control();
         self.rx_vm_ports();
         self.rx_shared_ingress();
+        if self.fencing > 0 {
+            self.fence_deadlines();
+        }
         self.rx_uplink();
         self.tx_inbound();
         self.fill_egress();
@@ -223,13 +288,21 @@ impl Worker {
             let vm = &self.vms[vi];
             let Some(pi) = vm.port else { continue };
             // Backpressure: leave frames in the port (the guest's ring) while the VM's queue
-            // has no room for a whole burst.
+            // has no room for a whole burst. A fence cannot drain more then: what is left in
+            // the guest goes to the next epoch (safe) and the fence is counted as cut short.
             if vm.capacity - vm.queue.len() < BURST {
+                if vm.fencing.is_some() {
+                    self.seal(vi, true);
+                }
                 continue;
             }
             let mut burst = Burst::new();
             let port = &mut self.ports[pi];
             if port.rx.rx_burst(&mut burst) == 0 {
+                // Seen empty while the guest is paused: everything it sent is in the epoch.
+                if vm.fencing.is_some() {
+                    self.seal(vi, false);
+                }
                 continue;
             }
             let bytes = burst_bytes(&burst);
@@ -237,6 +310,10 @@ impl Worker {
             count_rx_vm(&vm.counters, burst.len(), bytes);
             for m in burst {
                 self.accept(vi, m);
+            }
+            let vm = &self.vms[vi];
+            if vm.mode == Mode::Protected {
+                vm.publish();
             }
         }
     }
@@ -246,6 +323,14 @@ impl Worker {
         let mut burst = Burst::new();
         let port = &mut self.ports[pi];
         if port.rx.rx_burst(&mut burst) == 0 {
+            if self.fencing > 0 {
+                // The shared ingress was seen empty: fences of VMs on it are complete.
+                for vi in 0..self.vms.len() {
+                    if self.vms[vi].port.is_none() && self.vms[vi].fencing.is_some() {
+                        self.seal(vi, false);
+                    }
+                }
+            }
             return;
         }
         count_rx(&port.counters, burst.len(), burst_bytes(&burst));
@@ -254,6 +339,9 @@ impl Worker {
                 Some(vi) => {
                     count_rx_vm(&self.vms[vi].counters, 1, m.len() as u64);
                     self.accept(vi, m);
+                    if self.vms[vi].mode == Mode::Protected {
+                        self.vms[vi].publish();
+                    }
                 }
                 None => {
                     let reason = if m.data().len() < 14 {
@@ -284,10 +372,12 @@ impl Worker {
             vm.drop_frames(DropReason::Runt, 1);
         } else if vm.mode == Mode::Standby {
             vm.drop_frames(DropReason::Standby, 1);
+        } else if vm.mode == Mode::Failed {
+            vm.drop_frames(DropReason::Failed, 1);
         } else if vm.queue.len() >= vm.capacity {
             vm.drop_frames(DropReason::VmQueueFull, 1);
         } else {
-            vm.queue.push_back(m);
+            vm.queue.push(m);
         }
     }
 
@@ -305,8 +395,8 @@ impl Worker {
                 continue;
             }
             passed = 0;
-            let take = self.out.remaining_capacity().min(vm.queue.len());
-            for m in vm.queue.drain(..take) {
+            let take = self.out.remaining_capacity().min(vm.queue.releasable());
+            for m in vm.queue.drain_released(take) {
                 let len = m.len() as u32;
                 self.out.push(m);
                 self.out_owner.push((vi, len));
@@ -407,16 +497,204 @@ impl Worker {
         }
     }
 
+    /// Takes the control thread's commands and answers each (a fence answers when it seals).
+    fn control(&mut self) {
+        while let Some(a) = self.unsent.pop_front() {
+            if let Err(a) = self.rings.answers.push(a) {
+                self.unsent.push_front(a);
+                break;
+            }
+        }
+        while let Some(cmd) = self.rings.commands.pop() {
+            if let Some(reply) = self.execute(cmd) {
+                self.answer(cmd.vm, cmd.session, reply);
+            }
+            self.vms[cmd.vm].publish();
+        }
+    }
+
+    fn answer(&mut self, vm: VmIdx, session: u64, reply: Reply) {
+        let a = Answer { vm, session, reply };
+        if !self.unsent.is_empty() {
+            self.unsent.push_back(a);
+        } else if let Err(a) = self.rings.answers.push(a) {
+            self.unsent.push_back(a);
+        }
+    }
+
+    /// Carries out one command. An error answer changes nothing: every check comes before the
+    /// first change.
+    fn execute(&mut self, cmd: Command) -> Option<Reply> {
+        let vm = &mut self.vms[cmd.vm];
+        let reply = match cmd.op {
+            Op::Adopt => {
+                if vm.mode == Mode::Failed {
+                    // A new controller: protection starts again in a new, empty epoch.
+                    vm.queue.protect();
+                    vm.mode = Mode::Protected;
+                    self.refresh_group_targets();
+                }
+                let vm = &self.vms[cmd.vm];
+                Reply::Welcome {
+                    epoch: vm.queue.open_epoch().unwrap_or(0),
+                    mode: vm.mode,
+                }
+            }
+            Op::Protect => match vm.mode {
+                Mode::Passthrough | Mode::Protected => {
+                    let epoch = vm.queue.protect();
+                    vm.mode = Mode::Protected;
+                    Reply::Protected { epoch }
+                }
+                Mode::Standby | Mode::Failed => wrong_mode(vm.mode, "protect"),
+            },
+            Op::Fence(epoch) => {
+                if vm.fencing.is_some() {
+                    Reply::error(ErrorCode::Busy, "a fence is already draining this VM")
+                } else if vm.mode != Mode::Protected {
+                    not_protected(vm.mode, "fence")
+                } else if vm.queue.open_epoch() != Some(epoch) {
+                    // `fence` refuses it without a change; its error says why.
+                    match vm.queue.fence(epoch) {
+                        Err(e) => epoch_error(e),
+                        Ok(_) => unreachable!("fence of an epoch that is not open succeeded"),
+                    }
+                } else {
+                    let now = tsc();
+                    vm.fencing = Some(Fencing {
+                        epoch,
+                        session: cmd.session,
+                        started: now,
+                        deadline: now.saturating_add(self.opts.fence_drain_ticks),
+                    });
+                    self.fencing += 1;
+                    return None;
+                }
+            }
+            Op::Commit(epoch) => match vm.queue.commit(epoch) {
+                Ok(c) => {
+                    vm.counters.epochs_committed.add(1);
+                    Reply::Committed {
+                        epoch,
+                        frames: c.frames,
+                    }
+                }
+                Err(e) => epoch_error(e),
+            },
+            Op::Unprotect(how) => {
+                if vm.mode != Mode::Protected {
+                    not_protected(vm.mode, "unprotect")
+                } else {
+                    let how_q = match how {
+                        Release::Release => crate::epoch::Release::Release,
+                        Release::Drop => crate::epoch::Release::Drop,
+                    };
+                    let n = vm.queue.unprotect(how_q);
+                    vm.mode = Mode::Passthrough;
+                    match how {
+                        Release::Release => Reply::Unprotected {
+                            released: n.frames,
+                            dropped: 0,
+                        },
+                        Release::Drop => {
+                            vm.drop_frames(DropReason::UnprotectDrop, n.frames);
+                            Reply::Unprotected {
+                                released: 0,
+                                dropped: n.frames,
+                            }
+                        }
+                    }
+                }
+            }
+            Op::Discard => {
+                if vm.mode != Mode::Protected {
+                    not_protected(vm.mode, "discard")
+                } else {
+                    let sealed = vm.queue.sealed_epoch() - vm.queue.committed_epoch();
+                    let n = vm.queue.discard();
+                    vm.drop_frames(DropReason::Discarded, n.frames);
+                    vm.counters.epochs_discarded.add(sealed);
+                    Reply::Discarded { frames: n.frames }
+                }
+            }
+            Op::Promote(to) => {
+                if vm.mode != Mode::Standby {
+                    wrong_mode(vm.mode, "promote")
+                } else {
+                    if to == Mode::Protected {
+                        vm.queue.protect();
+                    }
+                    vm.mode = to;
+                    self.refresh_group_targets();
+                    Reply::Promoted {
+                        mode: to,
+                        announced: 0,
+                    }
+                }
+            }
+            Op::Fail => {
+                if vm.fencing.take().is_some() {
+                    self.fencing -= 1;
+                }
+                let vm = &mut self.vms[cmd.vm];
+                if vm.mode == Mode::Protected {
+                    let sealed = vm.queue.sealed_epoch() - vm.queue.committed_epoch();
+                    let n = vm.queue.discard();
+                    vm.drop_frames(DropReason::ControllerLost, n.frames);
+                    vm.counters.epochs_discarded.add(sealed);
+                    vm.mode = Mode::Failed;
+                    self.refresh_group_targets();
+                }
+                return None;
+            }
+        };
+        Some(reply)
+    }
+
+    /// Ends VM `vi`'s fence: seals the open epoch and answers `Fenced`.
+    fn seal(&mut self, vi: VmIdx, cut_short: bool) {
+        let vm = &mut self.vms[vi];
+        let Some(f) = vm.fencing.take() else { return };
+        self.fencing -= 1;
+        if cut_short {
+            vm.counters.fences_cut_short.add(1);
+        }
+        let drain_ns = ticks_to_ns(tsc().saturating_sub(f.started), self.opts.tsc_hz);
+        let reply = match vm.queue.fence(f.epoch) {
+            Ok(s) => {
+                vm.counters.epochs_sealed.add(1);
+                Reply::Fenced {
+                    epoch: f.epoch,
+                    frames: s.frames,
+                    bytes: s.bytes,
+                    drain_ns,
+                }
+            }
+            Err(e) => epoch_error(e),
+        };
+        vm.publish();
+        self.answer(vi, f.session, reply);
+    }
+
+    /// Fences whose drain time is up seal with what they have.
+    fn fence_deadlines(&mut self) {
+        let now = tsc();
+        for vi in 0..self.vms.len() {
+            if self.vms[vi].fencing.is_some_and(|f| now > f.deadline) {
+                self.seal(vi, true);
+            }
+        }
+    }
+
     /// Stop: a protected VM's held output can never be proven committed any more, so it is
     /// discarded and counted; released and pass-through output is transmitted until the drain
     /// deadline; what TX still did not take is dropped and counted.
     fn shutdown(&mut self) {
         for vm in &mut self.vms {
-            if vm.mode == Mode::Protected {
-                let n = vm.queue.len() as u64;
-                vm.queue.clear();
-                vm.drop_frames(DropReason::Uncommitted, n);
-            }
+            let held = vm.queue.discard();
+            vm.drop_frames(DropReason::Uncommitted, held.frames);
+            vm.fencing = None;
+            vm.publish();
         }
         let deadline = tsc().saturating_add(self.opts.drain_ticks);
         loop {
@@ -436,9 +714,9 @@ impl Worker {
         self.out.clear();
         self.out_owner.clear();
         for vm in &mut self.vms {
-            let n = vm.queue.len() as u64;
-            vm.queue.clear();
+            let n = vm.queue.drain_released(usize::MAX).count() as u64;
             vm.drop_frames(DropReason::Shutdown, n);
+            vm.publish();
         }
         for p in &mut self.ports {
             p.counters
@@ -447,6 +725,38 @@ impl Worker {
             p.inbound.clear();
         }
     }
+}
+
+fn ticks_to_ns(ticks: u64, hz: u64) -> u64 {
+    (u128::from(ticks) * 1_000_000_000 / u128::from(hz.max(1))) as u64
+}
+
+fn epoch_error(e: EpochError) -> Reply {
+    let code = match e {
+        EpochError::NotProtected => ErrorCode::NotProtected,
+        EpochError::NotSealed { .. } => ErrorCode::NotSealed,
+        _ => ErrorCode::WrongEpoch,
+    };
+    Reply::error(code, e.to_string())
+}
+
+fn not_protected(mode: Mode, what: &str) -> Reply {
+    Reply::error(
+        ErrorCode::NotProtected,
+        format!("cannot {what}: the VM is {mode}, not protected"),
+    )
+}
+
+fn wrong_mode(mode: Mode, what: &str) -> Reply {
+    let why = match mode {
+        Mode::Standby => "it is a standby copy: promote it first",
+        Mode::Failed => "it is failed: adopt it with Hello first",
+        Mode::Passthrough | Mode::Protected => "only a standby copy can be promoted",
+    };
+    Reply::error(
+        ErrorCode::WrongMode,
+        format!("cannot {what} while the VM is {mode}: {why}"),
+    )
 }
 
 #[inline]

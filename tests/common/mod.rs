@@ -309,3 +309,139 @@ pub fn assert_interleaving(out: &[Vec<u8>], inputs: &[&[Vec<u8>]]) {
         );
     }
 }
+
+/// An `epochgate-peer --interactive` process: a guest (or the wire) that sends in steps the test
+/// chooses, and counts and records what it receives.
+pub struct Peer {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    dir: PathBuf,
+    err: PathBuf,
+    batches: usize,
+}
+
+impl Peer {
+    /// Attaches `vdevs` (ports 0..), recording what port `i` receives into `recv` files; returns
+    /// once every link is up.
+    pub fn start(dir: &Path, prefix: &str, vdevs: &[String], recv: &[(usize, &Path)]) -> Peer {
+        let mut cmd = Command::new(PEER);
+        cmd.arg("--interactive")
+            .args(["--timeout", "300"])
+            .arg("--file-prefix")
+            .arg(format!("{prefix}-{}", std::process::id()));
+        for v in vdevs {
+            cmd.arg("--port").arg(v);
+        }
+        for (i, p) in recv {
+            cmd.arg("--recv").arg(format!("{i}={}", p.display()));
+        }
+        let err = dir.join(format!("{prefix}.err"));
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&err).expect("log"))
+            .spawn()
+            .expect("spawn epochgate-peer");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = Peer {
+            child,
+            stdin,
+            lines,
+            dir: dir.to_path_buf(),
+            err,
+            batches: 0,
+        };
+        p.expect_event("ready");
+        p
+    }
+
+    fn expect_event(&mut self, event: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let left = DEADLINE.saturating_sub(start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let v: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("peer printed {line:?}: {e}"));
+                    if v["event"] == event {
+                        return v;
+                    }
+                }
+                Err(_) => panic!(
+                    "peer: no {event:?} event; stderr:\n{}",
+                    std::fs::read_to_string(&self.err).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}").expect("write to peer");
+        self.stdin.flush().expect("flush to peer");
+    }
+
+    /// Transmits `frames` on port `idx` and returns once TX has taken them all: from then on
+    /// they are in epochgate's ingress ring, as if the guest had sent them.
+    pub fn send(&mut self, idx: usize, frames: &[Vec<u8>]) {
+        self.batches += 1;
+        let path = self.dir.join(format!("batch-{}.pcap", self.batches));
+        write_pcap(&path, frames);
+        self.say(&format!("send {idx} {}", path.display()));
+        let v = self.expect_event("sent");
+        assert_eq!(v["frames"], frames.len(), "{v}");
+    }
+
+    /// Frames received so far on each port.
+    pub fn received(&mut self) -> Vec<u64> {
+        self.say("count");
+        let v = self.expect_event("count");
+        v["received"]
+            .as_array()
+            .expect("received")
+            .iter()
+            .map(|n| n.as_u64().expect("count"))
+            .collect()
+    }
+
+    /// Waits until port `idx` has received `n` frames (panics after the deadline).
+    pub fn wait_received(&mut self, idx: usize, n: u64) {
+        let start = Instant::now();
+        loop {
+            let got = self.received()[idx];
+            if got >= n {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "port {idx} received {got} of {n} frames"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Ends the peer; its recordings are complete when this returns.
+    pub fn finish(mut self) -> Value {
+        self.say("quit");
+        let v = self.expect_event("done");
+        let _ = self.child.wait();
+        v
+    }
+}
+
+/// vdev string for a virtio-user port attached to a vhost-user socket.
+pub fn virtio_user(n: u32, socket: &Path) -> String {
+    format!("net_virtio_user{n},path={}", socket.display())
+}

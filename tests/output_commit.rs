@@ -1,0 +1,554 @@
+//! Output commit end to end: a real epochgate process with vhost-user ports, a virtio-user peer
+//! playing the guests and the uplink, and the VMM shim (library and CLI) on the real control
+//! socket. The peer sends in steps, so each test knows exactly which frames the guest had sent
+//! before each fence, and checks what reaches the uplink after every step.
+
+mod common;
+use common::*;
+use epochgate::frame::MacAddr;
+use epochgate::gen::{self, Stream};
+use serde_json::Value;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use vmm_shim::proto::{self, ErrorCode, Mode, Reply, Request};
+use vmm_shim::{Client, ShimError};
+
+const PROT: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x01]);
+const PASS: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x02]);
+const OTHER: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x03]);
+const GW: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xfe]);
+
+/// Peer port numbers.
+const UPLINK: usize = 0;
+const P_PROT: usize = 1;
+const P_PASS: usize = 2;
+const P_OTHER: usize = 3;
+
+/// How long to watch the uplink for frames that must not come.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// epochgate with an uplink and three VMs on vhost-user, the peer attached to all four, and
+/// the uplink recorded into `egress.pcap`.
+struct Gate {
+    eg: Running,
+    peer: Option<Peer>,
+    dir: PathBuf,
+}
+
+impl Gate {
+    fn start(dir: &Path, prefix: &str, control_extra: &str) -> Gate {
+        let d = dir.display();
+        let config = format!(
+            "[eal]\nlcores = \"0-1\"\nmemory_mb = 512\nhugepages = false\nfile_prefix = \"{prefix}-{pid}\"\n\n\
+             [control]\nsocket = \"{d}/control.sock\"\nadmin_socket = \"{d}/admin.sock\"\n{control_extra}\n\
+             [egress]\nport = \"net_vhost0,iface={d}/uplink.sock\"\n\n\
+             [[vm]]\nname = \"prot\"\nport = \"net_vhost1,iface={d}/prot.sock\"\nmac = \"{PROT}\"\nmode = \"protected\"\n\n\
+             [[vm]]\nname = \"pass\"\nport = \"net_vhost2,iface={d}/pass.sock\"\nmac = \"{PASS}\"\n\n\
+             [[vm]]\nname = \"other\"\nport = \"net_vhost3,iface={d}/other.sock\"\nmac = \"{OTHER}\"\nmode = \"protected\"\n",
+            pid = std::process::id(),
+        );
+        let mut eg = Running::start(dir, &config);
+        let socks = ["uplink", "prot", "pass", "other"].map(|n| dir.join(format!("{n}.sock")));
+        for s in &socks {
+            eg.wait_for_path(s);
+        }
+        eg.wait_for_path(&dir.join("control.sock"));
+        let vdevs: Vec<String> = socks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| virtio_user(i as u32, s))
+            .collect();
+        let egress = dir.join("egress.pcap");
+        let peer = Peer::start(dir, &format!("{prefix}-peer"), &vdevs, &[(UPLINK, &egress)]);
+        Gate {
+            eg,
+            peer: Some(peer),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    fn client(&self, vm: &str) -> Client {
+        Client::connect(self.socket(), vm).unwrap_or_else(|e| panic!("session for {vm}: {e}"))
+    }
+
+    fn peer(&mut self) -> &mut Peer {
+        self.peer.as_mut().expect("peer running")
+    }
+
+    /// The uplink has received exactly `n` frames, and no more come within [`SETTLE`].
+    fn uplink_holds_at(&mut self, n: u64, what: &str) {
+        self.peer().wait_received(UPLINK, n);
+        std::thread::sleep(SETTLE);
+        let got = self.peer().received()[UPLINK];
+        assert_eq!(got, n, "{what}: the uplink got {got} frames, expected exactly {n}");
+    }
+
+    /// Ends the peer and epochgate; returns what reached the uplink and the final counters.
+    fn finish(mut self) -> (Vec<Vec<u8>>, Value) {
+        self.peer.take().expect("peer").finish();
+        let stats = self.eg.stop();
+        assert_balanced(&stats);
+        (read_pcap(&self.dir.join("egress.pcap")), stats)
+    }
+}
+
+/// Frames `seqs` of VM stream `id` (mixed kinds: IPv4, IPv6, ARP, VLAN-tagged).
+fn frames(id: u32, mac: MacAddr, seqs: std::ops::Range<u32>) -> Vec<Vec<u8>> {
+    let s = Stream {
+        id,
+        src: mac,
+        dst: GW,
+        vlan: None,
+    };
+    seqs.map(|q| gen::frame(&s, q)).collect()
+}
+
+/// The frames of stream `id` in `out`, in order.
+fn of_stream(out: &[Vec<u8>], id: u32) -> Vec<Vec<u8>> {
+    out.iter()
+        .filter(|f| gen::stamp(f).is_some_and(|(i, _)| i == id))
+        .cloned()
+        .collect()
+}
+
+fn refused(r: Result<impl std::fmt::Debug, ShimError>, code: ErrorCode, what: &str) -> String {
+    match r {
+        Err(ShimError::Refused { code: c, text }) => {
+            assert_eq!(c, code, "{what}: refused with {c:?} ({text}), expected {code:?}");
+            assert!(!text.is_empty(), "{what}: the error has no text");
+            text
+        }
+        other => panic!("{what}: expected a {code:?} error, got {other:?}"),
+    }
+}
+
+#[test]
+fn fence_then_commit_releases_exactly_the_epoch_in_order() {
+    let _g = serial();
+    let dir = tempdir();
+    let mut g = Gate::start(dir.path(), "eg-oc-a", "");
+    let mut c = g.client("prot");
+    assert_eq!(c.welcome().mode, Mode::Protected);
+    assert_eq!(c.welcome().epoch, 1);
+
+    let first = frames(1, PROT, 0..40);
+    let rest = frames(1, PROT, 40..100);
+    g.peer().send(P_PROT, &first);
+    let f = c.fence(1).expect("fence 1");
+    assert_eq!(f.epoch, 1);
+    assert_eq!(f.frames, 40, "epoch 1 is exactly what the guest sent before the fence");
+    assert_eq!(f.bytes, first.iter().map(|x| x.len() as u64).sum::<u64>());
+    g.peer().send(P_PROT, &rest);
+    g.uplink_holds_at(0, "sealed but not committed");
+
+    assert_eq!(c.commit(1).expect("commit 1"), 40);
+    g.uplink_holds_at(40, "after commit 1 (epoch 2 still open)");
+
+    assert_eq!(c.fence(2).expect("fence 2").frames, 60);
+    g.uplink_holds_at(40, "epoch 2 sealed, not committed");
+    assert_eq!(c.commit(2).expect("commit 2"), 60);
+    g.uplink_holds_at(100, "after commit 2");
+
+    let st = c.stats().expect("stats");
+    assert_eq!((st.open_epoch, st.sealed_epoch, st.committed_epoch), (3, 2, 2));
+    assert_eq!(st.held_frames, 0);
+    drop(c);
+    let (out, stats) = g.finish();
+    let want: Vec<Vec<u8>> = first.into_iter().chain(rest).collect();
+    assert_eq!(out, want, "the uplink must carry exactly epoch 1 then epoch 2, in order");
+    let v = vm(&stats, "prot");
+    assert_eq!(u(v, "tx_frames"), 100);
+    assert_eq!(u(v, "epochs_sealed"), 2);
+    assert_eq!(u(v, "epochs_committed"), 2);
+}
+
+#[test]
+fn arp_ipv6_and_vlan_frames_are_held_like_any_other() {
+    let _g = serial();
+    let dir = tempdir();
+    let mut g = Gate::start(dir.path(), "eg-oc-b", "");
+    let mut c = g.client("prot");
+    let s = Stream {
+        id: 1,
+        src: PROT,
+        dst: GW,
+        vlan: None,
+    };
+    // Every kind the generator makes, and an explicitly VLAN-tagged stream, and broadcasts.
+    let mut held = gen::frames(&s, 50);
+    held.extend(gen::frames(
+        &Stream {
+            vlan: Some(42),
+            ..s.clone()
+        },
+        10,
+    ));
+    let ethertypes: std::collections::BTreeSet<u16> = held
+        .iter()
+        .map(|f| u16::from_be_bytes([f[12], f[13]]))
+        .collect();
+    for (t, name) in [(0x0806, "ARP"), (0x86dd, "IPv6"), (0x8100, "802.1Q"), (0x0800, "IPv4")] {
+        assert!(ethertypes.contains(&t), "test traffic has no {name} frame");
+    }
+    g.peer().send(P_PROT, &held);
+    g.uplink_holds_at(0, "open epoch with ARP, IPv6 and VLAN frames");
+    assert_eq!(c.fence(1).expect("fence").frames, 60);
+    g.uplink_holds_at(0, "sealed epoch with ARP, IPv6 and VLAN frames");
+    c.commit(1).expect("commit");
+    g.uplink_holds_at(60, "committed");
+    drop(c);
+    let (out, _) = g.finish();
+    assert_eq!(out, held);
+}
+
+#[test]
+fn pipelined_epochs_are_committed_one_at_a_time() {
+    let _g = serial();
+    let dir = tempdir();
+    let mut g = Gate::start(dir.path(), "eg-oc-c", "");
+    let mut c = g.client("prot");
+    let e1 = frames(1, PROT, 0..30);
+    let e2 = frames(1, PROT, 30..50);
+    let e3 = frames(1, PROT, 50..55);
+    g.peer().send(P_PROT, &e1);
+    assert_eq!(c.fence(1).expect("fence 1").frames, 30);
+    g.peer().send(P_PROT, &e2);
+    assert_eq!(c.fence(2).expect("fence 2").frames, 20);
+    g.peer().send(P_PROT, &e3);
+    g.uplink_holds_at(0, "two sealed epochs outstanding");
+    let st = c.stats().expect("stats");
+    assert_eq!((st.sealed_epoch, st.committed_epoch, st.held_frames), (2, 0, 55));
+
+    assert_eq!(c.commit(1).expect("commit 1"), 30);
+    g.uplink_holds_at(30, "epoch 1 committed, epoch 2 still in transfer");
+    assert_eq!(c.commit(2).expect("commit 2"), 20);
+    g.uplink_holds_at(50, "epoch 2 committed, epoch 3 open");
+    refused(c.commit(2), ErrorCode::WrongEpoch, "commit 2 again");
+    refused(c.commit(3), ErrorCode::NotSealed, "commit of the open epoch");
+    // Stop epochgate with the session still up: the open epoch is discarded at exit.
+    let (out, stats) = g.finish();
+    drop(c);
+    let want: Vec<Vec<u8>> = e1.into_iter().chain(e2).collect();
+    assert_eq!(out, want);
+    // The open epoch 3 was never committed: discarded at exit, counted.
+    assert_eq!(dropped(vm(&stats, "prot"), "uncommitted-at-exit"), 5);
+}
+
+/// The shim CLI as a VMM would script it.
+struct ShimCli {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    out: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl ShimCli {
+    fn start(socket: &Path, vm: &str) -> ShimCli {
+        let mut child = Command::new(shim_bin())
+            .arg("--socket")
+            .arg(socket)
+            .args(["--vm", vm, "session"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn epochgate-shim");
+        let stdin = child.stdin.take().expect("stdin");
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        ShimCli { child, stdin, out }
+    }
+
+    fn line(&mut self) -> Value {
+        let l = self.out.next().expect("a line from the shim").expect("read");
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("shim printed {l:?}: {e}"))
+    }
+
+    /// Sends one command and returns its reply line (events are skipped).
+    fn say(&mut self, cmd: &str) -> Value {
+        writeln!(self.stdin, "{cmd}").expect("write");
+        self.stdin.flush().expect("flush");
+        loop {
+            let v = self.line();
+            if v.get("reply").is_some() {
+                return v;
+            }
+        }
+    }
+}
+
+/// `epochgate-shim` from this workspace (built by `cargo test --workspace`; built here if not).
+fn shim_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("epochgate-shim");
+    if !bin.exists() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "-p", "vmm-shim", "--bin", "epochgate-shim"])
+            .status()
+            .expect("cargo build")
+            .success();
+        assert!(ok, "cannot build epochgate-shim");
+    }
+    bin
+}
+
+#[test]
+fn a_vmm_killed_mid_epoch_leaks_nothing_and_its_vm_can_be_adopted_again() {
+    let _g = serial();
+    let dir = tempdir();
+    let mut g = Gate::start(dir.path(), "eg-oc-d", "");
+    let mut shim = ShimCli::start(&g.socket(), "prot");
+    let w = shim.line();
+    assert_eq!(w["reply"], "welcome", "{w}");
+    assert_eq!(w["epoch"], 1, "{w}");
+
+    let committed = frames(1, PROT, 0..10);
+    let sealed = frames(1, PROT, 10..35);
+    let open = frames(1, PROT, 35..50);
+    g.peer().send(P_PROT, &committed);
+    let r = shim.say("fence 1");
+    assert_eq!((r["reply"].as_str(), r["frames"].as_u64()), (Some("fenced"), Some(10)), "{r}");
+    let r = shim.say("commit 1");
+    assert_eq!(r["reply"], "committed", "{r}");
+    g.peer().send(P_PROT, &sealed);
+    let r = shim.say("fence 2");
+    assert_eq!(r["frames"], 25, "{r}");
+    g.peer().send(P_PROT, &open);
+    g.uplink_holds_at(10, "epoch 1 committed, 2 sealed, 3 open");
+
+    // The VMM dies: SIGKILL, no goodbye.
+    signal(shim.child.id(), "KILL");
+    let _ = shim.child.wait();
+    let st = g.eg.wait_for("the VM to fail", |s| vm(s, "prot")["mode"] == "failed");
+    let v = vm(&st, "prot");
+    assert_eq!(dropped(v, "controller-lost"), 40, "sealed and open epochs discarded: {v}");
+    assert_eq!(u(v, "held_frames"), 0, "{v}");
+    // Output of a failed VM does not leave either.
+    g.peer().send(P_PROT, &frames(1, PROT, 50..53));
+    g.uplink_holds_at(10, "after the controller died");
+    let st = g.eg.wait_for("frames of the failed VM counted", |s| {
+        dropped(vm(s, "prot"), "failed") == 3
+    });
+    assert_eq!(u(vm(&st, "prot"), "tx_frames"), 10);
+
+    // A new controller adopts the VM: protected again, in a new epoch; old epochs are gone.
+    let mut c = g.client("prot");
+    assert_eq!(c.welcome().mode, Mode::Protected);
+    let epoch = c.welcome().epoch;
+    assert!(epoch >= 3, "a new epoch, after every epoch the dead controller used: {epoch}");
+    refused(c.commit(2), ErrorCode::WrongEpoch, "commit of a discarded epoch");
+    let fresh = frames(1, PROT, 53..60);
+    g.peer().send(P_PROT, &fresh);
+    assert_eq!(c.fence(epoch).expect("fence").frames, 7);
+    c.commit(epoch).expect("commit");
+    g.uplink_holds_at(17, "after the new controller's commit");
+    drop(c);
+    let (out, stats) = g.finish();
+    let want: Vec<Vec<u8>> = committed.into_iter().chain(fresh).collect();
+    assert_eq!(out, want, "only committed epochs may reach the uplink");
+    let v = vm(&stats, "prot");
+    assert_eq!(dropped(v, "controller-lost"), 40);
+    assert_eq!(dropped(v, "failed"), 3);
+}
+
+/// A raw SEQPACKET connection, for input no well-behaved client would send.
+fn raw(socket: &Path) -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None)
+        .expect("socket");
+    s.connect(&socket2::SockAddr::unix(socket).expect("addr"))
+        .expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s
+}
+
+fn exchange(s: &socket2::Socket, bytes: &[u8]) -> Reply {
+    use std::io::Read;
+    s.send(bytes).expect("send");
+    let mut buf = vec![0u8; proto::MAX_MESSAGE + 1];
+    let n = (&*s).read(&mut buf).expect("a reply");
+    proto::decode_reply(&buf[..n]).expect("a well-formed reply")
+}
+
+fn assert_error(r: &Reply, code: ErrorCode, what: &str) {
+    match r {
+        Reply::Error { code: c, text } => {
+            assert_eq!(*c, code, "{what}: {text}");
+            assert!(!text.is_empty(), "{what}: no text");
+        }
+        other => panic!("{what}: expected {code:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_control_input_is_refused_and_changes_nothing() {
+    let _g = serial();
+    let dir = tempdir();
+    // Reachable by another uid (so that the uid check is what refuses it, not the file mode).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut g = Gate::start(dir.path(), "eg-oc-e", "socket_mode = \"0666\"\n");
+    let mode = std::fs::metadata(g.socket()).expect("socket").permissions().mode();
+    assert_eq!(mode & 0o777, 0o666, "control.socket_mode");
+
+    // A healthy session on another VM, mid-epoch, that must not notice anything.
+    let mut other = g.client("other");
+    let o1 = frames(3, OTHER, 0..20);
+    g.peer().send(P_OTHER, &o1);
+    assert_eq!(other.fence(1).expect("fence").frames, 20);
+
+    let mut c = g.client("prot");
+    let p1 = frames(1, PROT, 0..12);
+    g.peer().send(P_PROT, &p1);
+    refused(c.commit(1), ErrorCode::NotSealed, "commit before fence");
+    refused(c.fence(2), ErrorCode::WrongEpoch, "fence of a future epoch");
+    refused(c.commit(7), ErrorCode::WrongEpoch, "commit of a future epoch");
+    refused(c.promote(Mode::Protected), ErrorCode::WrongMode, "promote a VM that is not standby");
+    let r = c.request(&Request::Hello {
+        version: proto::VERSION,
+        vm: "pass".into(),
+    });
+    assert_error(&r.expect("reply"), ErrorCode::AlreadyAdopted, "second Hello on a session");
+
+    // Unknown VM; a second session for an adopted VM.
+    let connect = |vm: &str| Client::connect(g.socket(), vm).map(|_| ());
+    refused(connect("nosuchvm"), ErrorCode::UnknownVm, "unknown VM");
+    refused(connect("prot"), ErrorCode::VmBusy, "second session");
+    refused(connect("other"), ErrorCode::VmBusy, "second session");
+
+    // Garbage on a raw connection: before Hello, and after.
+    let s = raw(&g.socket());
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for len in [0usize, 1, 7, 8, 9, 64, 300] {
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng as u8
+            })
+            .collect();
+        assert_error(&exchange(&s, &bytes), ErrorCode::BadMessage, &format!("{len} random bytes"));
+    }
+    assert_error(&exchange(&s, &vec![0u8; 4000]), ErrorCode::BadMessage, "oversize");
+    let mut v2 = Request::Ping { token: 1 }.encode();
+    v2[2] = 2;
+    assert_error(&exchange(&s, &v2), ErrorCode::Version, "version 2");
+    assert_error(&exchange(&s, &Request::Fence { epoch: 1 }.encode()), ErrorCode::NotAdopted, "fence before Hello");
+    // The raw session still works: a good Hello for a free VM would succeed; ping does.
+    assert_eq!(exchange(&s, &Request::Ping { token: 9 }.encode()), Reply::Pong { token: 9 });
+    drop(s);
+
+    // A uid that is not allowed.
+    let out = Command::new(shim_bin())
+        .arg("--socket")
+        .arg(g.socket())
+        .args(["--vm", "pass", "session"])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the shim as nobody");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a disallowed uid got a session: {text}");
+    let line: Value = serde_json::from_str(text.lines().next().unwrap_or("{}")).expect("JSON");
+    assert_eq!(line["error"], "permission-denied", "{line}");
+
+    // Nothing changed: epochs, held frames, and both sessions go on.
+    let st = c.stats().expect("stats");
+    assert_eq!((st.open_epoch, st.sealed_epoch, st.committed_epoch), (1, 0, 0));
+    assert_eq!(st.held_frames, 12);
+    g.uplink_holds_at(0, "after the bad input");
+    assert_eq!(c.fence(1).expect("fence").frames, 12);
+    c.commit(1).expect("commit");
+    other.commit(1).expect("commit of the other VM");
+    g.uplink_holds_at(32, "both VMs committed");
+    drop((c, other));
+    let (out, _) = g.finish();
+    assert_eq!(of_stream(&out, 1), p1);
+    assert_eq!(of_stream(&out, 3), o1);
+}
+
+use std::os::unix::process::CommandExt;
+
+#[test]
+fn passthrough_frames_flow_while_a_protected_vm_is_held() {
+    let _g = serial();
+    let dir = tempdir();
+    let mut g = Gate::start(dir.path(), "eg-oc-f", "");
+    let mut c = g.client("prot");
+    let held = frames(1, PROT, 0..50);
+    let free = frames(2, PASS, 0..200);
+    g.peer().send(P_PROT, &held);
+    g.peer().send(P_PASS, &free);
+    g.uplink_holds_at(200, "pass-through frames only");
+    assert_eq!(c.fence(1).expect("fence").frames, 50);
+    g.uplink_holds_at(200, "the protected epoch is sealed, not committed");
+    c.commit(1).expect("commit");
+    g.uplink_holds_at(250, "committed");
+    drop(c);
+    let (out, stats) = g.finish();
+    assert_eq!(of_stream(&out, 2), free, "pass-through frames altered or reordered");
+    assert_eq!(of_stream(&out, 1), held);
+    assert_eq!(u(vm(&stats, "pass"), "tx_frames"), 200);
+}
+
+/// Random interleavings of guest sends, fences and commits (pipelined up to three deep): after
+/// every step the uplink carries exactly the frames of the committed epochs, in order.
+#[test]
+fn random_interleavings_never_release_an_uncommitted_frame() {
+    let _g = serial();
+    let dir = tempdir();
+    let mut g = Gate::start(dir.path(), "eg-oc-r", "");
+    let mut c = g.client("prot");
+    let mut rng = 0x2545_f491_4f6c_dd1du64 ^ u64::from(std::process::id());
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut seq = 0u32;
+    let mut open_frames = 0u64; // sent in the open epoch
+    let mut sealed: Vec<(u64, u64)> = Vec::new(); // (epoch, frames) not yet committed
+    let mut released = 0u64;
+    let mut epoch = 1u64;
+    for _ in 0..24 {
+        match next() % 4 {
+            0 | 1 => {
+                let n = (next() % 40) as u32 + 1;
+                g.peer().send(P_PROT, &frames(1, PROT, seq..seq + n));
+                seq += n;
+                open_frames += u64::from(n);
+            }
+            2 if sealed.len() < 3 => {
+                let f = c.fence(epoch).expect("fence");
+                assert_eq!(f.frames, open_frames, "epoch {epoch} is exactly what was sent");
+                sealed.push((epoch, open_frames));
+                open_frames = 0;
+                epoch += 1;
+            }
+            _ => {
+                if sealed.is_empty() {
+                    refused(c.commit(epoch), ErrorCode::NotSealed, "commit of the open epoch");
+                    continue;
+                }
+                // Commit one or all outstanding epochs.
+                let k = (next() as usize % sealed.len()) + 1;
+                let (upto, _) = sealed[k - 1];
+                let n: u64 = sealed.drain(..k).map(|(_, f)| f).sum();
+                assert_eq!(c.commit(upto).expect("commit"), n);
+                released += n;
+            }
+        }
+        g.uplink_holds_at(released, "after a random step");
+    }
+    drop(c);
+    let (out, _) = g.finish();
+    let want = frames(1, PROT, 0..released as u32);
+    assert_eq!(out, want, "the uplink must be exactly the committed prefix, in order");
+}
