@@ -163,8 +163,8 @@ pub struct VmSnapshot {
 impl VmSnapshot {
     /// The counters of VM `name` now; its mode is what the worker last published.
     pub fn of(name: &str, c: &VmCounters) -> VmSnapshot {
-        let mode = vmm_shim::proto::Mode::from_u8(c.mode.get() as u8)
-            .map_or("unknown", |m| m.name());
+        let mode =
+            vmm_shim::proto::Mode::from_u8(c.mode.get() as u8).map_or("unknown", |m| m.name());
         let mac = c.mac.get();
         VmSnapshot {
             name: name.to_string(),

@@ -86,7 +86,10 @@ impl Gate {
         self.peer().wait_received(UPLINK, n);
         std::thread::sleep(SETTLE);
         let got = self.peer().received()[UPLINK];
-        assert_eq!(got, n, "{what}: the uplink got {got} frames, expected exactly {n}");
+        assert_eq!(
+            got, n,
+            "{what}: the uplink got {got} frames, expected exactly {n}"
+        );
     }
 
     /// Ends the peer and epochgate; returns what reached the uplink and the final counters.
@@ -120,7 +123,10 @@ fn of_stream(out: &[Vec<u8>], id: u32) -> Vec<Vec<u8>> {
 fn refused(r: Result<impl std::fmt::Debug, ShimError>, code: ErrorCode, what: &str) -> String {
     match r {
         Err(ShimError::Refused { code: c, text }) => {
-            assert_eq!(c, code, "{what}: refused with {c:?} ({text}), expected {code:?}");
+            assert_eq!(
+                c, code,
+                "{what}: refused with {c:?} ({text}), expected {code:?}"
+            );
             assert!(!text.is_empty(), "{what}: the error has no text");
             text
         }
@@ -142,7 +148,10 @@ fn fence_then_commit_releases_exactly_the_epoch_in_order() {
     g.peer().send(P_PROT, &first);
     let f = c.fence(1).expect("fence 1");
     assert_eq!(f.epoch, 1);
-    assert_eq!(f.frames, 40, "epoch 1 is exactly what the guest sent before the fence");
+    assert_eq!(
+        f.frames, 40,
+        "epoch 1 is exactly what the guest sent before the fence"
+    );
     assert_eq!(f.bytes, first.iter().map(|x| x.len() as u64).sum::<u64>());
     g.peer().send(P_PROT, &rest);
     g.uplink_holds_at(0, "sealed but not committed");
@@ -156,12 +165,18 @@ fn fence_then_commit_releases_exactly_the_epoch_in_order() {
     g.uplink_holds_at(100, "after commit 2");
 
     let st = c.stats().expect("stats");
-    assert_eq!((st.open_epoch, st.sealed_epoch, st.committed_epoch), (3, 2, 2));
+    assert_eq!(
+        (st.open_epoch, st.sealed_epoch, st.committed_epoch),
+        (3, 2, 2)
+    );
     assert_eq!(st.held_frames, 0);
     drop(c);
     let (out, stats) = g.finish();
     let want: Vec<Vec<u8>> = first.into_iter().chain(rest).collect();
-    assert_eq!(out, want, "the uplink must carry exactly epoch 1 then epoch 2, in order");
+    assert_eq!(
+        out, want,
+        "the uplink must carry exactly epoch 1 then epoch 2, in order"
+    );
     let v = vm(&stats, "prot");
     assert_eq!(u(v, "tx_frames"), 100);
     assert_eq!(u(v, "epochs_sealed"), 2);
@@ -193,7 +208,12 @@ fn arp_ipv6_and_vlan_frames_are_held_like_any_other() {
         .iter()
         .map(|f| u16::from_be_bytes([f[12], f[13]]))
         .collect();
-    for (t, name) in [(0x0806, "ARP"), (0x86dd, "IPv6"), (0x8100, "802.1Q"), (0x0800, "IPv4")] {
+    for (t, name) in [
+        (0x0806, "ARP"),
+        (0x86dd, "IPv6"),
+        (0x8100, "802.1Q"),
+        (0x0800, "IPv4"),
+    ] {
         assert!(ethertypes.contains(&t), "test traffic has no {name} frame");
     }
     g.peer().send(P_PROT, &held);
@@ -223,14 +243,21 @@ fn pipelined_epochs_are_committed_one_at_a_time() {
     g.peer().send(P_PROT, &e3);
     g.uplink_holds_at(0, "two sealed epochs outstanding");
     let st = c.stats().expect("stats");
-    assert_eq!((st.sealed_epoch, st.committed_epoch, st.held_frames), (2, 0, 55));
+    assert_eq!(
+        (st.sealed_epoch, st.committed_epoch, st.held_frames),
+        (2, 0, 55)
+    );
 
     assert_eq!(c.commit(1).expect("commit 1"), 30);
     g.uplink_holds_at(30, "epoch 1 committed, epoch 2 still in transfer");
     assert_eq!(c.commit(2).expect("commit 2"), 20);
     g.uplink_holds_at(50, "epoch 2 committed, epoch 3 open");
     refused(c.commit(2), ErrorCode::WrongEpoch, "commit 2 again");
-    refused(c.commit(3), ErrorCode::NotSealed, "commit of the open epoch");
+    refused(
+        c.commit(3),
+        ErrorCode::NotSealed,
+        "commit of the open epoch",
+    );
     // Stop epochgate with the session still up: the open epoch is discarded at exit.
     let (out, stats) = g.finish();
     drop(c);
@@ -263,7 +290,11 @@ impl ShimCli {
     }
 
     fn line(&mut self) -> Value {
-        let l = self.out.next().expect("a line from the shim").expect("read");
+        let l = self
+            .out
+            .next()
+            .expect("a line from the shim")
+            .expect("read");
         serde_json::from_str(&l).unwrap_or_else(|e| panic!("shim printed {l:?}: {e}"))
     }
 
@@ -311,7 +342,11 @@ fn a_vmm_killed_mid_epoch_leaks_nothing_and_its_vm_can_be_adopted_again() {
     let open = frames(1, PROT, 35..50);
     g.peer().send(P_PROT, &committed);
     let r = shim.say("fence 1");
-    assert_eq!((r["reply"].as_str(), r["frames"].as_u64()), (Some("fenced"), Some(10)), "{r}");
+    assert_eq!(
+        (r["reply"].as_str(), r["frames"].as_u64()),
+        (Some("fenced"), Some(10)),
+        "{r}"
+    );
     let r = shim.say("commit 1");
     assert_eq!(r["reply"], "committed", "{r}");
     g.peer().send(P_PROT, &sealed);
@@ -323,9 +358,14 @@ fn a_vmm_killed_mid_epoch_leaks_nothing_and_its_vm_can_be_adopted_again() {
     // The VMM dies: SIGKILL, no goodbye.
     signal(shim.child.id(), "KILL");
     let _ = shim.child.wait();
-    let st = g.eg.wait_for("the VM to fail", |s| vm(s, "prot")["mode"] == "failed");
+    let st =
+        g.eg.wait_for("the VM to fail", |s| vm(s, "prot")["mode"] == "failed");
     let v = vm(&st, "prot");
-    assert_eq!(dropped(v, "controller-lost"), 40, "sealed and open epochs discarded: {v}");
+    assert_eq!(
+        dropped(v, "controller-lost"),
+        40,
+        "sealed and open epochs discarded: {v}"
+    );
     assert_eq!(u(v, "held_frames"), 0, "{v}");
     // Output of a failed VM does not leave either.
     g.peer().send(P_PROT, &frames(1, PROT, 50..53));
@@ -339,8 +379,15 @@ fn a_vmm_killed_mid_epoch_leaks_nothing_and_its_vm_can_be_adopted_again() {
     let mut c = g.client("prot");
     assert_eq!(c.welcome().mode, Mode::Protected);
     let epoch = c.welcome().epoch;
-    assert!(epoch >= 3, "a new epoch, after every epoch the dead controller used: {epoch}");
-    refused(c.commit(2), ErrorCode::WrongEpoch, "commit of a discarded epoch");
+    assert!(
+        epoch >= 3,
+        "a new epoch, after every epoch the dead controller used: {epoch}"
+    );
+    refused(
+        c.commit(2),
+        ErrorCode::WrongEpoch,
+        "commit of a discarded epoch",
+    );
     let fresh = frames(1, PROT, 53..60);
     g.peer().send(P_PROT, &fresh);
     assert_eq!(c.fence(epoch).expect("fence").frames, 7);
@@ -392,7 +439,10 @@ fn bad_control_input_is_refused_and_changes_nothing() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut g = Gate::start(dir.path(), "eg-oc-e", "socket_mode = \"0666\"\n");
-    let mode = std::fs::metadata(g.socket()).expect("socket").permissions().mode();
+    let mode = std::fs::metadata(g.socket())
+        .expect("socket")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o666, "control.socket_mode");
 
     // A healthy session on another VM, mid-epoch, that must not notice anything.
@@ -406,13 +456,25 @@ fn bad_control_input_is_refused_and_changes_nothing() {
     g.peer().send(P_PROT, &p1);
     refused(c.commit(1), ErrorCode::NotSealed, "commit before fence");
     refused(c.fence(2), ErrorCode::WrongEpoch, "fence of a future epoch");
-    refused(c.commit(7), ErrorCode::WrongEpoch, "commit of a future epoch");
-    refused(c.promote(Mode::Protected), ErrorCode::WrongMode, "promote a VM that is not standby");
+    refused(
+        c.commit(7),
+        ErrorCode::WrongEpoch,
+        "commit of a future epoch",
+    );
+    refused(
+        c.promote(Mode::Protected),
+        ErrorCode::WrongMode,
+        "promote a VM that is not standby",
+    );
     let r = c.request(&Request::Hello {
         version: proto::VERSION,
         vm: "pass".into(),
     });
-    assert_error(&r.expect("reply"), ErrorCode::AlreadyAdopted, "second Hello on a session");
+    assert_error(
+        &r.expect("reply"),
+        ErrorCode::AlreadyAdopted,
+        "second Hello on a session",
+    );
 
     // Unknown VM; a second session for an adopted VM.
     let connect = |vm: &str| Client::connect(g.socket(), vm).map(|_| ());
@@ -432,15 +494,30 @@ fn bad_control_input_is_refused_and_changes_nothing() {
                 rng as u8
             })
             .collect();
-        assert_error(&exchange(&s, &bytes), ErrorCode::BadMessage, &format!("{len} random bytes"));
+        assert_error(
+            &exchange(&s, &bytes),
+            ErrorCode::BadMessage,
+            &format!("{len} random bytes"),
+        );
     }
-    assert_error(&exchange(&s, &vec![0u8; 4000]), ErrorCode::BadMessage, "oversize");
+    assert_error(
+        &exchange(&s, &vec![0u8; 4000]),
+        ErrorCode::BadMessage,
+        "oversize",
+    );
     let mut v2 = Request::Ping { token: 1 }.encode();
     v2[2] = 2;
     assert_error(&exchange(&s, &v2), ErrorCode::Version, "version 2");
-    assert_error(&exchange(&s, &Request::Fence { epoch: 1 }.encode()), ErrorCode::NotAdopted, "fence before Hello");
+    assert_error(
+        &exchange(&s, &Request::Fence { epoch: 1 }.encode()),
+        ErrorCode::NotAdopted,
+        "fence before Hello",
+    );
     // The raw session still works: a good Hello for a free VM would succeed; ping does.
-    assert_eq!(exchange(&s, &Request::Ping { token: 9 }.encode()), Reply::Pong { token: 9 });
+    assert_eq!(
+        exchange(&s, &Request::Ping { token: 9 }.encode()),
+        Reply::Pong { token: 9 }
+    );
     drop(s);
 
     // A uid that is not allowed.
@@ -454,13 +531,19 @@ fn bad_control_input_is_refused_and_changes_nothing() {
         .output()
         .expect("run the shim as nobody");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "a disallowed uid got a session: {text}");
+    assert!(
+        !out.status.success(),
+        "a disallowed uid got a session: {text}"
+    );
     let line: Value = serde_json::from_str(text.lines().next().unwrap_or("{}")).expect("JSON");
     assert_eq!(line["error"], "permission-denied", "{line}");
 
     // Nothing changed: epochs, held frames, and both sessions go on.
     let st = c.stats().expect("stats");
-    assert_eq!((st.open_epoch, st.sealed_epoch, st.committed_epoch), (1, 0, 0));
+    assert_eq!(
+        (st.open_epoch, st.sealed_epoch, st.committed_epoch),
+        (1, 0, 0)
+    );
     assert_eq!(st.held_frames, 12);
     g.uplink_holds_at(0, "after the bad input");
     assert_eq!(c.fence(1).expect("fence").frames, 12);
@@ -492,7 +575,11 @@ fn passthrough_frames_flow_while_a_protected_vm_is_held() {
     g.uplink_holds_at(250, "committed");
     drop(c);
     let (out, stats) = g.finish();
-    assert_eq!(of_stream(&out, 2), free, "pass-through frames altered or reordered");
+    assert_eq!(
+        of_stream(&out, 2),
+        free,
+        "pass-through frames altered or reordered"
+    );
     assert_eq!(of_stream(&out, 1), held);
     assert_eq!(u(vm(&stats, "pass"), "tx_frames"), 200);
 }
@@ -527,14 +614,21 @@ fn random_interleavings_never_release_an_uncommitted_frame() {
             }
             2 if sealed.len() < 3 => {
                 let f = c.fence(epoch).expect("fence");
-                assert_eq!(f.frames, open_frames, "epoch {epoch} is exactly what was sent");
+                assert_eq!(
+                    f.frames, open_frames,
+                    "epoch {epoch} is exactly what was sent"
+                );
                 sealed.push((epoch, open_frames));
                 open_frames = 0;
                 epoch += 1;
             }
             _ => {
                 if sealed.is_empty() {
-                    refused(c.commit(epoch), ErrorCode::NotSealed, "commit of the open epoch");
+                    refused(
+                        c.commit(epoch),
+                        ErrorCode::NotSealed,
+                        "commit of the open epoch",
+                    );
                     continue;
                 }
                 // Commit one or all outstanding epochs.
@@ -550,5 +644,8 @@ fn random_interleavings_never_release_an_uncommitted_frame() {
     drop(c);
     let (out, _) = g.finish();
     let want = frames(1, PROT, 0..released as u32);
-    assert_eq!(out, want, "the uplink must be exactly the committed prefix, in order");
+    assert_eq!(
+        out, want,
+        "the uplink must be exactly the committed prefix, in order"
+    );
 }

@@ -249,7 +249,9 @@ fn run(args: Args) -> Result<()> {
         for p in ports.iter_mut() {
             // Send: keep a burst staged; what TX does not take is retried, never dropped.
             while !p.staged.is_full() {
-                let Some(f) = p.to_send.pop_front() else { break };
+                let Some(f) = p.to_send.pop_front() else {
+                    break;
+                };
                 let m =
                     Mbuf::from_bytes(&pool, &f.data).context("mempool empty or frame too large")?;
                 p.staged.push(m);

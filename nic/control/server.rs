@@ -372,7 +372,10 @@ impl Server {
                         "Hello asks for protocol version {version}; this epochgate speaks {}",
                         proto::VERSION
                     );
-                    return send(&mut self.sessions[i], &Reply::error(ErrorCode::Version, text));
+                    return send(
+                        &mut self.sessions[i],
+                        &Reply::error(ErrorCode::Version, text),
+                    );
                 }
                 let Some(vi) = self.vms.iter().position(|v| v.name == name) else {
                     let known: Vec<&str> = self.vms.iter().map(|v| v.name.as_str()).collect();
@@ -384,15 +387,24 @@ impl Server {
                 };
                 if self.owners[vi].is_some() {
                     let text = format!("VM {name:?} is already driven by another session");
-                    return send(&mut self.sessions[i], &Reply::error(ErrorCode::VmBusy, text));
+                    return send(
+                        &mut self.sessions[i],
+                        &Reply::error(ErrorCode::VmBusy, text),
+                    );
                 }
                 self.owners[vi] = Some(id);
                 self.sessions[i].vm = Some(vi);
                 Op::Adopt
             }
             (req, None) => {
-                let text = format!("{} before Hello: say which VM this session drives first", req.name());
-                return send(&mut self.sessions[i], &Reply::error(ErrorCode::NotAdopted, text));
+                let text = format!(
+                    "{} before Hello: say which VM this session drives first",
+                    req.name()
+                );
+                return send(
+                    &mut self.sessions[i],
+                    &Reply::error(ErrorCode::NotAdopted, text),
+                );
             }
             (Request::Stats, Some(vi)) => {
                 let reply = Reply::Stats(stats_of(&self.vms[vi].counters));

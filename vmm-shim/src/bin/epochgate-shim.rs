@@ -1,0 +1,550 @@
+//! `epochgate-shim`: drive one VM's output commit from a script.
+//!
+//! `epochgate-shim [--socket PATH] --vm NAME session` adopts the VM, then reads one command
+//! per line on stdin and prints every reply, and every checkpoint request epochgate sends on
+//! its own, as one JSON line on stdout (flushed at once, for pipes and coprocesses). See
+//! [`SESSION_HELP`] (also `epochgate-shim --help`).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde_json::Value;
+use vmm_shim::proto::{ErrorCode, Mode, Release, Urgency};
+use vmm_shim::{Client, Event, ShimError};
+
+const SESSION_HELP: &str = r#"SESSION
+  `session` connects, adopts the VM (Hello) and prints the welcome; then it reads one command
+  per line on stdin, sends it, and prints the reply. Blank lines and lines starting with '#'
+  are ignored.
+
+    protect                   start holding the VM's output per epoch
+    fence N                   seal the open epoch N (N >= 1)
+    commit N                  epoch N's checkpoint is durable: release its output
+    unprotect release|drop    stop protecting; send or drop what is held
+    discard                   drop everything held (after a failed checkpoint)
+    promote MODE              make this standby VM live: MODE is passthrough or protected
+    stats                     the VM's mode and counters
+    ping                      check that epochgate answers
+
+OUTPUT
+  Every line on stdout is one JSON object, flushed at once:
+
+    {"reply":"welcome","vm":"web","epoch":1,"mode":"protected"}
+    {"reply":"protected","epoch":1}
+    {"reply":"fenced","epoch":1,"frames":10,"bytes":640,"drain_ns":1234}
+    {"reply":"committed","epoch":1,"frames":10}
+    {"reply":"unprotected","released":3,"dropped":0}
+    {"reply":"discarded","frames":3}
+    {"reply":"promoted","mode":"protected","announced":0}
+    {"reply":"pong"}
+    {"reply":"stats","mode":"protected","open_epoch":2,"sealed_epoch":1,
+     "committed_epoch":1,"held_frames":0,"held_bytes":0,"rx_frames":10,"tx_frames":10,
+     "dropped":0}                                              (on one line)
+
+  epochgate refused the command (the session goes on); "error" is the code's name:
+    {"reply":"error","error":"wrong-epoch","code":7,"text":"..."}
+  a line that is not a command (nothing is sent; the session goes on):
+    {"reply":"error","error":"bad-command","code":0,"text":"line 3: \"fence x\": ..."}
+  no reply in time, or a malformed or out-of-place one (the session goes on):
+    {"reply":"error","error":"timeout"|"protocol"|"unexpected","code":0,"text":"..."}
+
+  Checkpoint requests are printed as they arrive, also while waiting for input:
+    {"event":"checkpoint-request","epoch":3,"urgency":"now","reason":"immediate-frame"}
+    {"event":"checkpoint-request","epoch":3,"urgency":"within","within_ns":5000000,
+     "reason":"high-water"}                                    (on one line)
+  reason is immediate-frame, deferral-expired or high-water.
+
+  epochgate closed the session or is shutting down:
+    {"event":"closed","text":"..."}
+
+EXIT STATUS
+  0  end of input (the session is closed)
+  1  epochgate closed the session
+  2  connecting or adopting the VM failed (an error line says why: the server's code and
+     text, or "error":"connect")
+  3  stdin or stdout failed"#;
+
+/// Drive one VM's output commit in epochgate from a script: commands on stdin, one JSON line
+/// per reply and event on stdout.
+#[derive(Debug, Parser)]
+#[command(name = "epochgate-shim", version, after_help = SESSION_HELP)]
+struct Cli {
+    /// epochgate's control socket.
+    #[arg(long, value_name = "PATH", default_value = vmm_shim::DEFAULT_CONTROL_SOCKET)]
+    socket: PathBuf,
+    /// The VM to drive, as epochgate's configuration names it.
+    #[arg(long, value_name = "NAME")]
+    vm: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Adopt the VM, then run the commands read on stdin, one per line (see below).
+    #[command(after_help = SESSION_HELP)]
+    Session,
+}
+
+/// One session command, as [`parse_line`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Protect,
+    Fence(u64),
+    Commit(u64),
+    Unprotect(Release),
+    Discard,
+    Promote(Mode),
+    Stats,
+    Ping,
+}
+
+const COMMANDS: &str =
+    "protect, fence N, commit N, unprotect release|drop, discard, promote MODE, stats or ping";
+
+/// Reads one input line: `Ok(None)` for a blank line or a comment, `Err(why)` for anything
+/// that is not a command.
+fn parse_line(line: &str) -> Result<Option<Command>, String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let mut words = line.split_whitespace();
+    let name = words.next().unwrap_or_default();
+    let args: Vec<&str> = words.collect();
+    let none = |cmd: Command| {
+        if args.is_empty() {
+            Ok(Some(cmd))
+        } else {
+            Err(format!("{name} takes no argument"))
+        }
+    };
+    let one = |what: &str| match args.as_slice() {
+        [arg] => Ok(*arg),
+        [] => Err(format!("{name} needs {what}")),
+        _ => Err(format!("{name} takes one argument, {what}")),
+    };
+    let epoch = || -> Result<u64, String> {
+        let arg = one("an epoch N")?;
+        arg.parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0 && arg.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| "N must be a positive integer".to_string())
+    };
+    match name {
+        "protect" => none(Command::Protect),
+        "discard" => none(Command::Discard),
+        "stats" => none(Command::Stats),
+        "ping" => none(Command::Ping),
+        "fence" => Ok(Some(Command::Fence(epoch()?))),
+        "commit" => Ok(Some(Command::Commit(epoch()?))),
+        "unprotect" => {
+            let how = one("release or drop")?.parse::<Release>()?;
+            Ok(Some(Command::Unprotect(how)))
+        }
+        "promote" => {
+            let mode = one("a MODE (passthrough or protected)")?.parse::<Mode>()?;
+            if !mode.is_promote_target() {
+                return Err(format!("MODE must be passthrough or protected, not {mode}"));
+            }
+            Ok(Some(Command::Promote(mode)))
+        }
+        other => Err(format!("unknown command {other:?}: expected {COMMANDS}")),
+    }
+}
+
+/// A JSON object whose keys keep the order they were added in.
+struct Line(Vec<(&'static str, Value)>);
+
+impl Line {
+    fn reply(kind: &str) -> Line {
+        Line(vec![("reply", Value::from(kind))])
+    }
+
+    fn event(kind: &str) -> Line {
+        Line(vec![("event", Value::from(kind))])
+    }
+
+    fn with(mut self, key: &'static str, value: impl Into<Value>) -> Line {
+        self.0.push((key, value.into()));
+        self
+    }
+
+    fn render(&self) -> String {
+        let fields: Vec<String> = self
+            .0
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+}
+
+fn emit(line: &Line) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{}", line.render())?;
+    out.flush()
+}
+
+fn error_line(error: &str, code: u16, text: &str) -> Line {
+    Line::reply("error")
+        .with("error", error)
+        .with("code", code)
+        .with("text", text)
+}
+
+fn refused_line(code: ErrorCode, text: &str) -> Line {
+    error_line(code.name(), code.code(), text)
+}
+
+fn event_line(e: Event) -> Line {
+    let mut line = Line::event("checkpoint-request").with("epoch", e.epoch);
+    line = match e.urgency {
+        Urgency::Now => line.with("urgency", "now"),
+        Urgency::Within { ns } => line.with("urgency", "within").with("within_ns", ns),
+    };
+    line.with("reason", e.reason.name())
+}
+
+fn closed_line(text: &str) -> Line {
+    Line::event("closed").with("text", text)
+}
+
+/// Sends `cmd` and renders the reply.
+fn execute(client: &mut Client, cmd: Command) -> Result<Line, ShimError> {
+    Ok(match cmd {
+        Command::Protect => Line::reply("protected").with("epoch", client.protect()?),
+        Command::Fence(epoch) => {
+            let f = client.fence(epoch)?;
+            Line::reply("fenced")
+                .with("epoch", f.epoch)
+                .with("frames", f.frames)
+                .with("bytes", f.bytes)
+                .with("drain_ns", f.drain_ns)
+        }
+        Command::Commit(epoch) => {
+            let frames = client.commit(epoch)?;
+            Line::reply("committed")
+                .with("epoch", epoch)
+                .with("frames", frames)
+        }
+        Command::Unprotect(how) => {
+            let (released, dropped) = client.unprotect(how)?;
+            Line::reply("unprotected")
+                .with("released", released)
+                .with("dropped", dropped)
+        }
+        Command::Discard => Line::reply("discarded").with("frames", client.discard()?),
+        Command::Promote(mode) => {
+            let announced = client.promote(mode)?;
+            Line::reply("promoted")
+                .with("mode", mode.name())
+                .with("announced", announced)
+        }
+        Command::Stats => {
+            let s = client.stats()?;
+            Line::reply("stats")
+                .with("mode", s.mode.name())
+                .with("open_epoch", s.open_epoch)
+                .with("sealed_epoch", s.sealed_epoch)
+                .with("committed_epoch", s.committed_epoch)
+                .with("held_frames", s.held_frames)
+                .with("held_bytes", s.held_bytes)
+                .with("rx_frames", s.rx_frames)
+                .with("tx_frames", s.tx_frames)
+                .with("dropped", s.dropped)
+        }
+        Command::Ping => {
+            client.ping()?;
+            Line::reply("pong")
+        }
+    })
+}
+
+/// What a failed call means for the session: a line to print, and whether it is over.
+fn failure(e: &ShimError) -> (Line, bool) {
+    match e {
+        ShimError::Refused {
+            code: ErrorCode::ShuttingDown,
+            text,
+        } => (closed_line(text), true),
+        ShimError::Refused { code, text } => (refused_line(*code, text), false),
+        ShimError::Closed | ShimError::Io(_) | ShimError::Connect { .. } => {
+            (closed_line(&e.to_string()), true)
+        }
+        ShimError::Timeout => (error_line("timeout", 0, &e.to_string()), false),
+        ShimError::Proto(_) => (error_line("protocol", 0, &e.to_string()), false),
+        ShimError::Unexpected { .. } => (error_line("unexpected", 0, &e.to_string()), false),
+        ShimError::BadArgument(_) => (error_line("bad-command", 0, &e.to_string()), false),
+    }
+}
+
+/// Runs input line number `lineno`; `Some(status)` when the session is over.
+fn run_line(client: &mut Client, lineno: u64, raw: &[u8]) -> io::Result<Option<ExitCode>> {
+    let text = String::from_utf8_lossy(raw);
+    let line = text.trim();
+    let cmd = match parse_line(line) {
+        Ok(None) => return Ok(None),
+        Ok(Some(cmd)) => cmd,
+        Err(why) => {
+            let text = format!("line {lineno}: {line:?}: {why}");
+            emit(&error_line("bad-command", 0, &text))?;
+            return Ok(None);
+        }
+    };
+    match execute(client, cmd) {
+        Ok(reply) => {
+            emit(&reply)?;
+            Ok(None)
+        }
+        Err(e) => {
+            let (line, over) = failure(&e);
+            emit(&line)?;
+            Ok(over.then_some(ExitCode::from(1)))
+        }
+    }
+}
+
+/// Which of stdin and the session socket are ready (waiting as long as it takes).
+fn wait_for_input(stdin: &File, client: &Client) -> io::Result<(bool, bool)> {
+    loop {
+        let mut fds = [
+            PollFd::new(stdin.as_fd(), PollFlags::POLLIN),
+            PollFd::new(client.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {
+                let ready = |fd: &PollFd| fd.any().unwrap_or(false);
+                return Ok((ready(&fds[0]), ready(&fds[1])));
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Prints what came on the session socket while no command was running.
+fn pump_events(client: &mut Client) -> io::Result<Option<ExitCode>> {
+    // With the callback set, events are printed by it; this only surfaces the rest.
+    match client.next_event(Some(Duration::ZERO)) {
+        Ok(_) => Ok(None),
+        Err(e @ (ShimError::Proto(_) | ShimError::Unexpected { .. })) => {
+            emit(&failure(&e).0)?;
+            Ok(None)
+        }
+        Err(ShimError::Refused { text, .. }) => {
+            // Said on its own: epochgate is stopping or gave up on the session.
+            emit(&closed_line(&text))?;
+            Ok(Some(ExitCode::from(1)))
+        }
+        Err(e) => {
+            emit(&closed_line(&e.to_string()))?;
+            Ok(Some(ExitCode::from(1)))
+        }
+    }
+}
+
+fn session(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let mut client = match Client::connect(&cli.socket, &cli.vm) {
+        Ok(c) => c,
+        Err(ShimError::Refused { code, text }) => {
+            emit(&refused_line(code, &text)).context("stdout")?;
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => {
+            emit(&error_line("connect", 0, &e.to_string())).context("stdout")?;
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let welcome = client.welcome();
+    emit(
+        &Line::reply("welcome")
+            .with("vm", cli.vm.as_str())
+            .with("epoch", welcome.epoch)
+            .with("mode", welcome.mode.name()),
+    )
+    .context("stdout")?;
+    // Events read before this (with the welcome) are still queued: print them first.
+    while let Ok(Some(e)) = client.next_event(Some(Duration::ZERO)) {
+        emit(&event_line(e)).context("stdout")?;
+    }
+    // Print events the moment they are read, also in the middle of a command. A failed write
+    // is noticed by the next reply's.
+    client.on_event(|e| {
+        let _ = emit(&event_line(e));
+    });
+
+    // Read stdin unbuffered (a private copy of fd 0): poll must see every byte still unread.
+    let mut stdin = File::from(io::stdin().as_fd().try_clone_to_owned().context("stdin")?);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut lineno = 0u64;
+    let mut buf = [0u8; 4096];
+    loop {
+        let (input, socket) = wait_for_input(&stdin, &client).context("poll")?;
+        if socket {
+            if let Some(status) = pump_events(&mut client).context("stdout")? {
+                return Ok(status);
+            }
+        }
+        if !input {
+            continue;
+        }
+        let n = match stdin.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("stdin"),
+        };
+        if n == 0 {
+            // End of input; a last line without a newline still counts.
+            if !pending.is_empty() {
+                lineno += 1;
+                if let Some(status) = run_line(&mut client, lineno, &pending).context("stdout")? {
+                    return Ok(status);
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(at) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=at).collect();
+            lineno += 1;
+            if let Some(status) = run_line(&mut client, lineno, &line).context("stdout")? {
+                return Ok(status);
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Session => session(&cli),
+    };
+    match result {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("epochgate-shim: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_command() {
+        let cases = [
+            ("protect", Command::Protect),
+            ("fence 1", Command::Fence(1)),
+            ("fence 18446744073709551615", Command::Fence(u64::MAX)),
+            ("commit 42", Command::Commit(42)),
+            ("unprotect release", Command::Unprotect(Release::Release)),
+            ("unprotect drop", Command::Unprotect(Release::Drop)),
+            ("discard", Command::Discard),
+            ("promote passthrough", Command::Promote(Mode::Passthrough)),
+            ("promote protected", Command::Promote(Mode::Protected)),
+            ("stats", Command::Stats),
+            ("ping", Command::Ping),
+            ("  fence\t7  \r\n", Command::Fence(7)),
+        ];
+        for (line, cmd) in cases {
+            assert_eq!(parse_line(line), Ok(Some(cmd)), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn skips_blank_lines_and_comments() {
+        for line in ["", "   ", "\t\n", "# protect", "  #fence 1", "#"] {
+            assert_eq!(parse_line(line), Ok(None), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_every_malformed_form() {
+        let cases = [
+            ("fence x", "N must be a positive integer"),
+            ("fence 0", "N must be a positive integer"),
+            ("fence -1", "N must be a positive integer"),
+            ("fence +1", "N must be a positive integer"),
+            ("commit 1.5", "N must be a positive integer"),
+            ("commit 18446744073709551616", "N must be a positive integer"),
+            ("fence", "fence needs an epoch N"),
+            ("commit", "commit needs an epoch N"),
+            ("fence 1 2", "fence takes one argument, an epoch N"),
+            ("protect now", "protect takes no argument"),
+            ("discard 3", "discard takes no argument"),
+            ("stats x", "stats takes no argument"),
+            ("ping 1", "ping takes no argument"),
+            ("unprotect", "unprotect needs release or drop"),
+            (
+                "unprotect keep",
+                "unknown release choice \"keep\": expected release or drop",
+            ),
+            (
+                "unprotect release drop",
+                "unprotect takes one argument, release or drop",
+            ),
+            ("promote", "promote needs a MODE (passthrough or protected)"),
+            (
+                "promote standby",
+                "MODE must be passthrough or protected, not standby",
+            ),
+            (
+                "promote failed",
+                "MODE must be passthrough or protected, not failed",
+            ),
+            (
+                "promote live",
+                "unknown mode \"live\": expected passthrough, protected, standby or failed",
+            ),
+            (
+                "Protect",
+                "unknown command \"Protect\": expected protect, fence N, commit N, unprotect release|drop, discard, promote MODE, stats or ping",
+            ),
+            (
+                "hello web",
+                "unknown command \"hello\": expected protect, fence N, commit N, unprotect release|drop, discard, promote MODE, stats or ping",
+            ),
+        ];
+        for (line, why) in cases {
+            assert_eq!(parse_line(line), Err(why.to_string()), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn json_lines_keep_their_key_order_and_escape_text() {
+        let line = error_line("wrong-epoch", 7, "a \"quoted\"\nline");
+        assert_eq!(
+            line.render(),
+            r#"{"reply":"error","error":"wrong-epoch","code":7,"text":"a \"quoted\"\nline"}"#
+        );
+        let e = Event {
+            epoch: 3,
+            urgency: Urgency::Within { ns: 5 },
+            reason: vmm_shim::proto::RequestReason::HighWater,
+        };
+        assert_eq!(
+            event_line(e).render(),
+            r#"{"event":"checkpoint-request","epoch":3,"urgency":"within","within_ns":5,"reason":"high-water"}"#
+        );
+    }
+
+    #[test]
+    fn the_cli_definition_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["epochgate-shim", "--vm", "web", "session"]).unwrap();
+        assert_eq!(cli.socket, PathBuf::from(vmm_shim::DEFAULT_CONTROL_SOCKET));
+        assert!(Cli::try_parse_from(["epochgate-shim", "session"]).is_err());
+    }
+}

@@ -1,0 +1,1241 @@
+//! The blocking client a VMM uses to drive epochgate over its control socket.
+//!
+//! One [`Client`] is one session: [`Client::connect`] opens the `SOCK_SEQPACKET` socket and
+//! adopts a VM with `Hello`; after that every call sends one request and waits for its one
+//! reply. Checkpoint requests that epochgate sends on its own ([`Event`]s) can arrive at any
+//! time, also while a call waits for its reply: they are queued for [`Client::next_event`], or
+//! handed to the callback set with [`Client::on_event`].
+//!
+//! [`pair`] gives a connected in-process transport whose [`ServerEnd`] plays epochgate, so
+//! VMM code can be tested without the appliance.
+//!
+//! Nothing epochgate sends can make the client panic: whatever is malformed becomes
+//! [`ShimError::Proto`], whatever is out of place [`ShimError::Unexpected`].
+
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recv, MsgFlags};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::proto::{
+    decode_reply, decode_request, ErrorCode, Mode, ProtoError, Release, Reply, Request,
+    RequestReason, Urgency, VmStats, MAX_MESSAGE,
+};
+
+/// How long a call waits for its reply unless [`Client::set_timeout`] says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a call on the control socket failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// The socket failed (other than by the peer going away, which is [`ShimError::Closed`]).
+    #[error("control socket: {0}")]
+    Io(#[from] io::Error),
+    /// The control socket could not be reached.
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        /// The socket path, as given.
+        path: String,
+        /// Why `connect(2)` failed.
+        source: io::Error,
+    },
+    /// Epochgate sent a datagram that is not a well-formed message.
+    #[error("epochgate sent a malformed message: {0}")]
+    Proto(#[from] ProtoError),
+    /// Epochgate answered with an `Error`: `text` is its message, unchanged.
+    #[error("epochgate refused: {}", refused_text(text, *code))]
+    Refused {
+        /// What went wrong, for programs.
+        code: ErrorCode,
+        /// What went wrong, for people (as epochgate wrote it).
+        text: String,
+    },
+    /// Epochgate closed the session (or had already closed it).
+    #[error("epochgate closed the session")]
+    Closed,
+    /// Epochgate answered with a reply of another kind than the request calls for.
+    #[error("expected a {expected} reply, got {got}")]
+    Unexpected {
+        /// The kind of reply the request calls for.
+        expected: &'static str,
+        /// The kind that came.
+        got: &'static str,
+    },
+    /// No reply came within the timeout ([`Client::set_timeout`]).
+    #[error("no reply within the timeout")]
+    Timeout,
+    /// The caller passed a value the protocol cannot carry (a bad VM name, epoch 0,
+    /// promotion to standby...); nothing was sent.
+    #[error("bad argument: {0}")]
+    BadArgument(String),
+}
+
+fn refused_text(text: &str, code: ErrorCode) -> String {
+    if text.is_empty() {
+        format!("({code})")
+    } else {
+        format!("{text} ({code})")
+    }
+}
+
+impl ShimError {
+    /// The code epochgate refused with, for [`ShimError::Refused`]; `None` otherwise.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ShimError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// What `Hello` got: the VM's open epoch (0 if none) and mode when the session adopted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Welcome {
+    /// The VM's open epoch, 0 if it is not protected.
+    pub epoch: u64,
+    /// The VM's mode.
+    pub mode: Mode,
+}
+
+/// What `Fence` did: `epoch` is sealed with `frames` frames of `bytes` bytes, and draining
+/// in-flight frames into it took `drain_ns` nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fenced {
+    /// The sealed epoch.
+    pub epoch: u64,
+    /// Frames held in it.
+    pub frames: u64,
+    /// Bytes held in it.
+    pub bytes: u64,
+    /// Time taken to drain in-flight frames into it.
+    pub drain_ns: u64,
+}
+
+/// A checkpoint request epochgate sent on its own: checkpoint `epoch`, as `urgency` says,
+/// because of `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// The epoch to checkpoint.
+    pub epoch: u64,
+    /// How soon.
+    pub urgency: Urgency,
+    /// Why.
+    pub reason: RequestReason,
+}
+
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
+}
+
+/// The instant `t` from now; `None` (wait forever) if `t` is `None` or too far away.
+fn deadline_after(t: Option<Duration>) -> Option<Instant> {
+    t.and_then(|t| Instant::now().checked_add(t))
+}
+
+/// A connected transport: one `SOCK_SEQPACKET` socket, one message per datagram.
+#[derive(Debug)]
+pub struct Connection {
+    sock: Socket,
+}
+
+impl Connection {
+    /// Connects to epochgate's control socket at `path` (no `Hello` yet: see [`Client::over`]).
+    pub fn connect(path: impl AsRef<Path>) -> Result<Connection, ShimError> {
+        let path = path.as_ref();
+        let connect_err = |source: io::Error| ShimError::Connect {
+            path: path.display().to_string(),
+            source,
+        };
+        let addr = SockAddr::unix(path).map_err(connect_err)?;
+        // socket2 sets SOCK_CLOEXEC itself.
+        let sock = Socket::new(Domain::UNIX, Type::SEQPACKET, None).map_err(connect_err)?;
+        sock.connect(&addr).map_err(connect_err)?;
+        Ok(Connection { sock })
+    }
+
+    /// Sends `bytes` as one datagram, without ever raising SIGPIPE.
+    fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        let n = self.sock.send_with_flags(bytes, nix::libc::MSG_NOSIGNAL)?;
+        if n != bytes.len() {
+            // SEQPACKET sends all or nothing; this is only a guard.
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("sent {n} of {} bytes", bytes.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until the socket is readable (or hung up); `false` when `deadline` passed first.
+    fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        loop {
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    // Round up so that a wake-up never comes before the deadline.
+                    let ms = left.as_nanos().div_ceil(1_000_000);
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(0) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(false);
+                    }
+                }
+                // Readable, hung up or in error: the read that follows tells which.
+                Ok(_) => return Ok(true),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Whether the peer has closed its end.
+    fn hung_up(&self) -> io::Result<bool> {
+        let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+        loop {
+            match poll(&mut fds, PollTimeout::ZERO) {
+                Ok(_) => {
+                    let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+                    return Ok(revents.contains(PollFlags::POLLHUP));
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads the next datagram, waiting until `deadline`: `Ok(None)` when it passed first,
+    /// `Err(Closed)` when the peer has closed. A datagram longer than [`MAX_MESSAGE`] comes
+    /// back cut to `MAX_MESSAGE + 1` bytes, which no decoder accepts.
+    fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>, ShimError> {
+        let mut buf = vec![0u8; MAX_MESSAGE + 1];
+        loop {
+            if !self.wait(deadline)? {
+                return Ok(None);
+            }
+            match recv(self.sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                // On SEQPACKET a read of 0 is the peer's end or an empty datagram: the hang-up
+                // flag tells which.
+                Ok(0) if self.hung_up()? => return Err(ShimError::Closed),
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(Some(buf));
+                }
+                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                Err(Errno::ECONNRESET) => {
+                    // The peer closed with something of ours unread. Linux reports that
+                    // (once) before the datagrams the peer sent us that are still queued,
+                    // such as the `Error` epochgate sends a peer it refuses right after
+                    // accepting it: look again, so that it is not lost.
+                    return match recv(self.sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                        Ok(n) if n > 0 => {
+                            buf.truncate(n);
+                            Ok(Some(buf))
+                        }
+                        _ => Err(ShimError::Closed),
+                    };
+                }
+                Err(Errno::EPIPE | Errno::ENOTCONN) => return Err(ShimError::Closed),
+                Err(e) => return Err(ShimError::Io(e.into())),
+            }
+        }
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+type Callback = Box<dyn FnMut(Event) + Send + 'static>;
+
+/// One session with epochgate, driving one VM. See the [module docs](self).
+///
+/// Calls are blocking and answered in order; each waits at most the timeout
+/// ([`Client::set_timeout`], 30 s by default) for its reply. A reply that comes after its
+/// call timed out is recognised and skipped, so the session stays in step.
+pub struct Client {
+    conn: Connection,
+    vm: String,
+    welcome: Welcome,
+    timeout: Option<Duration>,
+    queue: VecDeque<Event>,
+    callback: Option<Callback>,
+    /// Replies still owed to calls that timed out; they are skipped when they come.
+    stale: usize,
+    /// The session is over: epochgate closed it or said it is shutting down.
+    closed: bool,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("conn", &self.conn)
+            .field("vm", &self.vm)
+            .field("welcome", &self.welcome)
+            .field("timeout", &self.timeout)
+            .field("queue", &self.queue)
+            .field("callback", &self.callback.is_some())
+            .field("stale", &self.stale)
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to epochgate's control socket and adopts VM `vm` (`Hello`).
+    ///
+    /// `Err(Refused)` if epochgate answers with an `Error` (no such VM, VM busy, permission
+    /// denied...), with its code and text.
+    pub fn connect(socket: impl AsRef<Path>, vm: &str) -> Result<Client, ShimError> {
+        // Check the name before touching the socket: a bad one is the caller's mistake.
+        Request::hello(vm).map_err(|e| ShimError::BadArgument(e.to_string()))?;
+        Client::over(Connection::connect(socket)?, vm)
+    }
+
+    /// Adopts VM `vm` (`Hello`) over an already connected transport, e.g. one end of
+    /// [`pair`].
+    pub fn over(conn: Connection, vm: &str) -> Result<Client, ShimError> {
+        let hello = Request::hello(vm).map_err(|e| ShimError::BadArgument(e.to_string()))?;
+        let mut client = Client {
+            conn,
+            vm: vm.to_string(),
+            welcome: Welcome {
+                epoch: 0,
+                mode: Mode::Passthrough,
+            },
+            timeout: Some(DEFAULT_TIMEOUT),
+            queue: VecDeque::new(),
+            callback: None,
+            stale: 0,
+            closed: false,
+        };
+        match client.checked(&hello)? {
+            Reply::Welcome { epoch, mode } => {
+                client.welcome = Welcome { epoch, mode };
+                Ok(client)
+            }
+            other => Err(unexpected("welcome", &other)),
+        }
+    }
+
+    /// What `Hello` got.
+    pub fn welcome(&self) -> Welcome {
+        self.welcome
+    }
+
+    /// The VM this session drives.
+    pub fn vm(&self) -> &str {
+        &self.vm
+    }
+
+    /// How long each call waits for its reply; `None` waits forever. Default: 30 s.
+    pub fn set_timeout(&mut self, t: Option<Duration>) {
+        self.timeout = t;
+    }
+
+    /// Starts protection; returns the first protected (open) epoch.
+    pub fn protect(&mut self) -> Result<u64, ShimError> {
+        match self.call(Request::Protect)? {
+            Reply::Protected { epoch } => Ok(epoch),
+            other => Err(unexpected("protected", &other)),
+        }
+    }
+
+    /// Seals epoch `epoch` (the open one); frames sent after this belong to the next.
+    pub fn fence(&mut self, epoch: u64) -> Result<Fenced, ShimError> {
+        match self.call(Request::Fence { epoch })? {
+            Reply::Fenced {
+                epoch,
+                frames,
+                bytes,
+                drain_ns,
+            } => Ok(Fenced {
+                epoch,
+                frames,
+                bytes,
+                drain_ns,
+            }),
+            other => Err(unexpected("fenced", &other)),
+        }
+    }
+
+    /// Declares the checkpoint of sealed epoch `epoch` durable; returns the frames released.
+    pub fn commit(&mut self, epoch: u64) -> Result<u64, ShimError> {
+        match self.call(Request::Commit { epoch })? {
+            Reply::Committed { frames, .. } => Ok(frames),
+            other => Err(unexpected("committed", &other)),
+        }
+    }
+
+    /// Stops protection; held frames are released or dropped as `how` says. Returns
+    /// `(released, dropped)`.
+    pub fn unprotect(&mut self, how: Release) -> Result<(u64, u64), ShimError> {
+        match self.call(Request::Unprotect { how })? {
+            Reply::Unprotected { released, dropped } => Ok((released, dropped)),
+            other => Err(unexpected("unprotected", &other)),
+        }
+    }
+
+    /// Drops every held frame (e.g. after a failed checkpoint); returns how many.
+    pub fn discard(&mut self) -> Result<u64, ShimError> {
+        match self.call(Request::Discard)? {
+            Reply::Discarded { frames } => Ok(frames),
+            other => Err(unexpected("discarded", &other)),
+        }
+    }
+
+    /// Makes this (standby) VM live in `mode` (passthrough or protected); returns the number
+    /// of announcements sent for it.
+    pub fn promote(&mut self, mode: Mode) -> Result<u32, ShimError> {
+        match self.call(Request::Promote { mode })? {
+            Reply::Promoted { announced, .. } => Ok(announced),
+            other => Err(unexpected("promoted", &other)),
+        }
+    }
+
+    /// Checks that epochgate answers, with a fresh random token that the `Pong` must echo.
+    pub fn ping(&mut self) -> Result<(), ShimError> {
+        let token = RandomState::new().hash_one(Instant::now());
+        match self.call(Request::Ping { token })? {
+            Reply::Pong { token: got } if got == token => Ok(()),
+            Reply::Pong { token: got } => Err(ShimError::Proto(ProtoError::Field {
+                kind: "pong",
+                field: "token",
+                why: format!("the ping carried {token:#018x} but the pong echoes {got:#018x}"),
+            })),
+            other => Err(unexpected("pong", &other)),
+        }
+    }
+
+    /// The VM's mode and counters.
+    pub fn stats(&mut self) -> Result<VmStats, ShimError> {
+        match self.call(Request::Stats)? {
+            Reply::Stats(s) => Ok(s),
+            other => Err(unexpected("stats", &other)),
+        }
+    }
+
+    /// Sends one request and returns its reply as it came: an `Error` reply is
+    /// `Ok(Reply::Error { .. })` here, not `Err`. Events that arrive meanwhile are queued (or
+    /// given to the callback). The request is sent as it is, even one that fails
+    /// [`Request::validate`].
+    pub fn request(&mut self, req: &Request) -> Result<Reply, ShimError> {
+        self.exchange(&req.encode())
+    }
+
+    /// Sends arbitrary bytes as one datagram and returns the next reply that is not an event
+    /// (for tests of malformed input).
+    pub fn request_raw(&mut self, bytes: &[u8]) -> Result<Reply, ShimError> {
+        self.exchange(bytes)
+    }
+
+    /// The next checkpoint request: queued ones first, else waits up to `timeout` (`None` =
+    /// forever, `Some(Duration::ZERO)` = just check). `Ok(None)` on timeout.
+    ///
+    /// With a callback set ([`Client::on_event`]), events that arrive go to it instead: this
+    /// then waits (up to `timeout`) for the first, hands it and any other already readable
+    /// ones to the callback, and returns `Ok(None)`; events queued before the callback was
+    /// set are still returned here first.
+    ///
+    /// An `Error` epochgate sends on its own (it is shutting down, or gave up on a silent
+    /// session) is `Err(Refused)`; the session is over after it.
+    pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<Event>, ShimError> {
+        if let Some(e) = self.queue.pop_front() {
+            return Ok(Some(e));
+        }
+        let mut deadline = deadline_after(timeout);
+        let mut delivered = false;
+        loop {
+            let reply = match self.read_message(deadline) {
+                Ok(Some(reply)) => reply,
+                Ok(None) => return Ok(None),
+                // The callback got what came before the close; the next call reports it.
+                Err(ShimError::Closed) if delivered => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            match reply {
+                Reply::CheckpointRequest {
+                    epoch,
+                    urgency,
+                    reason,
+                } => {
+                    let event = Event {
+                        epoch,
+                        urgency,
+                        reason,
+                    };
+                    match &mut self.callback {
+                        Some(cb) => {
+                            cb(event);
+                            // Hand on what else is already there, without waiting.
+                            deadline = Some(Instant::now());
+                            delivered = true;
+                        }
+                        None => return Ok(Some(event)),
+                    }
+                }
+                Reply::Error { code, text } if code == ErrorCode::ShuttingDown => {
+                    return Err(ShimError::Refused { code, text });
+                }
+                // A late reply to a call that timed out.
+                _ if self.stale > 0 => self.stale -= 1,
+                Reply::Error { code, text } => {
+                    self.closed = true;
+                    return Err(ShimError::Refused { code, text });
+                }
+                other => return Err(unexpected("checkpoint-request", &other)),
+            }
+        }
+    }
+
+    /// From now on every event is given to `f` as soon as the client reads it (during any
+    /// call, or in [`Client::next_event`]) instead of being queued. `f` runs on the thread
+    /// making the call.
+    pub fn on_event(&mut self, f: impl FnMut(Event) + Send + 'static) {
+        self.callback = Some(Box::new(f));
+    }
+
+    /// Removes the callback set with [`Client::on_event`]: events are queued again.
+    pub fn clear_on_event(&mut self) {
+        self.callback = None;
+    }
+
+    // --- internals ----------------------------------------------------------------------
+
+    /// Validates and sends `req`; an `Error` reply becomes `Err(Refused)`.
+    fn call(&mut self, req: Request) -> Result<Reply, ShimError> {
+        req.validate()
+            .map_err(|e| ShimError::BadArgument(e.to_string()))?;
+        self.checked(&req)
+    }
+
+    /// Sends `req`; an `Error` reply becomes `Err(Refused)`.
+    fn checked(&mut self, req: &Request) -> Result<Reply, ShimError> {
+        match self.request(req)? {
+            Reply::Error { code, text } => Err(ShimError::Refused { code, text }),
+            other => Ok(other),
+        }
+    }
+
+    fn exchange(&mut self, bytes: &[u8]) -> Result<Reply, ShimError> {
+        let deadline = deadline_after(self.timeout);
+        self.send_bytes(bytes)?;
+        self.await_reply(deadline)
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), ShimError> {
+        if self.closed {
+            return Err(ShimError::Closed);
+        }
+        match self.conn.send(bytes) {
+            Ok(()) => Ok(()),
+            Err(e) if is_gone(&e) => {
+                // Epochgate is gone; what it said last may still be waiting to be read (an
+                // `Error` saying why: shutting down, permission denied...).
+                self.closed = true;
+                loop {
+                    match self.read_queued() {
+                        Ok(Some(Reply::CheckpointRequest {
+                            epoch,
+                            urgency,
+                            reason,
+                        })) => self.deliver(Event {
+                            epoch,
+                            urgency,
+                            reason,
+                        }),
+                        Ok(Some(Reply::Error { code, text })) => {
+                            return Err(ShimError::Refused { code, text })
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(ShimError::Closed) => return Err(ShimError::Closed),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(e) => Err(ShimError::Io(e)),
+        }
+    }
+
+    /// A message already received, without waiting (even once the session is marked closed).
+    fn read_queued(&mut self) -> Result<Option<Reply>, ShimError> {
+        match self.conn.recv(Some(Instant::now()))? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads one message, waiting until `deadline` (`Ok(None)` when it passed first).
+    fn read_message(&mut self, deadline: Option<Instant>) -> Result<Option<Reply>, ShimError> {
+        if self.closed {
+            return Err(ShimError::Closed);
+        }
+        let bytes = match self.conn.recv(deadline) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                if matches!(e, ShimError::Closed) {
+                    self.closed = true;
+                }
+                return Err(e);
+            }
+        };
+        let reply = decode(&bytes)?;
+        if let Reply::Error {
+            code: ErrorCode::ShuttingDown,
+            ..
+        } = reply
+        {
+            // Epochgate closes every session right after saying this.
+            self.closed = true;
+        }
+        Ok(Some(reply))
+    }
+
+    /// Waits for the reply to the request just sent, handing events on as they come.
+    fn await_reply(&mut self, deadline: Option<Instant>) -> Result<Reply, ShimError> {
+        loop {
+            let Some(reply) = self.read_message(deadline)? else {
+                self.stale += 1;
+                return Err(ShimError::Timeout);
+            };
+            match reply {
+                Reply::CheckpointRequest {
+                    epoch,
+                    urgency,
+                    reason,
+                } => self.deliver(Event {
+                    epoch,
+                    urgency,
+                    reason,
+                }),
+                Reply::Error {
+                    code: ErrorCode::ShuttingDown,
+                    ..
+                } => return Ok(reply),
+                // A late reply to a call that timed out.
+                _ if self.stale > 0 => self.stale -= 1,
+                _ => return Ok(reply),
+            }
+        }
+    }
+
+    fn deliver(&mut self, event: Event) {
+        match &mut self.callback {
+            Some(cb) => cb(event),
+            None => self.queue.push_back(event),
+        }
+    }
+}
+
+impl AsFd for Client {
+    /// The socket, to poll for events. It turns readable when a message arrives; events read
+    /// during a call are queued inside the client, so check [`Client::next_event`] with
+    /// `Some(Duration::ZERO)` after each call before polling (or use [`Client::on_event`]).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.conn.as_fd()
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Reply, ProtoError> {
+    if bytes.len() > MAX_MESSAGE {
+        // The read was cut at MAX_MESSAGE + 1: the real datagram was at least that long.
+        return Err(ProtoError::Oversize { len: bytes.len() });
+    }
+    decode_reply(bytes)
+}
+
+fn unexpected(expected: &'static str, got: &Reply) -> ShimError {
+    ShimError::Unexpected {
+        expected,
+        got: got.name(),
+    }
+}
+
+/// The server side of [`pair`]: what epochgate would be, for tests of VMM code without it.
+#[derive(Debug)]
+pub struct ServerEnd {
+    conn: Connection,
+}
+
+impl ServerEnd {
+    /// The next request, waiting as long as it takes; `Err(Closed)` when the client closed,
+    /// `Err(Proto)` for a malformed datagram.
+    pub fn recv(&mut self) -> Result<Request, ShimError> {
+        match self.conn.recv(None)? {
+            Some(bytes) => Ok(decode_request(&bytes)?),
+            None => Err(ShimError::Timeout),
+        }
+    }
+
+    /// The next request, waiting at most `t`; `Ok(None)` if none came.
+    pub fn recv_timeout(&mut self, t: Duration) -> Result<Option<Request>, ShimError> {
+        match self.conn.recv(deadline_after(Some(t)))? {
+            Some(bytes) => Ok(Some(decode_request(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Sends a reply or an event.
+    pub fn send(&mut self, reply: &Reply) -> Result<(), ShimError> {
+        self.send_raw(&reply.encode())
+    }
+
+    /// Sends arbitrary bytes as one datagram.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ShimError> {
+        self.conn.send(bytes).map_err(|e| {
+            if is_gone(&e) {
+                ShimError::Closed
+            } else {
+                ShimError::Io(e)
+            }
+        })
+    }
+}
+
+impl AsFd for ServerEnd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.conn.as_fd()
+    }
+}
+
+/// A connected in-process pair (`socketpair(AF_UNIX, SOCK_SEQPACKET)`): use
+/// [`Client::over`] on the [`Connection`] and serve the [`ServerEnd`] from another thread.
+pub fn pair() -> Result<(Connection, ServerEnd), ShimError> {
+    let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None)?;
+    Ok((
+        Connection { sock: a },
+        ServerEnd {
+            conn: Connection { sock: b },
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::thread::{self, JoinHandle};
+
+    const VM: &str = "web";
+
+    /// A client over `pair()` whose server answers `Hello` with a welcome and then runs
+    /// `serve`.
+    fn session<F>(serve: F) -> (Client, JoinHandle<()>)
+    where
+        F: FnOnce(&mut ServerEnd) + Send + 'static,
+    {
+        let (conn, mut server) = pair().unwrap();
+        let t = thread::spawn(move || {
+            assert_eq!(server.recv().unwrap(), Request::hello(VM).unwrap());
+            server
+                .send(&Reply::Welcome {
+                    epoch: 4,
+                    mode: Mode::Protected,
+                })
+                .unwrap();
+            serve(&mut server);
+        });
+        let client = Client::over(conn, VM).unwrap();
+        (client, t)
+    }
+
+    fn event(epoch: u64) -> Reply {
+        Reply::CheckpointRequest {
+            epoch,
+            urgency: Urgency::Within { ns: 1_000 * epoch },
+            reason: RequestReason::HighWater,
+        }
+    }
+
+    #[test]
+    fn every_call_has_a_happy_path() {
+        let stats = VmStats {
+            mode: Mode::Protected,
+            open_epoch: 5,
+            sealed_epoch: 4,
+            committed_epoch: 3,
+            held_frames: 7,
+            held_bytes: 700,
+            rx_frames: 100,
+            tx_frames: 90,
+            dropped: 1,
+        };
+        let (mut c, t) = session(move |s| loop {
+            let req = match s.recv() {
+                Ok(r) => r,
+                Err(ShimError::Closed) => return,
+                Err(e) => panic!("{e}"),
+            };
+            let reply = match req {
+                Request::Protect => Reply::Protected { epoch: 4 },
+                Request::Fence { epoch } => Reply::Fenced {
+                    epoch,
+                    frames: 10,
+                    bytes: 640,
+                    drain_ns: 1234,
+                },
+                Request::Commit { epoch } => Reply::Committed { epoch, frames: 10 },
+                Request::Unprotect { how } => Reply::Unprotected {
+                    released: if how == Release::Release { 3 } else { 0 },
+                    dropped: if how == Release::Drop { 3 } else { 0 },
+                },
+                Request::Discard => Reply::Discarded { frames: 2 },
+                Request::Promote { mode } => Reply::Promoted { mode, announced: 6 },
+                Request::Ping { token } => Reply::Pong { token },
+                Request::Stats => Reply::Stats(stats),
+                Request::Hello { .. } => Reply::error(ErrorCode::AlreadyAdopted, "again?"),
+            };
+            s.send(&reply).unwrap();
+        });
+        assert_eq!(
+            c.welcome(),
+            Welcome {
+                epoch: 4,
+                mode: Mode::Protected
+            }
+        );
+        assert_eq!(c.vm(), VM);
+        assert_eq!(c.protect().unwrap(), 4);
+        assert_eq!(
+            c.fence(4).unwrap(),
+            Fenced {
+                epoch: 4,
+                frames: 10,
+                bytes: 640,
+                drain_ns: 1234
+            }
+        );
+        assert_eq!(c.commit(4).unwrap(), 10);
+        assert_eq!(c.unprotect(Release::Release).unwrap(), (3, 0));
+        assert_eq!(c.unprotect(Release::Drop).unwrap(), (0, 3));
+        assert_eq!(c.discard().unwrap(), 2);
+        assert_eq!(c.promote(Mode::Passthrough).unwrap(), 6);
+        c.ping().unwrap();
+        c.ping().unwrap();
+        assert_eq!(c.stats().unwrap(), stats);
+        assert_eq!(
+            c.request(&Request::Stats).unwrap(),
+            Reply::Stats(stats),
+            "request() returns the reply as it came"
+        );
+        assert_eq!(
+            c.request(&Request::hello(VM).unwrap()).unwrap(),
+            Reply::error(ErrorCode::AlreadyAdopted, "again?"),
+            "an Error reply is Ok for request()"
+        );
+        assert_eq!(c.next_event(Some(Duration::ZERO)).unwrap(), None);
+        drop(c);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn error_replies_become_refused_with_code_and_text_intact() {
+        let texts = [
+            (
+                ErrorCode::WrongEpoch,
+                "fence of epoch 9, but the open epoch is 5",
+            ),
+            (ErrorCode::NotSealed, "épоch «5» is not sealed ✓"),
+            (ErrorCode::Other(77), ""),
+        ];
+        let (mut c, t) = session(move |s| {
+            for (code, text) in texts {
+                s.recv().unwrap();
+                s.send(&Reply::error(code, text)).unwrap();
+            }
+        });
+        let e = c.fence(9).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::WrongEpoch));
+        assert!(
+            matches!(&e, ShimError::Refused { text, .. } if text == texts[0].1),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "epochgate refused: fence of epoch 9, but the open epoch is 5 (wrong-epoch)"
+        );
+        match c.commit(5).unwrap_err() {
+            ShimError::Refused { code, text } => {
+                assert_eq!(code, ErrorCode::NotSealed);
+                assert_eq!(text, texts[1].1);
+            }
+            e => panic!("{e:?}"),
+        }
+        let e = c.discard().unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Other(77)));
+        assert_eq!(e.to_string(), "epochgate refused: (other (77))");
+        assert_eq!(ShimError::Timeout.code(), None);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_refused_hello_is_refused() {
+        let (conn, mut server) = pair().unwrap();
+        let t = thread::spawn(move || {
+            server.recv().unwrap();
+            server
+                .send(&Reply::error(
+                    ErrorCode::UnknownVm,
+                    "no VM is named \"web\"",
+                ))
+                .unwrap();
+        });
+        let e = Client::over(conn, VM).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::UnknownVm));
+        assert!(e.to_string().contains("no VM is named \"web\""), "{e}");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_refusal_sent_before_closing_is_reported_even_if_the_send_fails() {
+        // What epochgate does to a uid it does not allow: Error, then close, before Hello.
+        let (conn, mut server) = pair().unwrap();
+        server
+            .send(&Reply::error(
+                ErrorCode::PermissionDenied,
+                "uid 1000 may not",
+            ))
+            .unwrap();
+        drop(server);
+        let e = Client::over(conn, VM).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::PermissionDenied), "{e:?}");
+        assert!(e.to_string().contains("uid 1000 may not"));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_locally() {
+        let (conn, server) = pair().unwrap();
+        assert!(matches!(
+            Client::over(conn, " web"),
+            Err(ShimError::BadArgument(_))
+        ));
+        drop(server);
+        let (mut c, t) = session(|s| {
+            // Nothing but the close arrives.
+            assert!(matches!(s.recv(), Err(ShimError::Closed)));
+        });
+        for e in [
+            c.fence(0).unwrap_err(),
+            c.commit(0).unwrap_err(),
+            c.promote(Mode::Standby).map(drop).unwrap_err(),
+            c.promote(Mode::Failed).map(drop).unwrap_err(),
+        ] {
+            assert!(matches!(e, ShimError::BadArgument(_)), "{e:?}");
+        }
+        drop(c);
+        t.join().unwrap();
+        assert!(matches!(
+            Client::connect("/nonexistent/dir/control.sock", "bad\nname"),
+            Err(ShimError::BadArgument(_))
+        ));
+        let e = Client::connect("/nonexistent/dir/control.sock", VM).unwrap_err();
+        assert!(matches!(e, ShimError::Connect { .. }), "{e:?}");
+        assert!(e
+            .to_string()
+            .starts_with("cannot connect to /nonexistent/dir/control.sock: "));
+    }
+
+    #[test]
+    fn events_before_a_reply_are_queued_in_order() {
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let (mut c, t) = session(move |s| {
+            assert_eq!(s.recv().unwrap(), Request::Fence { epoch: 4 });
+            for epoch in [4, 5, 6] {
+                s.send(&event(epoch)).unwrap();
+            }
+            s.send(&Reply::Fenced {
+                epoch: 4,
+                frames: 1,
+                bytes: 2,
+                drain_ns: 3,
+            })
+            .unwrap();
+            s.send(&Reply::CheckpointRequest {
+                epoch: 7,
+                urgency: Urgency::Now,
+                reason: RequestReason::ImmediateFrame,
+            })
+            .unwrap();
+            done_rx.recv().unwrap();
+        });
+        assert_eq!(c.fence(4).unwrap().frames, 1);
+        for epoch in [4, 5, 6] {
+            let e = c.next_event(Some(Duration::ZERO)).unwrap().unwrap();
+            assert_eq!(
+                e,
+                Event {
+                    epoch,
+                    urgency: Urgency::Within { ns: 1_000 * epoch },
+                    reason: RequestReason::HighWater
+                }
+            );
+        }
+        // The last one is read from the socket (it may still be on its way).
+        assert_eq!(
+            c.next_event(Some(Duration::from_secs(10))).unwrap(),
+            Some(Event {
+                epoch: 7,
+                urgency: Urgency::Now,
+                reason: RequestReason::ImmediateFrame
+            })
+        );
+        assert_eq!(c.next_event(Some(Duration::ZERO)).unwrap(), None);
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert!(matches!(
+            c.next_event(Some(Duration::from_secs(10))),
+            Err(ShimError::Closed)
+        ));
+    }
+
+    #[test]
+    fn the_callback_gets_events_instead_of_the_queue() {
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let (mut c, t) = session(move |s| {
+            // One event before the callback is set: it stays queued.
+            s.send(&event(1)).unwrap();
+            go_rx.recv().unwrap();
+            assert_eq!(s.recv().unwrap(), Request::Discard);
+            s.send(&event(2)).unwrap();
+            s.send(&event(3)).unwrap();
+            s.send(&Reply::Discarded { frames: 0 }).unwrap();
+            s.send(&event(4)).unwrap();
+            s.send(&event(5)).unwrap();
+        });
+        let (tx, rx) = mpsc::channel();
+        // Read event 1 into the queue before the callback is set.
+        assert_eq!(
+            c.next_event(Some(Duration::from_secs(10))).unwrap(),
+            Some(Event {
+                epoch: 1,
+                urgency: Urgency::Within { ns: 1_000 },
+                reason: RequestReason::HighWater
+            })
+        );
+        c.on_event(move |e| tx.send(e.epoch).unwrap());
+        go_tx.send(()).unwrap();
+        assert_eq!(c.discard().unwrap(), 0);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [2, 3], "during the call");
+        // Pump until both later events went to the callback.
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            assert_eq!(c.next_event(Some(Duration::from_secs(10))).unwrap(), None);
+            got.extend(rx.try_iter());
+        }
+        assert_eq!(got, [4, 5]);
+        c.clear_on_event();
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn next_event_times_out_with_none() {
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let (mut c, t) = session(move |_| done_rx.recv().unwrap());
+        assert_eq!(c.next_event(Some(Duration::ZERO)).unwrap(), None);
+        let start = Instant::now();
+        assert_eq!(c.next_event(Some(Duration::from_millis(50))).unwrap(), None);
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_closed_server_is_closed() {
+        let (mut c, t) = session(|s| {
+            s.recv().unwrap();
+            // Close without answering.
+        });
+        assert!(matches!(c.protect(), Err(ShimError::Closed)));
+        t.join().unwrap();
+        assert!(
+            matches!(c.protect(), Err(ShimError::Closed)),
+            "and stays so"
+        );
+        assert!(matches!(c.next_event(None), Err(ShimError::Closed)));
+
+        let (mut c, t) = session(|_| {});
+        t.join().unwrap();
+        assert!(matches!(c.next_event(None), Err(ShimError::Closed)));
+    }
+
+    #[test]
+    fn shutting_down_while_waiting_is_refused_then_closed() {
+        let (mut c, t) = session(|s| {
+            s.recv().unwrap();
+            s.send(&event(9)).unwrap();
+            s.send(&Reply::error(
+                ErrorCode::ShuttingDown,
+                "epochgate is stopping",
+            ))
+            .unwrap();
+        });
+        let e = c.fence(9).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::ShuttingDown));
+        assert!(e.to_string().contains("epochgate is stopping"));
+        t.join().unwrap();
+        assert_eq!(c.next_event(None).unwrap().map(|e| e.epoch), Some(9));
+        assert!(matches!(c.stats(), Err(ShimError::Closed)));
+
+        // Shutting down while the client only waits for events.
+        let (mut c, t) = session(|s| {
+            s.send(&Reply::error(ErrorCode::ShuttingDown, "bye"))
+                .unwrap();
+        });
+        let e = c.next_event(None).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::ShuttingDown));
+        t.join().unwrap();
+        assert!(matches!(c.next_event(None), Err(ShimError::Closed)));
+    }
+
+    #[test]
+    fn malformed_datagrams_are_proto_errors() {
+        let (mut c, t) = session(|s| {
+            s.recv().unwrap();
+            s.send_raw(b"not a message at all").unwrap();
+            s.recv().unwrap();
+            s.send_raw(&[0xAB; MAX_MESSAGE + 100]).unwrap();
+            s.recv().unwrap();
+            s.send_raw(&[]).unwrap();
+            s.recv().unwrap();
+            // A request kind is not a reply.
+            s.send_raw(&Request::Protect.encode()).unwrap();
+            s.recv().unwrap();
+            s.send(&Reply::Pong { token: 1 }).unwrap();
+            s.recv().unwrap();
+            s.send(&Reply::Protected { epoch: 2 }).unwrap();
+        });
+        let e = c.protect().unwrap_err();
+        assert!(matches!(e, ShimError::Proto(ProtoError::BadMagic)), "{e:?}");
+        assert!(e
+            .to_string()
+            .starts_with("epochgate sent a malformed message: "));
+        let e = c.protect().unwrap_err();
+        assert!(
+            matches!(e, ShimError::Proto(ProtoError::Oversize { .. })),
+            "{e:?}"
+        );
+        let e = c.protect().unwrap_err();
+        assert!(
+            matches!(e, ShimError::Proto(ProtoError::Truncated { got: 0 })),
+            "{e:?}"
+        );
+        let e = c.protect().unwrap_err();
+        assert!(
+            matches!(e, ShimError::Proto(ProtoError::UnknownKind { kind: 0x02 })),
+            "{e:?}"
+        );
+        let e = c.ping().unwrap_err();
+        assert!(
+            matches!(e, ShimError::Proto(ProtoError::Field { .. })),
+            "{e:?}"
+        );
+        assert_eq!(c.protect().unwrap(), 2, "the session goes on");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_reply_of_the_wrong_kind_is_unexpected() {
+        let (mut c, t) = session(|s| {
+            s.recv().unwrap();
+            s.send(&Reply::Committed {
+                epoch: 1,
+                frames: 1,
+            })
+            .unwrap();
+            // Unasked.
+            s.send(&Reply::Pong { token: 1 }).unwrap();
+        });
+        let e = c.fence(1).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ShimError::Unexpected {
+                    expected: "fenced",
+                    got: "committed"
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "expected a fenced reply, got committed");
+        assert!(matches!(
+            c.next_event(Some(Duration::from_secs(10))),
+            Err(ShimError::Unexpected {
+                expected: "checkpoint-request",
+                got: "pong"
+            })
+        ));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_late_reply_is_skipped_after_a_timeout() {
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let (mut c, t) = session(move |s| {
+            assert_eq!(s.recv().unwrap(), Request::Protect);
+            go_rx.recv().unwrap();
+            s.send(&Reply::Protected { epoch: 1 }).unwrap();
+            assert_eq!(s.recv().unwrap(), Request::Discard);
+            s.send(&Reply::Discarded { frames: 8 }).unwrap();
+        });
+        c.set_timeout(Some(Duration::from_millis(50)));
+        assert!(matches!(c.protect(), Err(ShimError::Timeout)));
+        go_tx.send(()).unwrap();
+        c.set_timeout(None);
+        assert_eq!(c.discard().unwrap(), 8);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn request_raw_returns_the_answer_to_any_bytes() {
+        let (mut c, t) = session(|s| {
+            match s.recv() {
+                Err(ShimError::Proto(e)) => s.send(&Reply::error(e.code(), e.to_string())),
+                other => panic!("{other:?}"),
+            }
+            .unwrap();
+        });
+        let reply = c.request_raw(b"EG\x01\x02\x05\x00\x00\x00").unwrap();
+        assert_eq!(
+            reply,
+            Reply::error(
+                ErrorCode::BadMessage,
+                "protect header declares a body of 5 bytes but the datagram carries 0"
+            )
+        );
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn server_end_times_out_and_sees_the_close() {
+        let (conn, mut server) = pair().unwrap();
+        assert_eq!(
+            server.recv_timeout(Duration::from_millis(10)).unwrap(),
+            None
+        );
+        drop(conn);
+        assert!(matches!(server.recv(), Err(ShimError::Closed)));
+        assert!(matches!(
+            server.send(&Reply::Pong { token: 0 }),
+            Err(ShimError::Closed)
+        ));
+    }
+}
