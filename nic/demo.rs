@@ -1,6 +1,7 @@
 //! The built-in default: a topology that needs no hardware and no VM. `epochgate demo` writes
 //! small captures (three VMs' output, and inbound traffic on the uplink), a config that wires them
-//! to pcap vdevs, runs the appliance on it, and then reads the egress capture back to show what
+//! to pcap vdevs, runs the appliance on it with a stand-in VMM ([`vmm`]) that checkpoints the
+//! protected VM through the shim library, and then reads the egress capture back to show what
 //! left and what did not.
 
 use crate::capture::{self, Frame};
@@ -10,6 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Frames each demo VM sends.
 pub const FRAMES_PER_VM: u32 = 20_000;
@@ -143,6 +147,11 @@ port = "net_pcap1,rx_pcap={shared},tx_pcap={shared_in}"
 socket = "{dir}/control.sock"
 admin_socket = "{dir}/admin.sock"
 
+[dataplane]
+# The shared ingress is a capture read at full speed: room for all of ledger's held output.
+mbufs = 65535
+vm_queue = 32768
+
 [[vm]]
 name = "web"
 port = "net_pcap2,rx_pcap={web},tx_pcap={web_in}"
@@ -154,8 +163,9 @@ mac = "{db_mac}"
 mode = "passthrough"
 
 [[vm]]
-# Protected with no VMM attached to commit: its output is held, never leaves, and is
-# discarded (counted) at exit.
+# Protected: its output is held until the demo's stand-in VMM commits the epoch that covers it
+# (over the control socket, with the vmm-shim library); what is uncommitted at exit is
+# discarded and counted.
 name = "ledger"
 mac = "{ledger_mac}"
 vlan = 10
@@ -243,4 +253,61 @@ pub fn report(demo: &Demo) -> Result<String, capture::CaptureError> {
         MacAddr(STRAY)
     );
     Ok(s)
+}
+
+/// What the demo's stand-in VMM did.
+#[derive(Debug, Default, Clone)]
+pub struct VmmLog {
+    pub epochs_committed: u64,
+    pub frames_committed: u64,
+    /// Why it stopped early, if it did (not counting epochgate shutting down).
+    pub error: Option<String>,
+}
+
+/// A checkpointing VMM in miniature, for the demo: every `epoch` it fences `vm`'s open epoch
+/// (a real VMM pauses the guest first), waits `transfer` (the checkpoint on its way to the
+/// secondary) and commits it; until `stop` is set or epochgate goes away.
+pub fn vmm(
+    socket: &Path,
+    vm: &str,
+    epoch: Duration,
+    transfer: Duration,
+    stop: &Arc<AtomicBool>,
+) -> VmmLog {
+    use vmm_shim::{proto::ErrorCode, Client, ShimError};
+    let mut log = VmmLog::default();
+    let started = Instant::now();
+    let mut client = loop {
+        match Client::connect(socket, vm) {
+            Ok(c) => break c,
+            Err(e) if started.elapsed() > Duration::from_secs(10) || stop.load(Relaxed) => {
+                log.error = Some(e.to_string());
+                return log;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let mut n = client.welcome().epoch;
+    let stopping =
+        |e: &ShimError| matches!(e, ShimError::Closed) || e.code() == Some(ErrorCode::ShuttingDown);
+    while !stop.load(Relaxed) {
+        std::thread::sleep(epoch);
+        let step = client.fence(n).and_then(|_| {
+            std::thread::sleep(transfer);
+            client.commit(n)
+        });
+        match step {
+            Ok(frames) => {
+                log.epochs_committed += 1;
+                log.frames_committed += frames;
+                n += 1;
+            }
+            Err(e) if stopping(&e) => break,
+            Err(e) => {
+                log.error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    log
 }

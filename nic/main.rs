@@ -152,14 +152,33 @@ fn run_demo(duration: f64, out: &Path) -> Result<()> {
     );
     let cfg = Config::load(&d.config)?;
     let stats = d.dir.join("stats.json");
-    let snap = run(&cfg, Some(duration), Some(&stats), false)?;
+    let (epoch, transfer) = (Duration::from_millis(20), Duration::from_millis(5));
+    println!(
+        "  ledger is protected: a stand-in VMM fences it every {} ms and commits {} ms later",
+        epoch.as_millis(),
+        transfer.as_millis()
+    );
+    let stop_vmm = Arc::new(AtomicBool::new(false));
+    let vmm = {
+        let (socket, stop) = (cfg.control.socket.clone(), stop_vmm.clone());
+        std::thread::spawn(move || demo::vmm(&socket, "ledger", epoch, transfer, &stop))
+    };
+    let snap = run(&cfg, Some(duration), Some(&stats), false);
+    stop_vmm.store(true, Ordering::Relaxed);
+    let log = vmm.join().unwrap_or_default();
+    let snap = snap?;
     println!();
     print!("{}", demo::report(&d)?);
     if let Some(v) = snap.vms.iter().find(|v| v.name == "ledger") {
         println!(
-            "  ledger is protected and no VMM committed: of its {} frames none left; dropped by reason: {:?}",
-            v.rx_frames, v.dropped
+            "  ledger's frames left only when their epoch was committed: {} epochs committed by the VMM ({} frames); held at exit and discarded: {}",
+            log.epochs_committed,
+            log.frames_committed,
+            v.dropped.get("uncommitted-at-exit").copied().unwrap_or(0)
         );
+    }
+    if let Some(e) = log.error {
+        println!("  the stand-in VMM stopped early: {e}");
     }
     println!("\noutput in {}:", d.dir.display());
     println!(

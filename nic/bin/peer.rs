@@ -271,7 +271,7 @@ fn run(args: Args) -> Result<()> {
         }
         let all_sent = ports
             .iter()
-            .all(|p| p.staged.is_empty() && p.to_send.len() == 0);
+            .all(|p| p.staged.is_empty() && p.to_send.is_empty());
         let all_met = ports
             .iter()
             .all(|p| p.expect.is_none_or(|e| p.received >= e));
@@ -302,7 +302,7 @@ fn run(args: Args) -> Result<()> {
             w.into_inner()?;
         }
         ok &=
-            p.expect.is_none_or(|e| p.received >= e) && p.to_send.len() == 0 && p.staged.is_empty();
+            p.expect.is_none_or(|e| p.received >= e) && p.to_send.is_empty() && p.staged.is_empty();
         report.push(serde_json::json!({"port": i, "sent": p.sent, "received": p.received, "expected": p.expect}));
         drop((p.rx, p.tx, p.staged));
         let _ = p.port.close();

@@ -144,6 +144,16 @@ pub struct EgShim {
     client: Mutex<Client>,
 }
 
+impl EgShim {
+    fn new(client: Client) -> Box<EgShim> {
+        Box::new(EgShim {
+            welcome: client.welcome(),
+            fd: client.as_fd().as_raw_fd(),
+            client: Mutex::new(client),
+        })
+    }
+}
+
 /// The event callback C registers.
 pub type EgEventCallback = Option<unsafe extern "C" fn(event: *const EgEvent, user: *mut c_void)>;
 
@@ -304,12 +314,7 @@ pub unsafe extern "C" fn eg_shim_connect(
             .to_str()
             .map_err(|_| bad("vm is not valid UTF-8"))?;
         let path = Path::new(OsStr::from_bytes(path.to_bytes()));
-        let client = Client::connect(path, vm)?;
-        Ok(Box::new(EgShim {
-            welcome: client.welcome(),
-            fd: client.as_fd().as_raw_fd(),
-            client: Mutex::new(client),
-        }))
+        Ok(EgShim::new(Client::connect(path, vm)?))
     }));
     match made {
         Ok(Ok(shim)) => Box::into_raw(shim),
@@ -642,7 +647,11 @@ pub extern "C" fn eg_shim_last_error() -> *const c_char {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::pair;
+    use crate::proto::{Reply, Request, RequestReason};
     use std::mem::{offset_of, size_of};
+    use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+    use std::thread;
 
     // What include/epochgate_shim.h implies on LP64 (x86-64, aarch64): u64 fields aligned to
     // 8, u32 fields to 4, padding after a u32 that precedes a u64 and at the end.
@@ -738,6 +747,115 @@ mod tests {
         }
         assert_eq!(eg_shim_version(), u32::from(VERSION));
     }
+
+    static CALLBACK_EPOCH: AtomicU64 = AtomicU64::new(0);
+    static REENTRANT_RC: AtomicI32 = AtomicI32::new(0);
+
+    /// A C-style callback that records the event and tries to call back into its handle.
+    unsafe extern "C" fn reentrant(event: *const EgEvent, user: *mut c_void) {
+        // SAFETY: the event is valid during the call; `user` is the handle (set below).
+        let epoch = unsafe { (*event).epoch };
+        CALLBACK_EPOCH.store(epoch, Ordering::SeqCst);
+        let shim = user.cast::<EgShim>();
+        // SAFETY: a live handle; calling back in must be refused, not alias the client.
+        unsafe {
+            REENTRANT_RC.store(eg_shim_ping(shim), Ordering::SeqCst);
+            eg_shim_close(shim);
+        }
+    }
+
+    #[test]
+    fn a_handle_over_a_pair_delivers_events_and_refuses_reentry() {
+        let (conn, mut server) = pair().unwrap();
+        let t = thread::spawn(move || {
+            server.recv().unwrap();
+            server
+                .send(&Reply::Welcome {
+                    epoch: 3,
+                    mode: Mode::Protected,
+                })
+                .unwrap();
+            assert_eq!(server.recv().unwrap(), Request::Stats);
+            server
+                .send(&Reply::CheckpointRequest {
+                    epoch: 5,
+                    urgency: Urgency::Now,
+                    reason: RequestReason::HighWater,
+                })
+                .unwrap();
+            server.send(&Reply::Stats(STATS)).unwrap();
+            let Request::Ping { token } = server.recv().unwrap() else {
+                panic!("expected a ping");
+            };
+            server.send(&Reply::Pong { token }).unwrap();
+            server
+                .send(&Reply::CheckpointRequest {
+                    epoch: 6,
+                    urgency: Urgency::Within { ns: 7 },
+                    reason: RequestReason::DeferralExpired,
+                })
+                .unwrap();
+            assert!(matches!(server.recv(), Err(ShimError::Closed)));
+        });
+        let shim = Box::into_raw(EgShim::new(Client::over(conn, "web").unwrap()));
+        // SAFETY: `shim` is live until the eg_shim_close at the end; out-pointers are locals.
+        unsafe {
+            assert_eq!(eg_shim_welcome_epoch(shim), 3);
+            assert_eq!(eg_shim_welcome_mode(shim), EG_MODE_PROTECTED);
+            assert!(eg_shim_fd(shim) >= 0);
+            assert_eq!(
+                eg_shim_set_event_callback(shim, Some(reentrant), shim.cast()),
+                0
+            );
+            let mut stats = EgStats::default();
+            assert_eq!(eg_shim_stats(shim, &mut stats), 0);
+            assert_eq!(stats, EgStats::from(STATS));
+            assert_eq!(CALLBACK_EPOCH.load(Ordering::SeqCst), 5);
+            assert_eq!(REENTRANT_RC.load(Ordering::SeqCst), -1, "busy");
+            // The close from inside the callback was refused: the handle still works.
+            assert_eq!(eg_shim_ping(shim), 0);
+            assert_eq!(
+                eg_shim_set_event_callback(shim, None, std::ptr::null_mut()),
+                0
+            );
+            let mut ev = EgEvent::default();
+            assert_eq!(eg_shim_next_event(shim, 10_000, &mut ev), 1);
+            assert_eq!(
+                ev,
+                EgEvent {
+                    epoch: 6,
+                    urgency: EG_URGENCY_WITHIN,
+                    within_ns: 7,
+                    reason: RequestReason::DeferralExpired as u32,
+                }
+            );
+            assert_eq!(eg_shim_next_event(shim, 0, &mut ev), 0);
+            assert_eq!(eg_shim_fence(shim, 0, std::ptr::null_mut()), -1);
+            assert!(CStr::from_ptr(eg_shim_last_error())
+                .to_str()
+                .unwrap()
+                .starts_with("bad argument: fence: bad epoch"));
+            assert_eq!(
+                eg_shim_unprotect(shim, 2, std::ptr::null_mut(), std::ptr::null_mut()),
+                -1
+            );
+            assert_eq!(eg_shim_promote(shim, 9, std::ptr::null_mut()), -1);
+            eg_shim_close(shim);
+        }
+        t.join().unwrap();
+    }
+
+    const STATS: VmStats = VmStats {
+        mode: Mode::Protected,
+        open_epoch: 4,
+        sealed_epoch: 3,
+        committed_epoch: 2,
+        held_frames: 9,
+        held_bytes: 900,
+        rx_frames: 50,
+        tx_frames: 41,
+        dropped: 1,
+    };
 
     #[test]
     fn refusals_map_to_positive_codes() {
