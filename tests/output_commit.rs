@@ -12,12 +12,13 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use vmm_shim::proto::{self, ErrorCode, Mode, Reply, Request};
+use vmm_shim::proto::{self, ErrorCode, Mode, Release, Reply, Request};
 use vmm_shim::{Client, ShimError};
 
 const PROT: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x01]);
 const PASS: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x02]);
 const OTHER: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x03]);
+const SPARE: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x04]);
 const GW: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xfe]);
 
 /// Peer port numbers.
@@ -25,11 +26,13 @@ const UPLINK: usize = 0;
 const P_PROT: usize = 1;
 const P_PASS: usize = 2;
 const P_OTHER: usize = 3;
+const P_SPARE: usize = 4;
 
 /// How long to watch the uplink for frames that must not come.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// epochgate with an uplink and three VMs on vhost-user, the peer attached to all four, and
+/// epochgate with an uplink and four VMs on vhost-user (`prot` and `other` protected, `pass`
+/// pass-through, `spare` a standby copy), the peer attached to all four, and
 /// the uplink recorded into `egress.pcap`.
 struct Gate {
     eg: Running,
@@ -46,11 +49,13 @@ impl Gate {
              [egress]\nport = \"net_vhost0,iface={d}/uplink.sock\"\n\n\
              [[vm]]\nname = \"prot\"\nport = \"net_vhost1,iface={d}/prot.sock\"\nmac = \"{PROT}\"\nmode = \"protected\"\n\n\
              [[vm]]\nname = \"pass\"\nport = \"net_vhost2,iface={d}/pass.sock\"\nmac = \"{PASS}\"\n\n\
-             [[vm]]\nname = \"other\"\nport = \"net_vhost3,iface={d}/other.sock\"\nmac = \"{OTHER}\"\nmode = \"protected\"\n",
+             [[vm]]\nname = \"other\"\nport = \"net_vhost3,iface={d}/other.sock\"\nmac = \"{OTHER}\"\nmode = \"protected\"\n\n\
+             [[vm]]\nname = \"spare\"\nport = \"net_vhost4,iface={d}/spare.sock\"\nmac = \"{SPARE}\"\nmode = \"standby\"\n",
             pid = std::process::id(),
         );
         let mut eg = Running::start(dir, &config);
-        let socks = ["uplink", "prot", "pass", "other"].map(|n| dir.join(format!("{n}.sock")));
+        let socks =
+            ["uplink", "prot", "pass", "other", "spare"].map(|n| dir.join(format!("{n}.sock")));
         for s in &socks {
             eg.wait_for_path(s);
         }
@@ -648,4 +653,128 @@ fn random_interleavings_never_release_an_uncommitted_frame() {
         out, want,
         "the uplink must be exactly the committed prefix, in order"
     );
+}
+
+/// Unprotect (release and drop), protect again, discard, and promoting a standby copy: each
+/// does what it says to the frames, counted, and nothing else.
+#[test]
+fn unprotect_discard_and_promote_act_on_held_frames_as_documented() {
+    let _g = serial();
+    let dir = tempdir();
+    let mut g = Gate::start(dir.path(), "eg-oc-l", "");
+    let mut c = g.client("prot");
+    let a = frames(1, PROT, 0..10);
+    let b = frames(1, PROT, 10..15);
+    g.peer().send(P_PROT, &a);
+    assert_eq!(c.fence(1).expect("fence").frames, 10);
+    g.peer().send(P_PROT, &b);
+    // The secondary is lost: the primary goes on alone, and what it held leaves.
+    assert_eq!(c.unprotect(Release::Release).expect("unprotect"), (15, 0));
+    g.uplink_holds_at(15, "unprotect release");
+    let free = frames(1, PROT, 15..20);
+    g.peer().send(P_PROT, &free);
+    g.uplink_holds_at(20, "pass-through after unprotect");
+    refused(
+        c.fence(2),
+        ErrorCode::NotProtected,
+        "fence while not protected",
+    );
+
+    // Protected again: a new epoch, larger than any before.
+    let e = c.protect().expect("protect");
+    assert!(e > 2, "epoch {e}");
+    g.peer().send(P_PROT, &frames(1, PROT, 20..24));
+    g.uplink_holds_at(20, "held again");
+    assert_eq!(c.discard().expect("discard"), 4);
+    assert_eq!(
+        c.fence(e).expect("fence").frames,
+        0,
+        "discarded frames are in no epoch"
+    );
+    assert_eq!(c.commit(e).expect("commit"), 0);
+    g.peer().send(P_PROT, &frames(1, PROT, 24..27));
+    assert_eq!(c.fence(e + 1).expect("fence").frames, 3);
+    assert_eq!(c.unprotect(Release::Drop).expect("unprotect"), (0, 3));
+    g.uplink_holds_at(20, "discard and unprotect drop send nothing");
+
+    // The standby copy: its output is dropped until it is promoted.
+    let mut s = g.client("spare");
+    assert_eq!(s.welcome().mode, Mode::Standby);
+    g.peer().send(P_SPARE, &frames(4, SPARE, 0..6));
+    refused(s.fence(1), ErrorCode::NotProtected, "fence of a standby VM");
+    refused(s.protect(), ErrorCode::WrongMode, "protect a standby VM");
+    s.promote(Mode::Protected).expect("promote");
+    let st = s.stats().expect("stats");
+    assert_eq!(st.mode, Mode::Protected);
+    let live = frames(4, SPARE, 6..8);
+    g.peer().send(P_SPARE, &live);
+    g.uplink_holds_at(20, "promoted and protected: held");
+    assert_eq!(s.fence(st.open_epoch).expect("fence").frames, 2);
+    s.commit(st.open_epoch).expect("commit");
+    g.uplink_holds_at(22, "the promoted VM's first commit");
+    refused(
+        s.promote(Mode::Passthrough),
+        ErrorCode::WrongMode,
+        "promote twice",
+    );
+
+    drop((c, s));
+    let (out, stats) = g.finish();
+    let want: Vec<Vec<u8>> = a.into_iter().chain(b).chain(free).collect();
+    assert_eq!(of_stream(&out, 1), want);
+    assert_eq!(of_stream(&out, 4), live);
+    let v = vm(&stats, "prot");
+    assert_eq!(
+        (dropped(v, "discarded"), dropped(v, "unprotect-drop")),
+        (4, 3),
+        "{v}"
+    );
+    assert_eq!(dropped(vm(&stats, "spare"), "standby"), 6);
+}
+
+/// The README's shell loop: a Remus-style checkpoint loop scripted with the CLI in a coproc.
+#[test]
+fn a_checkpoint_loop_scripted_in_shell_with_the_cli() {
+    let _g = serial();
+    let dir = tempdir();
+    let mut g = Gate::start(dir.path(), "eg-oc-s", "");
+    let sent = frames(1, PROT, 0..30);
+    g.peer().send(P_PROT, &sent);
+    let script = r#"
+set -eu
+coproc SHIM { "$SHIM_BIN" --socket "$SOCKET" --vm prot session; }
+read -r hello <&"${SHIM[0]}"
+n=$(sed 's/.*"epoch":\([0-9]*\).*/\1/' <<<"$hello")
+for i in 1 2 3; do
+    echo "fence $n" >&"${SHIM[1]}"; read -r fenced <&"${SHIM[0]}"
+    echo "commit $n" >&"${SHIM[1]}"; read -r committed <&"${SHIM[0]}"
+    echo "$fenced"; echo "$committed"
+    n=$((n + 1))
+done
+"#;
+    let out = Command::new("bash")
+        .args(["-c", script])
+        .env("SHIM_BIN", shim_bin())
+        .env("SOCKET", g.socket())
+        .output()
+        .expect("bash");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    assert_eq!(lines[0]["reply"], "fenced", "{text}");
+    assert_eq!(lines[0]["frames"], 30, "{text}");
+    assert_eq!(lines[1]["reply"], "committed", "{text}");
+    assert_eq!(lines[1]["frames"], 30, "{text}");
+    assert_eq!(lines[4]["epoch"], 3, "{text}");
+    g.uplink_holds_at(30, "after the scripted loop");
+    let (out, _) = g.finish();
+    assert_eq!(out, sent);
 }
