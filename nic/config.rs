@@ -222,6 +222,9 @@ pub struct VmConfig {
     /// Outer VLAN id that, together with `mac`, identifies the VM.
     pub vlan: Option<u16>,
     pub mode: Mode,
+    /// Addresses announced (gratuitous ARP, unsolicited neighbour advertisement) when the VM
+    /// is promoted on this host.
+    pub announce: Vec<std::net::IpAddr>,
 }
 
 /// A DPDK port as the operator wrote it.
@@ -419,6 +422,10 @@ impl Config {
             if let Some(vlan) = vm.vlan {
                 s.push_str(&format!(", vlan {vlan}"));
             }
+            if !vm.announce.is_empty() {
+                let a: Vec<String> = vm.announce.iter().map(|a| a.to_string()).collect();
+                s.push_str(&format!(", announces {} on promotion", a.join(" ")));
+            }
             line(s);
         }
         let c = &self.control;
@@ -542,6 +549,8 @@ struct RawVm {
     // i64, TOML's integer, so 5000 and -1 get our range message rather than serde's.
     vlan: Option<i64>,
     mode: Option<String>,
+    #[serde(default)]
+    announce: Vec<String>,
 }
 
 const EGRESS_WHY: &str = "epochgate needs an egress port (a vdev spec such as \"net_pcap0,tx_pcap=out.pcap\" or a PCI address)";
@@ -555,6 +564,7 @@ const MBUF_CACHE_MAX: u32 = 512;
 const VM_QUEUE_MIN: u32 = 32;
 const VLAN_MAX: i64 = 4094;
 const FENCE_DRAIN_MAX_MS: u64 = 1000;
+const ANNOUNCE_MAX: usize = 16;
 
 /// EAL options that epochgate derives from other keys; passing them again in `eal.args` would
 /// contradict (or, for devices, bypass) the validated config. (option, the key that sets it)
@@ -904,12 +914,45 @@ fn validate_vm(i: usize, raw: RawVm, have_ingress: bool) -> Result<VmConfig, Con
         return Err(invalid(label, format!("{BOTH}: {detail}")));
     }
 
+    if raw.announce.len() > ANNOUNCE_MAX {
+        return Err(invalid(
+            format!("{label}.announce"),
+            format!(
+                "{} addresses; at most {ANNOUNCE_MAX} are announced on promotion",
+                raw.announce.len()
+            ),
+        ));
+    }
+    let mut announce = Vec::with_capacity(raw.announce.len());
+    for (j, a) in raw.announce.iter().enumerate() {
+        let ip: std::net::IpAddr = a.parse().map_err(|_| {
+            invalid(
+                format!("{label}.announce[{j}]"),
+                format!("{a:?} is not an IPv4 or IPv6 address"),
+            )
+        })?;
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(invalid(
+                format!("{label}.announce[{j}]"),
+                format!("{ip} cannot be a VM's address"),
+            ));
+        }
+        announce.push(ip);
+    }
+    if !announce.is_empty() && mac.is_none() {
+        return Err(invalid(
+            format!("{label}.announce"),
+            "announcing addresses needs the VM's mac (vm.mac): a promoted VM may not have sent a frame yet to learn it from",
+        ));
+    }
+
     Ok(VmConfig {
         name,
         port,
         mac,
         vlan,
         mode,
+        announce,
     })
 }
 
@@ -993,6 +1036,7 @@ name = "db"
 mac = "52:54:00:00:00:02"
 vlan = 10
 mode = "standby"
+announce = ["10.0.0.2", "fd00::2"]
 
 [[vm]]
 name = "cache.1"
@@ -1082,6 +1126,7 @@ mac = "52:54:00:00:00:03"
                     mac: None,
                     vlan: None,
                     mode: Mode::Protected,
+                    announce: vec![],
                 },
                 VmConfig {
                     name: "db".into(),
@@ -1089,6 +1134,7 @@ mac = "52:54:00:00:00:03"
                     mac: Some(mac("52:54:00:00:00:02")),
                     vlan: Some(10),
                     mode: Mode::Standby,
+                    announce: vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
                 },
                 VmConfig {
                     name: "cache.1".into(),
@@ -1098,6 +1144,7 @@ mac = "52:54:00:00:00:03"
                     mac: Some(mac("52:54:00:00:00:03")),
                     vlan: None,
                     mode: Mode::Passthrough,
+                    announce: vec![],
                 },
             ]
         );
@@ -1277,6 +1324,9 @@ mac = "52:54:00:00:00:03"
             (format!("[eal]\nargs = [\"-a\", \"0000:05:00.0\"]\n{EGRESS}{vm}"), &["eal.args[0]:", "configured ports"]),
             (format!("[control]\nsocket = \"/tmp/a\"\nadmin_socket = \"/tmp/a\"\n{EGRESS}{vm}"), &["control.admin_socket:", "also control.socket"]),
             (format!("[control]\nsocket = \"\"\n{EGRESS}{vm}"), &["control.socket: is empty"]),
+            (format!("{EGRESS}[[vm]]\nname = \"a\"\nport = \"net_tap0\"\nmac = \"52:54:00:00:00:01\"\nannounce = [\"10.0.0.1\", \"10.0.0.300\"]\n"), &["vm[0] (\"a\").announce[1]: \"10.0.0.300\" is not an IPv4 or IPv6 address"]),
+            (format!("{EGRESS}[[vm]]\nname = \"a\"\nport = \"net_tap0\"\nmac = \"52:54:00:00:00:01\"\nannounce = [\"ff02::1\"]\n"), &["vm[0] (\"a\").announce[0]: ff02::1 cannot be a VM's address"]),
+            (format!("{EGRESS}[[vm]]\nname = \"a\"\nport = \"net_tap0\"\nannounce = [\"10.0.0.1\"]\n"), &["vm[0] (\"a\").announce: announcing addresses needs the VM's mac"]),
             (format!("[control]\nsocket_mode = \"rw\"\n{EGRESS}{vm}"), &["control.socket_mode: \"rw\" is not a file mode"]),
             (format!("[control]\nsocket_mode = \"01777\"\n{EGRESS}{vm}"), &["control.socket_mode:"]),
             (format!("[control]\nsocket_mode = \"0999\"\n{EGRESS}{vm}"), &["control.socket_mode:"]),
@@ -1500,7 +1550,7 @@ mac = "52:54:00:00:00:03"
                 "egress:    0000:03:00.0 (PCI)",
                 "ingress:   net_pcap1,rx_pcap=in.pcap (vdev net_pcap1)",
                 "vm \"web\": protected, port net_vhost0,iface=/tmp/web.sock,queues=1 (vdev net_vhost0), mac learned from its first frame",
-                "vm \"db\": standby, shared ingress, mac 52:54:00:00:00:02, vlan 10",
+                "vm \"db\": standby, shared ingress, mac 52:54:00:00:00:02, vlan 10, announces 10.0.0.2 fd00::2 on promotion",
                 "vm \"cache.1\": passthrough, port 0000:04:00.1 (PCI), mac 52:54:00:00:00:03",
                 "control:   socket /tmp/eg/control.sock (mode 0600), admin socket /tmp/eg/admin.sock, fence drain <= 25 ms, liveness 3000 ms",
                 "sessions:  uids root, owner, 1000, 1001; gids 27",
@@ -1676,6 +1726,7 @@ mac = "52:54:00:00:00:03"
                 mac,
                 vlan,
                 mode: g.mode,
+                announce: vec![],
             });
         }
         let config = Config {

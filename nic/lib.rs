@@ -6,6 +6,7 @@
 //! through rings. [`config`] is validated before anything touches DPDK. Only [`dpdk`] contains
 //! `unsafe`.
 
+pub mod announce;
 pub mod capture;
 pub mod config;
 pub mod control;

@@ -50,7 +50,8 @@ impl Gate {
              [[vm]]\nname = \"prot\"\nport = \"net_vhost1,iface={d}/prot.sock\"\nmac = \"{PROT}\"\nmode = \"protected\"\n\n\
              [[vm]]\nname = \"pass\"\nport = \"net_vhost2,iface={d}/pass.sock\"\nmac = \"{PASS}\"\n\n\
              [[vm]]\nname = \"other\"\nport = \"net_vhost3,iface={d}/other.sock\"\nmac = \"{OTHER}\"\nmode = \"protected\"\n\n\
-             [[vm]]\nname = \"spare\"\nport = \"net_vhost4,iface={d}/spare.sock\"\nmac = \"{SPARE}\"\nmode = \"standby\"\n",
+             [[vm]]\nname = \"spare\"\nport = \"net_vhost4,iface={d}/spare.sock\"\nmac = \"{SPARE}\"\nmode = \"standby\"\n\
+             announce = [\"10.9.0.4\", \"fd00::4\"]\n",
             pid = std::process::id(),
         );
         let mut eg = Running::start(dir, &config);
@@ -703,15 +704,22 @@ fn unprotect_discard_and_promote_act_on_held_frames_as_documented() {
     g.peer().send(P_SPARE, &frames(4, SPARE, 0..6));
     refused(s.fence(1), ErrorCode::NotProtected, "fence of a standby VM");
     refused(s.protect(), ErrorCode::WrongMode, "protect a standby VM");
-    s.promote(Mode::Protected).expect("promote");
+    // Promotion announces the VM's addresses at once (they are epochgate's frames, not the
+    // guest's output, so no epoch holds them).
+    assert_eq!(
+        s.promote(Mode::Protected).expect("promote"),
+        2,
+        "announcements"
+    );
+    g.uplink_holds_at(22, "gratuitous ARP and neighbour advertisement");
     let st = s.stats().expect("stats");
     assert_eq!(st.mode, Mode::Protected);
     let live = frames(4, SPARE, 6..8);
     g.peer().send(P_SPARE, &live);
-    g.uplink_holds_at(20, "promoted and protected: held");
+    g.uplink_holds_at(22, "promoted and protected: held");
     assert_eq!(s.fence(st.open_epoch).expect("fence").frames, 2);
     s.commit(st.open_epoch).expect("commit");
-    g.uplink_holds_at(22, "the promoted VM's first commit");
+    g.uplink_holds_at(24, "the promoted VM's first commit");
     refused(
         s.promote(Mode::Passthrough),
         ErrorCode::WrongMode,
@@ -723,6 +731,20 @@ fn unprotect_discard_and_promote_act_on_held_frames_as_documented() {
     let want: Vec<Vec<u8>> = a.into_iter().chain(b).chain(free).collect();
     assert_eq!(of_stream(&out, 1), want);
     assert_eq!(of_stream(&out, 4), live);
+    let notices = epochgate::announce::frames(
+        SPARE,
+        None,
+        &["10.9.0.4".parse().unwrap(), "fd00::4".parse().unwrap()],
+    );
+    let unstamped: Vec<Vec<u8>> = out
+        .iter()
+        .filter(|f| gen::stamp(f).is_none())
+        .cloned()
+        .collect();
+    assert_eq!(
+        unstamped, notices,
+        "exactly the announcements, once, in config order"
+    );
     let v = vm(&stats, "prot");
     assert_eq!(
         (dropped(v, "discarded"), dropped(v, "unprotect-drop")),

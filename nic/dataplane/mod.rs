@@ -115,12 +115,12 @@ impl Appliance {
         let lcore = *dpdk::worker_lcores(eal)
             .first()
             .ok_or_else(|| StartError::NoWorker(cfg.eal.lcores.clone()))?;
-        let pool = Mempool::create(
+        let pool = Arc::new(Mempool::create(
             eal,
             &format!("eg_pool_{}", std::process::id()),
             cfg.dataplane.mbufs,
             cfg.dataplane.mbuf_cache,
-        )?;
+        )?);
         let conf = PortConf {
             rx_queues: 1,
             tx_queues: 1,
@@ -159,14 +159,21 @@ impl Appliance {
         let mut wvms = Vec::new();
         for vm in &cfg.vms {
             let counters = Arc::new(VmCounters::default());
-            wvms.push(WorkerVm::new(
-                vm.mode,
-                vm.port.as_ref().and_then(port_index),
-                vm.mac,
-                vm.vlan,
-                cfg.dataplane.vm_queue as usize,
-                counters.clone(),
-            ));
+            let announce = vm
+                .mac
+                .map(|mac| crate::announce::frames(mac, vm.vlan, &vm.announce))
+                .unwrap_or_default();
+            wvms.push(
+                WorkerVm::new(
+                    vm.mode,
+                    vm.port.as_ref().and_then(port_index),
+                    vm.mac,
+                    vm.vlan,
+                    cfg.dataplane.vm_queue as usize,
+                    counters.clone(),
+                )
+                .with_announcements(announce),
+            );
             vms.push(VmView {
                 name: vm.name.clone(),
                 counters,
@@ -199,6 +206,7 @@ impl Appliance {
                 tsc_hz,
             },
             rings,
+            pool,
         );
         let handle = dpdk::launch_on(eal, lcore, move || worker.run())?;
         Ok(Appliance {

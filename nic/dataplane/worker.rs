@@ -14,7 +14,7 @@
 
 use super::demux::{Demux, Inbound, VmIdx};
 use crate::control::{Answer, Command, Mode, Op, Release, Reply, Rings};
-use crate::dpdk::{tsc, Burst, Mbuf, RxQueue, TxQueue, BURST};
+use crate::dpdk::{tsc, Burst, Mbuf, Mempool, RxQueue, TxQueue, BURST};
 use crate::epoch::{EpochError, EpochQueue, Weighed};
 use crate::frame::{self, MacAddr};
 use crate::stats::{DropReason, PortCounters, VmCounters};
@@ -33,6 +33,8 @@ impl Weighed for Mbuf {
 
 /// Inbound frames waiting for one port's TX.
 const INBOUND_STAGE: usize = 128;
+/// Announcements (of promoted VMs) waiting for the egress TX.
+const NOTICE_STAGE: usize = 64;
 
 /// What a port is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +101,8 @@ pub struct WorkerVm {
     queue: EpochQueue<Mbuf>,
     capacity: usize,
     fencing: Option<Fencing>,
+    /// Frames that announce its addresses when it is promoted (built from the config).
+    announce: Vec<Vec<u8>>,
 }
 
 impl WorkerVm {
@@ -131,9 +135,16 @@ impl WorkerVm {
             queue,
             capacity,
             fencing: None,
+            announce: Vec::new(),
         };
         vm.publish();
         vm
+    }
+
+    /// Frames sent on the VM's behalf when it is promoted.
+    pub fn with_announcements(mut self, frames: Vec<Vec<u8>>) -> Self {
+        self.announce = frames;
+        self
     }
 
     /// Whether queued frames may go to egress now: only what the epoch queue released.
@@ -200,6 +211,9 @@ pub struct Worker {
     rings: Arc<Rings>,
     /// Answers the answer ring had no room for, sent first next time (never lost).
     unsent: VecDeque<Answer>,
+    /// Where announcement frames come from, and those waiting for the egress TX.
+    pool: Arc<Mempool>,
+    notices: ArrayVec<Mbuf, NOTICE_STAGE>,
     /// VMs with a fence in progress.
     fencing: usize,
 }
@@ -215,6 +229,7 @@ impl Worker {
         quit: Arc<AtomicBool>,
         opts: WorkerOptions,
         rings: Arc<Rings>,
+        pool: Arc<Mempool>,
     ) -> Worker {
         let mut demux = Demux::new();
         for (i, vm) in vms.iter().enumerate() {
@@ -237,6 +252,8 @@ impl Worker {
             opts,
             rings,
             unsent: VecDeque::with_capacity(64),
+            pool,
+            notices: ArrayVec::new(),
             fencing: 0,
         };
         w.refresh_group_targets();
@@ -279,6 +296,9 @@ impl Worker {
         }
         self.rx_uplink();
         self.tx_inbound();
+        if !self.notices.is_empty() {
+            self.tx_notices();
+        }
         self.fill_egress();
         self.tx_egress();
     }
@@ -626,9 +646,10 @@ impl Worker {
                     }
                     vm.mode = to;
                     self.refresh_group_targets();
+                    let announced = self.stage_announcements(cmd.vm);
                     Reply::Promoted {
                         mode: to,
-                        announced: 0,
+                        announced,
                     }
                 }
             }
@@ -649,6 +670,41 @@ impl Worker {
             }
         };
         Some(reply)
+    }
+
+    /// Copies VM `vi`'s announcements into mbufs for the egress TX (ahead of any VM's output);
+    /// returns how many were staged. One that finds no mbuf or no room is counted as dropped.
+    fn stage_announcements(&mut self, vi: VmIdx) -> u32 {
+        let mut staged = 0;
+        for f in &self.vms[vi].announce {
+            let Some(m) = Mbuf::from_bytes(&self.pool, f) else {
+                self.ports[self.egress]
+                    .counters
+                    .drops
+                    .add(DropReason::NoticeLost, 1);
+                continue;
+            };
+            if self.notices.try_push(m).is_ok() {
+                staged += 1;
+            } else {
+                self.ports[self.egress]
+                    .counters
+                    .drops
+                    .add(DropReason::NoticeLost, 1);
+            }
+        }
+        staged
+    }
+
+    fn tx_notices(&mut self) {
+        let port = &mut self.ports[self.egress];
+        let before: u64 = self.notices.iter().map(|m| m.len() as u64).sum();
+        let sent = port.tx.tx_burst(&mut self.notices);
+        if sent > 0 {
+            let after: u64 = self.notices.iter().map(|m| m.len() as u64).sum();
+            port.counters.tx_frames.add(sent as u64);
+            port.counters.tx_bytes.add(before - after);
+        }
     }
 
     /// Ends VM `vi`'s fence: seals the open epoch and answers `Fenced`.
@@ -698,10 +754,14 @@ impl Worker {
         }
         let deadline = tsc().saturating_add(self.opts.drain_ticks);
         loop {
+            if !self.notices.is_empty() {
+                self.tx_notices();
+            }
             self.fill_egress();
             self.tx_egress();
             self.tx_inbound();
             let pending = !self.out.is_empty()
+                || !self.notices.is_empty()
                 || self.vms.iter().any(WorkerVm::eligible)
                 || self.ports.iter().any(|p| !p.inbound.is_empty());
             if !pending || tsc() > deadline {
@@ -724,6 +784,10 @@ impl Worker {
                 .add(DropReason::Shutdown, p.inbound.len() as u64);
             p.inbound.clear();
         }
+        let eg = &self.ports[self.egress].counters;
+        eg.drops
+            .add(DropReason::Shutdown, self.notices.len() as u64);
+        self.notices.clear();
     }
 }
 
