@@ -6,7 +6,7 @@
 pub mod demux;
 mod worker;
 
-pub use worker::{PortRole, Worker, WorkerOptions, WorkerPort, WorkerVm};
+pub use worker::{PortRole, Worker, WorkerLinks, WorkerOptions, WorkerPort, WorkerVm};
 
 use crate::config::{Config, PortSpec};
 use crate::control::{ControlError, ControlServer, ControlVm, Rings};
@@ -199,14 +199,16 @@ impl Appliance {
             wvms,
             0,
             cfg.ingress.as_ref().map(|_| 1),
-            quit.clone(),
             WorkerOptions {
                 drain_ticks: ms(DRAIN.as_millis() as u64),
                 fence_drain_ticks: ms(cfg.control.fence_drain_ms),
                 tsc_hz,
             },
-            rings,
-            pool,
+            WorkerLinks {
+                quit: quit.clone(),
+                rings,
+                pool,
+            },
         );
         let handle = dpdk::launch_on(eal, lcore, move || worker.run())?;
         Ok(Appliance {

@@ -181,6 +181,16 @@ fn mac_to_u64(m: MacAddr) -> u64 {
     u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
 }
 
+/// What a worker shares with the rest of the process.
+pub struct WorkerLinks {
+    /// Set to stop the worker.
+    pub quit: Arc<AtomicBool>,
+    /// Commands in, answers and events out.
+    pub rings: Arc<Rings>,
+    /// For the frames the worker makes itself (announcements).
+    pub pool: Arc<Mempool>,
+}
+
 /// Times, in TSC ticks.
 pub struct WorkerOptions {
     /// How long the worker keeps transmitting released output after it was told to stop.
@@ -226,11 +236,10 @@ impl Worker {
         vms: Vec<WorkerVm>,
         egress: usize,
         ingress: Option<usize>,
-        quit: Arc<AtomicBool>,
         opts: WorkerOptions,
-        rings: Arc<Rings>,
-        pool: Arc<Mempool>,
+        links: WorkerLinks,
     ) -> Worker {
+        let WorkerLinks { quit, rings, pool } = links;
         let mut demux = Demux::new();
         for (i, vm) in vms.iter().enumerate() {
             if let Some(mac) = vm.mac {
