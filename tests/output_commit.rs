@@ -264,9 +264,14 @@ fn pipelined_epochs_are_committed_one_at_a_time() {
         ErrorCode::NotSealed,
         "commit of the open epoch",
     );
-    // Stop epochgate with the session still up: the open epoch is discarded at exit.
+    // Stop epochgate with the session still up: the open epoch is discarded at exit, and the
+    // session is told why.
     let (out, stats) = g.finish();
-    drop(c);
+    refused(
+        c.next_event(Some(Duration::from_secs(10))),
+        ErrorCode::ShuttingDown,
+        "epochgate stopping",
+    );
     let want: Vec<Vec<u8>> = e1.into_iter().chain(e2).collect();
     assert_eq!(out, want);
     // The open epoch 3 was never committed: discarded at exit, counted.
@@ -799,4 +804,32 @@ done
     g.uplink_holds_at(30, "after the scripted loop");
     let (out, _) = g.finish();
     assert_eq!(out, sent);
+}
+
+/// A session that goes silent past `control.liveness_timeout_ms` is a dead controller; one
+/// that pings stays.
+#[test]
+fn a_silent_session_fails_its_vm_after_the_liveness_timeout() {
+    let _g = serial();
+    let dir = tempdir();
+    let mut g = Gate::start(dir.path(), "eg-oc-t", "liveness_timeout_ms = 400\n");
+    let mut alive = g.client("other");
+    let mut silent = g.client("prot");
+    g.peer().send(P_PROT, &frames(1, PROT, 0..8));
+    g.peer().send(P_OTHER, &frames(3, OTHER, 0..5));
+    assert_eq!(silent.fence(1).expect("fence").frames, 8);
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_millis(100));
+        alive.ping().expect("ping");
+    }
+    let st = g.eg.wait_for("the silent session's VM to fail", |s| {
+        vm(s, "prot")["mode"] == "failed"
+    });
+    assert_eq!(dropped(vm(&st, "prot"), "controller-lost"), 8);
+    assert_eq!(vm(&st, "other")["mode"], "protected", "{st}");
+    assert_eq!(alive.fence(1).expect("fence").frames, 5);
+    alive.commit(1).expect("commit");
+    g.uplink_holds_at(5, "only the live session's commit");
+    drop((alive, silent));
+    g.finish();
 }
