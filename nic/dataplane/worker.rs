@@ -668,8 +668,9 @@ impl Worker {
                 }
                 let vm = &mut self.vms[cmd.vm];
                 if vm.mode == Mode::Protected {
+                    // Its epochs end here: a new controller starts after all of them.
                     let sealed = vm.queue.sealed_epoch() - vm.queue.committed_epoch();
-                    let n = vm.queue.discard();
+                    let n = vm.queue.unprotect(crate::epoch::Release::Drop);
                     vm.drop_frames(DropReason::ControllerLost, n.frames);
                     vm.counters.epochs_discarded.add(sealed);
                     vm.mode = Mode::Failed;
