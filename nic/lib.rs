@@ -16,4 +16,5 @@ pub mod dpdk;
 pub mod epoch;
 pub mod frame;
 pub mod gen;
+pub mod policy;
 pub mod stats;
