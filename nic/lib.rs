@@ -8,6 +8,7 @@
 
 pub mod announce;
 pub mod capture;
+pub mod classify;
 pub mod config;
 pub mod control;
 pub mod dataplane;
