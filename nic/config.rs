@@ -49,7 +49,119 @@ pub struct Config {
     pub ingress: Option<PortSpec>,
     pub control: ControlConfig,
     pub dataplane: DataplaneConfig,
+    pub classifier: ClassifierConfig,
     pub vms: Vec<VmConfig>,
+}
+
+/// `[classifier]`: which held frames may wait for a checkpoint, and how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassifierConfig {
+    /// The checkpoint request policy, in nanoseconds.
+    pub policy: crate::policy::PolicyConfig,
+    /// Track each flow's advertised TCP window; an ACK that opens a small window is immediate.
+    pub window_updates: bool,
+    /// Below this advertised window (the raw header value, as on the wire), an ACK raising it
+    /// to this or more is a window update the sender waits for.
+    pub window_update_threshold: u32,
+    /// Flows the window table remembers (fixed; the least recently seen is evicted).
+    pub flow_table: usize,
+    /// `[[classifier.rule]]`, first match wins.
+    pub rules: Vec<crate::classify::Rule>,
+}
+
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        RawClassifier::default()
+            .validate()
+            .expect("the defaults are valid")
+    }
+}
+
+/// `[classifier]` as written; times in milliseconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [classifier] table")]
+struct RawClassifier {
+    defer_delay_ms: f64,
+    max_defer_ms: f64,
+    min_checkpoint_interval_ms: f64,
+    high_water_frames: u64,
+    window_updates: bool,
+    window_update_threshold: u32,
+    flow_table: usize,
+    rule: Vec<crate::classify::RawRule>,
+}
+
+impl Default for RawClassifier {
+    fn default() -> Self {
+        RawClassifier {
+            defer_delay_ms: 5.0,
+            max_defer_ms: 10.0,
+            min_checkpoint_interval_ms: 0.0,
+            high_water_frames: 0,
+            window_updates: true,
+            window_update_threshold: 1460,
+            flow_table: 4096,
+            rule: Vec::new(),
+        }
+    }
+}
+
+const DEFER_MAX_MS: f64 = 10_000.0;
+const FLOW_TABLE_MAX: usize = 1 << 20;
+
+impl RawClassifier {
+    fn validate(self) -> Result<ClassifierConfig, ConfigError> {
+        let ns = |key: &str, ms: f64| -> Result<u64, ConfigError> {
+            if !(0.0..=DEFER_MAX_MS).contains(&ms) {
+                return Err(invalid(
+                    format!("classifier.{key}"),
+                    format!("{ms} is out of range 0..={DEFER_MAX_MS} ms"),
+                ));
+            }
+            Ok((ms * 1e6).round() as u64)
+        };
+        let policy = crate::policy::PolicyConfig {
+            defer_delay_ns: ns("defer_delay_ms", self.defer_delay_ms)?,
+            max_defer_ns: ns("max_defer_ms", self.max_defer_ms)?,
+            min_interval_ns: ns(
+                "min_checkpoint_interval_ms",
+                self.min_checkpoint_interval_ms,
+            )?,
+            high_water_frames: self.high_water_frames,
+        };
+        if self.max_defer_ms < self.defer_delay_ms {
+            return Err(invalid(
+                "classifier.max_defer_ms",
+                format!(
+                    "{} is less than defer_delay_ms ({}): a deferral is capped at max_defer_ms after its first frame",
+                    self.max_defer_ms, self.defer_delay_ms
+                ),
+            ));
+        }
+        if self.flow_table == 0 || self.flow_table > FLOW_TABLE_MAX {
+            return Err(invalid(
+                "classifier.flow_table",
+                format!("{} is out of range 1..={FLOW_TABLE_MAX}", self.flow_table),
+            ));
+        }
+        let rules = self
+            .rule
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| crate::classify::Rule::from_raw(i, r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::Invalid {
+                key: e.key,
+                why: e.why,
+            })?;
+        Ok(ClassifierConfig {
+            policy,
+            window_updates: self.window_updates,
+            window_update_threshold: self.window_update_threshold,
+            flow_table: self.flow_table,
+            rules,
+        })
+    }
 }
 
 /// `[eal]`: what the DPDK environment abstraction layer is started with.
@@ -225,6 +337,8 @@ pub struct VmConfig {
     /// Addresses announced (gratuitous ARP, unsolicited neighbour advertisement) when the VM
     /// is promoted on this host.
     pub announce: Vec<std::net::IpAddr>,
+    /// Whether its held frames may be deferred: the rules and built-in classes, all, or never.
+    pub defer: crate::classify::VmDefer,
 }
 
 /// A DPDK port as the operator wrote it.
@@ -531,6 +645,8 @@ struct RawConfig {
     #[serde(default)]
     dataplane: DataplaneConfig,
     #[serde(default)]
+    classifier: RawClassifier,
+    #[serde(default)]
     vm: Vec<RawVm>,
 }
 
@@ -551,6 +667,7 @@ struct RawVm {
     mode: Option<String>,
     #[serde(default)]
     announce: Vec<String>,
+    defer: Option<String>,
 }
 
 const EGRESS_WHY: &str = "epochgate needs an egress port (a vdev spec such as \"net_pcap0,tx_pcap=out.pcap\" or a PCI address)";
@@ -620,6 +737,7 @@ impl RawConfig {
 
         let control = validate_control(self.control)?;
         let dataplane = validate_dataplane(self.dataplane)?;
+        let classifier = self.classifier.validate()?;
 
         if self.vm.is_empty() {
             return Err(invalid(
@@ -660,9 +778,20 @@ impl RawConfig {
             ingress,
             control,
             dataplane,
+            classifier,
             vms,
         };
         check_devices_unique(&config)?;
+        for (i, rule) in config.classifier.rules.iter().enumerate() {
+            if let Some(name) = &rule.vm {
+                if !config.vms.iter().any(|v| &v.name == name) {
+                    return Err(invalid(
+                        format!("classifier.rule[{i}].vm"),
+                        format!("no [[vm]] is named {name:?}"),
+                    ));
+                }
+            }
+        }
         Ok(config)
     }
 }
@@ -946,6 +1075,18 @@ fn validate_vm(i: usize, raw: RawVm, have_ingress: bool) -> Result<VmConfig, Con
         ));
     }
 
+    let defer = match raw.defer.as_deref() {
+        None | Some("builtin") => crate::classify::VmDefer::Builtin,
+        Some("all") => crate::classify::VmDefer::All,
+        Some("never") => crate::classify::VmDefer::Never,
+        Some(other) => {
+            return Err(invalid(
+                format!("{label}.defer"),
+                format!("{other:?} is not one of \"builtin\", \"all\", \"never\""),
+            ))
+        }
+    };
+
     Ok(VmConfig {
         name,
         port,
@@ -953,6 +1094,7 @@ fn validate_vm(i: usize, raw: RawVm, have_ingress: bool) -> Result<VmConfig, Con
         vlan,
         mode,
         announce,
+        defer,
     })
 }
 
@@ -1037,6 +1179,7 @@ mac = "52:54:00:00:00:02"
 vlan = 10
 mode = "standby"
 announce = ["10.0.0.2", "fd00::2"]
+defer = "all"
 
 [[vm]]
 name = "cache.1"
@@ -1127,6 +1270,7 @@ mac = "52:54:00:00:00:03"
                     vlan: None,
                     mode: Mode::Protected,
                     announce: vec![],
+                    defer: crate::classify::VmDefer::Builtin,
                 },
                 VmConfig {
                     name: "db".into(),
@@ -1135,6 +1279,7 @@ mac = "52:54:00:00:00:03"
                     vlan: Some(10),
                     mode: Mode::Standby,
                     announce: vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
+                    defer: crate::classify::VmDefer::All,
                 },
                 VmConfig {
                     name: "cache.1".into(),
@@ -1145,6 +1290,7 @@ mac = "52:54:00:00:00:03"
                     vlan: None,
                     mode: Mode::Passthrough,
                     announce: vec![],
+                    defer: crate::classify::VmDefer::Builtin,
                 },
             ]
         );
@@ -1327,6 +1473,13 @@ mac = "52:54:00:00:00:03"
             (format!("{EGRESS}[[vm]]\nname = \"a\"\nport = \"net_tap0\"\nmac = \"52:54:00:00:00:01\"\nannounce = [\"10.0.0.1\", \"10.0.0.300\"]\n"), &["vm[0] (\"a\").announce[1]: \"10.0.0.300\" is not an IPv4 or IPv6 address"]),
             (format!("{EGRESS}[[vm]]\nname = \"a\"\nport = \"net_tap0\"\nmac = \"52:54:00:00:00:01\"\nannounce = [\"ff02::1\"]\n"), &["vm[0] (\"a\").announce[0]: ff02::1 cannot be a VM's address"]),
             (format!("{EGRESS}[[vm]]\nname = \"a\"\nport = \"net_tap0\"\nannounce = [\"10.0.0.1\"]\n"), &["vm[0] (\"a\").announce: announcing addresses needs the VM's mac"]),
+            (format!("[classifier]\nmax_defer_ms = 3\n{EGRESS}{vm}"), &["classifier.max_defer_ms: 3 is less than defer_delay_ms (5)"]),
+            (format!("[classifier]\ndefer_delay_ms = -1\n{EGRESS}{vm}"), &["classifier.defer_delay_ms: -1 is out of range"]),
+            (format!("[classifier]\nflow_table = 0\n{EGRESS}{vm}"), &["classifier.flow_table: 0 is out of range"]),
+            (format!("[[classifier.rule]]\nverdict = \"defer\"\n[[classifier.rule]]\nprotocol = \"tcp\"\ndst_port = \"90-80\"\nverdict = \"defer\"\n{EGRESS}{vm}"), &["classifier.rule[1].dst_port:"]),
+            (format!("[[classifier.rule]]\nverdict = \"later\"\n{EGRESS}{vm}"), &["classifier.rule[0].verdict:"]),
+            (format!("[[classifier.rule]]\nvm = \"zz\"\nverdict = \"defer\"\n{EGRESS}{vm}"), &["classifier.rule[0].vm: no [[vm]] is named \"zz\""]),
+            (format!("{EGRESS}[[vm]]\nname = \"a\"\nport = \"net_tap0\"\ndefer = \"sometimes\"\n"), &["vm[0] (\"a\").defer: \"sometimes\" is not one of"]),
             (format!("[control]\nsocket_mode = \"rw\"\n{EGRESS}{vm}"), &["control.socket_mode: \"rw\" is not a file mode"]),
             (format!("[control]\nsocket_mode = \"01777\"\n{EGRESS}{vm}"), &["control.socket_mode:"]),
             (format!("[control]\nsocket_mode = \"0999\"\n{EGRESS}{vm}"), &["control.socket_mode:"]),
@@ -1727,6 +1880,7 @@ mac = "52:54:00:00:00:03"
                 vlan,
                 mode: g.mode,
                 announce: vec![],
+                defer: crate::classify::VmDefer::Builtin,
             });
         }
         let config = Config {
@@ -1740,6 +1894,7 @@ mac = "52:54:00:00:00:03"
             egress: PortSpec::parse(egress).unwrap(),
             ingress: ingress_spec.map(|s| PortSpec::parse(s).unwrap()),
             control: ControlConfig::default(),
+            classifier: ClassifierConfig::default(),
             dataplane: DataplaneConfig {
                 rx_ring,
                 tx_ring,

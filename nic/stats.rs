@@ -93,6 +93,80 @@ impl DropCounters {
     }
 }
 
+/// Held frames by the classifier's reason (all `rule:N` together as `rule`).
+#[derive(Debug, Default)]
+pub struct VerdictCounters([Counter; VerdictCounters::NAMES.len()]);
+
+impl VerdictCounters {
+    pub const NAMES: [&'static str; 10] = [
+        "tcp-pure-ack",
+        "tcp-ack-no-psh",
+        "ipv4-more-fragments",
+        "ipv6-more-fragments",
+        "window-update",
+        "rule",
+        "malformed",
+        "other",
+        "vm-all",
+        "vm-never",
+    ];
+
+    #[inline]
+    pub fn add(&self, reason: crate::classify::Reason) {
+        use crate::classify::Reason as R;
+        let i = match reason {
+            R::TcpPureAck => 0,
+            R::TcpAckNoPsh => 1,
+            R::Ipv4MoreFragments => 2,
+            R::Ipv6MoreFragments => 3,
+            R::WindowUpdate => 4,
+            R::Rule(_) => 5,
+            R::Malformed => 6,
+            R::Other => 7,
+            R::VmAll => 8,
+            R::VmNever => 9,
+        };
+        self.0[i].add(1);
+    }
+
+    /// Non-zero reasons by name.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        named(&Self::NAMES, &self.0)
+    }
+}
+
+/// Checkpoint requests sent to the VMM, by reason.
+#[derive(Debug, Default)]
+pub struct RequestCounters([Counter; 3]);
+
+impl RequestCounters {
+    pub const NAMES: [&'static str; 3] = ["immediate-frame", "deferral-expired", "high-water"];
+
+    #[inline]
+    pub fn add(&self, why: crate::policy::Why) {
+        use crate::policy::Why;
+        let i = match why {
+            Why::ImmediateFrame => 0,
+            Why::DeferralExpired => 1,
+            Why::HighWater => 2,
+        };
+        self.0[i].add(1);
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        named(&Self::NAMES, &self.0)
+    }
+}
+
+fn named(names: &[&'static str], counters: &[Counter]) -> BTreeMap<&'static str, u64> {
+    names
+        .iter()
+        .zip(counters)
+        .filter(|(_, c)| c.get() > 0)
+        .map(|(n, c)| (*n, c.get()))
+        .collect()
+}
+
 /// Counters of one VM. Outbound = from the VM towards egress; inbound = from the uplink to it.
 #[derive(Debug, Default)]
 pub struct VmCounters {
@@ -124,6 +198,9 @@ pub struct VmCounters {
     /// `control.fence_drain_ms`, or the VM's buffer was full (frames left in the guest go to
     /// the next epoch, which is safe).
     pub fences_cut_short: Counter,
+    /// What the classifier said of the protected VM's held frames, and the requests sent.
+    pub verdicts: VerdictCounters,
+    pub requests: RequestCounters,
 }
 
 /// Counters of one port as the data plane sees it (the driver's own are in `PortStats`).
@@ -159,6 +236,8 @@ pub struct VmSnapshot {
     pub epochs_committed: u64,
     pub epochs_discarded: u64,
     pub fences_cut_short: u64,
+    pub verdicts: BTreeMap<&'static str, u64>,
+    pub checkpoint_requests: BTreeMap<&'static str, u64>,
 }
 
 impl VmSnapshot {
@@ -191,6 +270,8 @@ impl VmSnapshot {
             epochs_committed: c.epochs_committed.get(),
             epochs_discarded: c.epochs_discarded.get(),
             fences_cut_short: c.fences_cut_short.get(),
+            verdicts: c.verdicts.snapshot(),
+            checkpoint_requests: c.requests.snapshot(),
         }
     }
 

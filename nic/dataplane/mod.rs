@@ -79,6 +79,17 @@ fn prepare_vhost_socket(spec: &PortSpec) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The request policy runs on TSC ticks (the worker's clock): its nanoseconds converted once.
+fn policy_in_ticks(p: crate::policy::PolicyConfig, hz: u64) -> crate::policy::PolicyConfig {
+    let t = |ns: u64| (u128::from(ns) * u128::from(hz) / 1_000_000_000) as u64;
+    crate::policy::PolicyConfig {
+        defer_delay_ns: t(p.defer_delay_ns),
+        max_defer_ns: t(p.max_defer_ns),
+        min_interval_ns: t(p.min_interval_ns),
+        high_water_frames: p.high_water_frames,
+    }
+}
+
 /// Free 2 MB hugepages as the kernel reports them (0 if unknown).
 pub fn free_hugepages() -> u64 {
     std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
@@ -172,7 +183,8 @@ impl Appliance {
                     cfg.dataplane.vm_queue as usize,
                     counters.clone(),
                 )
-                .with_announcements(announce),
+                .with_announcements(announce)
+                .with_classification(&vm.name, vm.defer),
             );
             vms.push(VmView {
                 name: vm.name.clone(),
@@ -203,6 +215,14 @@ impl Appliance {
                 drain_ticks: ms(DRAIN.as_millis() as u64),
                 fence_drain_ticks: ms(cfg.control.fence_drain_ms),
                 tsc_hz,
+                policy: policy_in_ticks(cfg.classifier.policy, tsc_hz),
+                classifier: Arc::new(crate::classify::Classifier::new(
+                    cfg.classifier.rules.clone(),
+                )),
+                windows: cfg.classifier.window_updates.then_some((
+                    cfg.classifier.flow_table,
+                    cfg.classifier.window_update_threshold,
+                )),
             },
             WorkerLinks {
                 quit: quit.clone(),

@@ -13,16 +13,18 @@
 //! and the answer sent.
 
 use super::demux::{Demux, Inbound, VmIdx};
+use crate::classify::{Classifier, VmDefer, WindowTable};
 use crate::control::{Answer, Command, Mode, Op, Release, Reply, Rings};
 use crate::dpdk::{tsc, Burst, Mbuf, Mempool, RxQueue, TxQueue, BURST};
 use crate::epoch::{EpochError, EpochQueue, Weighed};
 use crate::frame::{self, MacAddr};
+use crate::policy::{FrameKind, PolicyConfig, RequestPolicy};
 use crate::stats::{DropReason, PortCounters, VmCounters};
 use arrayvec::ArrayVec;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use vmm_shim::proto::ErrorCode;
+use vmm_shim::proto::{ErrorCode, Urgency};
 
 impl Weighed for Mbuf {
     #[inline]
@@ -103,6 +105,11 @@ pub struct WorkerVm {
     fencing: Option<Fencing>,
     /// Frames that announce its addresses when it is promoted (built from the config).
     announce: Vec<Vec<u8>>,
+    /// For the classifier: its name (rules may name it) and its deferral setting.
+    name: String,
+    defer: VmDefer,
+    /// Turns the open epoch's verdicts into checkpoint requests (used while protected).
+    policy: RequestPolicy,
 }
 
 impl WorkerVm {
@@ -136,6 +143,9 @@ impl WorkerVm {
             capacity,
             fencing: None,
             announce: Vec::new(),
+            name: String::new(),
+            defer: VmDefer::Builtin,
+            policy: RequestPolicy::new(PolicyConfig::default(), 0),
         };
         vm.publish();
         vm
@@ -144,6 +154,13 @@ impl WorkerVm {
     /// Frames sent on the VM's behalf when it is promoted.
     pub fn with_announcements(mut self, frames: Vec<Vec<u8>>) -> Self {
         self.announce = frames;
+        self
+    }
+
+    /// What the classifier needs: the VM's name and its `defer` setting.
+    pub fn with_classification(mut self, name: &str, defer: VmDefer) -> Self {
+        self.name = name.to_string();
+        self.defer = defer;
         self
     }
 
@@ -198,6 +215,11 @@ pub struct WorkerOptions {
     /// How long a fence may drain a paused VM's ingress.
     pub fence_drain_ticks: u64,
     pub tsc_hz: u64,
+    /// The request policy, its times in TSC ticks.
+    pub policy: PolicyConfig,
+    /// The classifier, and the window table's (capacity, threshold) if window updates are on.
+    pub classifier: Arc<Classifier>,
+    pub windows: Option<(usize, u32)>,
 }
 
 /// One worker: every VM and port is owned by it (DESIGN.md allows more workers; the foundation
@@ -226,6 +248,10 @@ pub struct Worker {
     notices: ArrayVec<Mbuf, NOTICE_STAGE>,
     /// VMs with a fence in progress.
     fencing: usize,
+    classifier: Arc<Classifier>,
+    windows: Option<WindowTable>,
+    /// The earliest TSC at which a VM's request policy has a timer due (u64::MAX: none).
+    wakeup: u64,
 }
 
 impl Worker {
@@ -240,6 +266,12 @@ impl Worker {
         links: WorkerLinks,
     ) -> Worker {
         let WorkerLinks { quit, rings, pool } = links;
+        let mut vms = vms;
+        for vm in &mut vms {
+            vm.policy = RequestPolicy::new(opts.policy, tsc());
+        }
+        let classifier = opts.classifier.clone();
+        let windows = opts.windows.map(|(n, t)| WindowTable::new(n, t));
         let mut demux = Demux::new();
         for (i, vm) in vms.iter().enumerate() {
             if let Some(mac) = vm.mac {
@@ -264,6 +296,9 @@ impl Worker {
             pool,
             notices: ArrayVec::new(),
             fencing: 0,
+            classifier,
+            windows,
+            wakeup: u64::MAX,
         };
         w.refresh_group_targets();
         w
@@ -303,6 +338,9 @@ impl Worker {
         if self.fencing > 0 {
             self.fence_deadlines();
         }
+        if self.wakeup != u64::MAX {
+            self.policy_timers();
+        }
         self.rx_uplink();
         self.tx_inbound();
         if !self.notices.is_empty() {
@@ -337,8 +375,9 @@ impl Worker {
             let bytes = burst_bytes(&burst);
             count_rx(&port.counters, burst.len(), bytes);
             count_rx_vm(&vm.counters, burst.len(), bytes);
+            let now = tsc();
             for m in burst {
-                self.accept(vi, m);
+                self.accept(vi, m, now);
             }
             let vm = &self.vms[vi];
             if vm.mode == Mode::Protected {
@@ -363,11 +402,12 @@ impl Worker {
             return;
         }
         count_rx(&port.counters, burst.len(), burst_bytes(&burst));
+        let now = tsc();
         for m in burst {
             match self.demux.source(m.data()) {
                 Some(vi) => {
                     count_rx_vm(&self.vms[vi].counters, 1, m.len() as u64);
-                    self.accept(vi, m);
+                    self.accept(vi, m, now);
                     if self.vms[vi].mode == Mode::Protected {
                         self.vms[vi].publish();
                     }
@@ -387,7 +427,7 @@ impl Worker {
     /// A frame the VM sent (already counted as received and waiting): queued, or dropped under
     /// a named reason.
     #[inline]
-    fn accept(&mut self, vi: VmIdx, m: Mbuf) {
+    fn accept(&mut self, vi: VmIdx, m: Mbuf, now: u64) {
         let vm = &mut self.vms[vi];
         if vm.mac.is_none() {
             if let Some(src) = frame::src_mac(m.data()).filter(MacAddr::is_unicast) {
@@ -405,9 +445,71 @@ impl Worker {
             vm.drop_frames(DropReason::Failed, 1);
         } else if vm.queue.len() >= vm.capacity {
             vm.drop_frames(DropReason::VmQueueFull, 1);
+        } else if vm.mode == Mode::Protected {
+            // Held: what kind of frame it is decides how soon a checkpoint is needed.
+            let c =
+                self.classifier
+                    .classify_with(&vm.name, vm.defer, self.windows.as_mut(), m.data());
+            vm.counters.verdicts.add(c.reason);
+            let kind = if c.is_deferrable() {
+                FrameKind::Deferrable
+            } else {
+                FrameKind::Immediate
+            };
+            vm.queue.push(m);
+            let request = vm.policy.on_frame(now, kind, vm.queue.held().frames);
+            if let Some(t) = vm.policy.next_wakeup() {
+                self.wakeup = self.wakeup.min(t);
+            }
+            if let Some(r) = request {
+                self.request(vi, r.why);
+            }
         } else {
             vm.queue.push(m);
         }
+    }
+
+    /// Tells VM `vi`'s controller that a checkpoint is needed now.
+    fn request(&mut self, vi: VmIdx, why: crate::policy::Why) {
+        let vm = &self.vms[vi];
+        vm.counters.requests.add(why);
+        let reply = Reply::CheckpointRequest {
+            epoch: vm.queue.open_epoch().unwrap_or(0),
+            urgency: Urgency::Now,
+            reason: why.into(),
+        };
+        self.answer(vi, crate::control::EVENT, reply);
+    }
+
+    /// Runs the request policies' timers that are due (deferral deadlines, postponed requests).
+    fn policy_timers(&mut self) {
+        let now = tsc();
+        if now < self.wakeup {
+            return;
+        }
+        let mut next = u64::MAX;
+        for vi in 0..self.vms.len() {
+            let vm = &mut self.vms[vi];
+            if vm.mode != Mode::Protected {
+                continue;
+            }
+            let due = vm.policy.next_wakeup().is_some_and(|t| t <= now);
+            if due {
+                if let Some(r) = vm.policy.poll(now) {
+                    self.request(vi, r.why);
+                }
+            }
+            if let Some(t) = self.vms[vi].policy.next_wakeup() {
+                next = next.min(t);
+            }
+        }
+        self.wakeup = next;
+    }
+
+    /// A new epoch's policy state (after protect, adopt or promotion to protected).
+    fn reset_policy(&mut self, vi: VmIdx) {
+        let cfg = self.vms[vi].policy.config();
+        self.vms[vi].policy = RequestPolicy::new(cfg, tsc());
     }
 
     /// Moves frames from eligible VMs' queues into the egress stage: round robin over VMs, each
@@ -562,6 +664,7 @@ impl Worker {
                     vm.queue.protect();
                     vm.mode = Mode::Protected;
                     self.refresh_group_targets();
+                    self.reset_policy(cmd.vm);
                 }
                 let vm = &self.vms[cmd.vm];
                 Reply::Welcome {
@@ -571,8 +674,12 @@ impl Worker {
             }
             Op::Protect => match vm.mode {
                 Mode::Passthrough | Mode::Protected => {
+                    let was = vm.mode;
                     let epoch = vm.queue.protect();
                     vm.mode = Mode::Protected;
+                    if was != Mode::Protected {
+                        self.reset_policy(cmd.vm);
+                    }
                     Reply::Protected { epoch }
                 }
                 Mode::Standby | Mode::Failed => wrong_mode(vm.mode, "protect"),
@@ -654,6 +761,9 @@ impl Worker {
                         vm.queue.protect();
                     }
                     vm.mode = to;
+                    if to == Mode::Protected {
+                        self.reset_policy(cmd.vm);
+                    }
                     self.refresh_group_targets();
                     let announced = self.stage_announcements(cmd.vm);
                     Reply::Promoted {
@@ -738,6 +848,7 @@ impl Worker {
             }
             Err(e) => epoch_error(e),
         };
+        vm.policy.on_fence(tsc());
         vm.publish();
         self.answer(vi, f.session, reply);
     }
