@@ -572,6 +572,28 @@ impl Config {
             "dataplane: {} mbufs (cache {}), rx ring {}, tx ring {}, vm queue {} frames, stats every {} ms",
             d.mbufs, d.mbuf_cache, d.rx_ring, d.tx_ring, d.vm_queue, d.stats_interval_ms
         ));
+        let c = &self.classifier;
+        let ms = |ns: u64| ns as f64 / 1e6;
+        line(format!(
+            "classifier: defer {} ms (at most {} ms), min checkpoint interval {} ms, high water {}, window updates {}, {} rule(s)",
+            ms(c.policy.defer_delay_ns),
+            ms(c.policy.max_defer_ns),
+            ms(c.policy.min_interval_ns),
+            if c.policy.high_water_frames == 0 {
+                "off".to_string()
+            } else {
+                format!("{} frames", c.policy.high_water_frames)
+            },
+            if c.window_updates {
+                format!(
+                    "on (below {} in {} flows)",
+                    c.window_update_threshold, c.flow_table
+                )
+            } else {
+                "off".to_string()
+            },
+            c.rules.len()
+        ));
         out
     }
 }
@@ -1708,6 +1730,7 @@ mac = "52:54:00:00:00:03"
                 "control:   socket /tmp/eg/control.sock (mode 0600), admin socket /tmp/eg/admin.sock, fence drain <= 25 ms, liveness 3000 ms",
                 "sessions:  uids root, owner, 1000, 1001; gids 27",
                 "dataplane: 8191 mbufs (cache 128), rx ring 512, tx ring 2048, vm queue 4096 frames, stats every 250 ms",
+                "classifier: defer 5 ms (at most 10 ms), min checkpoint interval 0 ms, high water off, window updates on (below 1460 in 4096 flows), 0 rule(s)",
             ],
         );
         let t = Config::from_toml_str(MINIMAL).unwrap().topology();
