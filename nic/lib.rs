@@ -19,3 +19,4 @@ pub mod frame;
 pub mod gen;
 pub mod policy;
 pub mod stats;
+pub mod tools;

@@ -50,6 +50,13 @@ enum Cmd {
         #[arg(long, default_value = "demo-out")]
         out: PathBuf,
     },
+    /// Classify every frame of a capture (pcap/pcapng, Ethernet): defer or immediate, and why.
+    #[command(after_help = epochgate::tools::CLASSIFY_HELP)]
+    Classify(epochgate::tools::ClassifyArgs),
+    /// Replay a capture through the checkpoint request policy: checkpoints and hold times, with
+    /// and without deferral.
+    #[command(after_help = epochgate::tools::REPLAY_HELP)]
+    Replay(epochgate::tools::ReplayArgs),
 }
 
 fn main() {
@@ -68,6 +75,12 @@ fn main() {
             print!("{}", cfg.topology());
         }),
         Cmd::Demo { duration, out } => run_demo(duration, &out),
+        Cmd::Classify(args) => {
+            epochgate::tools::to_stdout(|out| epochgate::tools::classify_command(&args, out))
+        }
+        Cmd::Replay(args) => {
+            epochgate::tools::to_stdout(|out| epochgate::tools::replay_command(&args, out))
+        }
     };
     if let Err(e) = result {
         eprintln!("epochgate: {e:#}");

@@ -3,7 +3,8 @@
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run again and again.
 set -euo pipefail
 
-PACKAGES=(dpdk dpdk-dev libdpdk-dev clang libclang-dev pkg-config gcc)
+# tcpdump: tests/classify_cli.rs captures real loopback TCP traffic; iproute2: ip, ss.
+PACKAGES=(dpdk dpdk-dev libdpdk-dev clang libclang-dev pkg-config gcc tcpdump iproute2)
 HUGEPAGES_WANTED=512   # 2 MB pages: 1 GB, enough for epochgate and a test peer
 
 as_root() {
