@@ -60,8 +60,10 @@ pub struct ClassifierConfig {
     pub policy: crate::policy::PolicyConfig,
     /// Track each flow's advertised TCP window; an ACK that opens a small window is immediate.
     pub window_updates: bool,
-    /// Below this advertised window (the raw header value, as on the wire), an ACK raising it
-    /// to this or more is a window update the sender waits for.
+    /// Below this advertised window, in bytes after TCP window scaling (RFC 7323: the header
+    /// value shifted left by the scale the flow's handshake agreed on; the raw header value for
+    /// a flow whose handshake was not seen), an ACK raising it to this or more is a window
+    /// update the sender waits for.
     pub window_update_threshold: u32,
     /// Flows the window table remembers (fixed; the least recently seen is evicted).
     pub flow_table: usize,
@@ -586,7 +588,7 @@ impl Config {
             },
             if c.window_updates {
                 format!(
-                    "on (below {} in {} flows)",
+                    "on (below {} bytes in {} flows)",
                     c.window_update_threshold, c.flow_table
                 )
             } else {
@@ -1730,7 +1732,7 @@ mac = "52:54:00:00:00:03"
                 "control:   socket /tmp/eg/control.sock (mode 0600), admin socket /tmp/eg/admin.sock, fence drain <= 25 ms, liveness 3000 ms",
                 "sessions:  uids root, owner, 1000, 1001; gids 27",
                 "dataplane: 8191 mbufs (cache 128), rx ring 512, tx ring 2048, vm queue 4096 frames, stats every 250 ms",
-                "classifier: defer 5 ms (at most 10 ms), min checkpoint interval 0 ms, high water off, window updates on (below 1460 in 4096 flows), 0 rule(s)",
+                "classifier: defer 5 ms (at most 10 ms), min checkpoint interval 0 ms, high water off, window updates on (below 1460 bytes in 4096 flows), 0 rule(s)",
             ],
         );
         let t = Config::from_toml_str(MINIMAL).unwrap().topology();

@@ -40,6 +40,12 @@ Output (text): one line per frame, five space-separated columns:
   REASON   tcp-pure-ack, tcp-ack-no-psh, ipv4-more-fragments, ipv6-more-fragments,
            window-update, rule:N (N = 0-based [[classifier.rule]] index), vm-all, vm-never,
            malformed, other
+Window updates ([classifier] window_updates, on by default): a segment that would be
+tcp-pure-ack or tcp-ack-no-psh is immediate `window-update` instead when it raises its flow
+direction's advertised window from below window_update_threshold (default 1460) to at least
+it. The threshold is in bytes, after window scaling (RFC 7323): each direction's shift is
+learnt from the connection's SYN and SYN-ACK in the capture; for a connection whose
+handshake the capture lacks, the raw 16-bit header value is used (as Wireshark does).
 Output (--json): one object per line (keys in alphabetical order):
   {\"frame\":1,\"len\":66,\"reason\":\"tcp-pure-ack\",\"ts_ns\":1700000000000000000,\"verdict\":\"defer\"}
   (ts_ns: capture timestamp, nanoseconds since the Unix epoch)
@@ -129,7 +135,7 @@ pub struct Setup {
     pub defer: VmDefer,
     /// Whether the window-update table is kept.
     pub window_updates: bool,
-    /// Its threshold (raw header window).
+    /// Its threshold, in bytes after window scaling.
     pub window_update_threshold: u32,
     /// Its capacity (flows).
     pub flow_table: usize,

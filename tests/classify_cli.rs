@@ -849,8 +849,9 @@ fn replay_json_gives_the_exact_numbers() {
 // ---- real TCP/IP stack traffic, captured with tcpdump ----------------------------------------
 
 /// The receive buffer of the test's server: small, so its window closes while it does not
-/// read, and reopens when it does.
-const SERVER_RCVBUF: usize = 32 * 1024;
+/// read, and reopens when it does; large enough that Linux offers a non-zero window scale in
+/// its SYN-ACK (3 for this size), so the windows that close and reopen are scaled ones.
+const SERVER_RCVBUF: usize = 256 * 1024;
 const BULK: usize = 4 << 20;
 
 /// A tcpdump we started; interrupted (by PID) when dropped.
@@ -1057,6 +1058,8 @@ struct Seg {
     flags: u8,
     window: u16,
     payload: usize,
+    /// The Window Scale option's shift count, in a SYN.
+    wscale: Option<u8>,
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -1073,28 +1076,94 @@ fn seg(data: &[u8]) -> Seg {
     assert!(14 + total <= data.len(), "whole packet captured");
     let t = 14 + ihl;
     let doff = usize::from(data[t + 12] >> 4) * 4;
+    let flags = data[t + 13];
     Seg {
         sport: be16(data, t),
         dport: be16(data, t + 2),
-        flags: data[t + 13],
+        flags,
         window: be16(data, t + 14),
         payload: total - ihl - doff,
+        wscale: if flags & SYN != 0 {
+            syn_wscale(&data[t + 20..t + doff])
+        } else {
+            None
+        },
     }
+}
+
+/// The Window Scale option (kind 3, length 3) among a SYN's options: kind 0 ends the list,
+/// kind 1 is a one-byte NOP, every other option is kind, length, length - 2 bytes. A Linux
+/// stack's options are well formed: anything else fails the test.
+fn syn_wscale(options: &[u8]) -> Option<u8> {
+    let mut i = 0;
+    let mut found = None;
+    while i < options.len() {
+        match options[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let len = usize::from(options[i + 1]);
+                assert!(
+                    len >= 2 && i + len <= options.len(),
+                    "bad option at {i}: {options:?}"
+                );
+                if kind == 3 {
+                    assert_eq!(len, 3, "{options:?}");
+                    found = Some(options[i + 2]);
+                }
+                i += len;
+            }
+        }
+    }
+    found
 }
 
 /// The verdict and reason of every segment, decided from the bytes alone: exactly ACK (the
 /// flags byte) is deferrable (`tcp-pure-ack` without payload, `tcp-ack-no-psh` with) unless
-/// it raises its direction's last advertised window from below `threshold` to at least it
-/// (`window-update`, immediate); everything else is immediate `other`. Every segment with ACK
-/// set records its window.
+/// it raises its direction's last advertised window, in bytes, from below `threshold` to at
+/// least it (`window-update`, immediate); everything else is immediate `other`.
+///
+/// Windows in bytes (RFC 7323): a SYN's or SYN-ACK's window is as in the header, and records
+/// the Window Scale option its sender offered. When the SYN-ACK comes, scaling is on if both
+/// offered one, and then each direction's later windows are shifted left by its own offer
+/// (at most 14); otherwise, and for a direction whose handshake this capture lacks, they are
+/// as in the header. Every segment with SYN or ACK set records its window.
 fn oracle(segs: &[Seg], threshold: u32) -> Vec<(String, String)> {
-    let mut last: HashMap<(u16, u16), u16> = HashMap::new();
+    // Per direction (source port, destination port).
+    let mut last: HashMap<(u16, u16), u32> = HashMap::new();
+    let mut offered: HashMap<(u16, u16), Option<u32>> = HashMap::new();
+    let mut shift: HashMap<(u16, u16), u32> = HashMap::new();
     segs.iter()
         .map(|s| {
+            let dir = (s.sport, s.dport);
+            let back = (s.dport, s.sport);
             let mut update = false;
-            if s.flags & ACK != 0 {
-                if let Some(prev) = last.insert((s.sport, s.dport), s.window) {
-                    update = u32::from(prev) < threshold && u32::from(s.window) >= threshold;
+            if s.flags & SYN != 0 {
+                let offer = s.wscale.map(|w| u32::from(w).min(14));
+                offered.insert(dir, offer);
+                last.insert(dir, u32::from(s.window));
+                shift.insert(dir, 0);
+                if s.flags & ACK != 0 {
+                    match offered.get(&back) {
+                        Some(&peer) => {
+                            let (mine, theirs) = match (offer, peer) {
+                                (Some(a), Some(b)) => (a, b),
+                                _ => (0, 0),
+                            };
+                            shift.insert(dir, mine);
+                            shift.insert(back, theirs);
+                        }
+                        // The SYN is not in the capture: a SYN-ACK has the option only if
+                        // the SYN had it (RFC 7323 2.2).
+                        None => {
+                            shift.insert(dir, offer.unwrap_or(0));
+                        }
+                    }
+                }
+            } else if s.flags & ACK != 0 {
+                let bytes = u32::from(s.window) << shift.get(&dir).copied().unwrap_or(0);
+                if let Some(prev) = last.insert(dir, bytes) {
+                    update = prev < threshold && bytes >= threshold;
                 }
             }
             let (v, r) = match (s.flags == ACK, update, s.payload) {
@@ -1142,20 +1211,72 @@ fn real_loopback_tcp_traffic_captured_with_tcpdump() {
         assert_eq!(f.data.len() as u32, f.orig_len, "captured whole (-s 0)");
     }
 
+    let to_server = |s: &Seg| s.dport == port;
+    let from_server = |s: &Seg| s.sport == port;
+    // The handshake, as the test reads it: with scaling on (Linux's default), both sides offer
+    // a Window Scale option, and the server's buffer is large enough for a non-zero shift.
+    let offer = |pick: &dyn Fn(&Seg) -> bool| {
+        let syns: Vec<&Seg> = segs.iter().filter(|s| pick(s)).collect();
+        assert_eq!(syns.len(), 1, "{syns:?}; {summary}");
+        syns[0].wscale
+    };
+    let client_ws = offer(&|s: &Seg| s.flags & (SYN | ACK) == SYN && to_server(s));
+    let server_ws = offer(&|s: &Seg| s.flags & (SYN | ACK) == SYN | ACK && from_server(s));
+    let scaling_on = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_window_scaling")
+        .is_ok_and(|v| v.trim() == "1");
+    if scaling_on {
+        assert!(
+            client_ws.is_some(),
+            "the client's SYN has no window scale; {summary}"
+        );
+        assert!(
+            server_ws.is_some_and(|s| s > 0),
+            "the server's SYN-ACK offers window scale {server_ws:?}, not > 0 (SO_RCVBUF \
+             {SERVER_RCVBUF}); {summary}"
+        );
+    }
+
     let got = classify(&file, &[]);
     assert_eq!(got.len(), n);
     assert_eq!(
         got,
         oracle(&segs, 1460),
-        "default threshold 1460; {summary}"
+        "default threshold 1460 bytes; {summary}"
     );
     // With threshold 1 every reopening of a closed window is a window update.
     let cfg = config_file(dir.path(), "window_update_threshold = 1");
     let got1 = classify(&file, &["--config", arg(&cfg)]);
     assert_eq!(got1, oracle(&segs, 1), "threshold 1; {summary}");
+    // Thresholds that the scaled and the raw windows cross at different frames; 65536 bytes
+    // only a scaled window can reach.
+    let count_updates =
+        |g: &[(String, String)]| g.iter().filter(|v| v.1 == "window-update").count();
+    let mut updates_at = vec![(1460, count_updates(&got)), (1, count_updates(&got1))];
+    for threshold in [16384u32, 65536] {
+        let cfg = config_file(
+            dir.path(),
+            &format!("window_update_threshold = {threshold}"),
+        );
+        let got_t = classify(&file, &["--config", arg(&cfg)]);
+        assert_eq!(
+            got_t,
+            oracle(&segs, threshold),
+            "threshold {threshold}; {summary}"
+        );
+        updates_at.push((threshold, count_updates(&got_t)));
+        if threshold == 65536 && client_ws.is_some() && server_ws.is_some_and(|s| s > 0) {
+            let server_updates = segs
+                .iter()
+                .zip(&got_t)
+                .filter(|(s, v)| from_server(s) && v.1 == "window-update")
+                .count();
+            assert!(
+                server_updates > 0,
+                "no reopening of the server's scaled window to 64 KiB; {summary}"
+            );
+        }
+    }
 
-    let to_server = |s: &Seg| s.dport == port;
-    let from_server = |s: &Seg| s.sport == port;
     let verdicts = |pick: &dyn Fn(&Seg) -> bool, g: &[(String, String)]| -> Vec<(String, String)> {
         segs.iter()
             .zip(g)
@@ -1247,7 +1368,7 @@ fn real_loopback_tcp_traffic_captured_with_tcpdump() {
     assert_eq!(r["saved"], without - with);
     assert!(r["hold_ms_p99"].as_f64().unwrap() <= 10.0, "{r}");
     eprintln!(
-        "loopback capture: {n} frames, {} data segments ({data_bytes} bytes), {} receiver pure ACKs ({updates} window updates), {zero_windows} zero-window ACKs; replay: {with} checkpoints with policy, {without} without",
+        "loopback capture: {n} frames, {} data segments ({data_bytes} bytes), {} receiver pure ACKs ({updates} window updates at threshold 1), {zero_windows} zero-window ACKs; window scale offered: client {client_ws:?}, server {server_ws:?}; window-update frames by threshold (bytes): {updates_at:?}; replay: {with} checkpoints with policy, {without} without",
         data.len(),
         server_acks.len()
     );

@@ -46,8 +46,9 @@ pub enum Reason {
     Ipv4MoreFragments,
     /// `ipv6-more-fragments`: an IPv6 packet whose Fragment header has M set.
     Ipv6MoreFragments,
-    /// `window-update`: a builtin-deferrable ACK that raises its flow's advertised window from
-    /// below the [`WindowTable`] threshold to at least it; immediate.
+    /// `window-update`: a builtin-deferrable ACK that raises its flow's advertised window, in
+    /// bytes after window scaling, from below the [`WindowTable`] threshold to at least it;
+    /// immediate.
     WindowUpdate,
     /// `rule:N`: rule number N (0-based, in configuration order) matched.
     Rule(u16),
@@ -225,11 +226,13 @@ impl Classifier {
     }
 
     /// [`Classifier::classify`], plus the window-update check: when `table` is given, every
-    /// well-formed unfragmented TCP segment with ACK set whose verdict comes from [`builtin`]
-    /// (no rule matched, or a [`RuleVerdict::Builtin`] rule did) is recorded in it, and a
-    /// builtin-deferrable ACK (`tcp-pure-ack` / `tcp-ack-no-psh`) that raises its flow's window
-    /// to the threshold becomes Immediate `window-update`. Frames decided by the per-VM setting
-    /// or by a Defer/Immediate rule are neither recorded nor changed.
+    /// well-formed unfragmented TCP segment with ACK or SYN set whose verdict comes from
+    /// [`builtin`] (no rule matched, or a [`RuleVerdict::Builtin`] rule did) is recorded in it
+    /// (SYNs and SYN-ACKs, Immediate `other`, for the window scale their options set), and a
+    /// builtin-deferrable ACK (`tcp-pure-ack` / `tcp-ack-no-psh`) that raises its flow's window,
+    /// in bytes after window scaling, to the threshold becomes Immediate `window-update`.
+    /// Frames decided by the per-VM setting or by a Defer/Immediate rule are neither recorded
+    /// nor changed.
     pub fn classify_with(
         &self,
         vm: &str,

@@ -1,6 +1,7 @@
 //! One pass over a frame, from its Ethernet header, into a [`FrameInfo`]: L2 addresses, VLAN
 //! tags, IP addresses and protocol (after IPv4 options and IPv6 extension headers), fragment
-//! state, ports, TCP flags/window/seq and payload length. No allocation; never panics.
+//! state, ports, TCP flags/window/seq (and a SYN's Window Scale option) and payload length. No
+//! allocation; never panics.
 
 use std::net::IpAddr;
 
@@ -31,6 +32,12 @@ const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 
 const IPV6_HEADER_LEN: usize = 40;
+/// The TCP header without options.
+const TCP_HEADER_LEN: usize = 20;
+
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_WINDOW: u8 = 3;
 
 /// What the classifier needs from a frame, read once by [`parse`]. Fields after the first
 /// invalid header keep their defaults (`None` / 0); `malformed` says that happened.
@@ -106,6 +113,11 @@ pub struct TcpInfo {
     pub seq: u32,
     /// Acknowledgment number (meaningful with ACK set).
     pub ack: u32,
+    /// The shift count of the Window Scale option (kind 3, length 3; RFC 7323 §2) of a segment
+    /// with SYN set, as on the wire (not clamped to 14). `None` when the segment has no SYN
+    /// (the option means nothing elsewhere), or carries no such option before the end of its
+    /// options or a malformed option (which ends the walk without making the frame malformed).
+    pub wscale: Option<u8>,
 }
 
 impl TcpInfo {
@@ -353,14 +365,21 @@ fn parse_transport(
                 src: tcp.source_port(),
                 dst: tcp.destination_port(),
             });
+            let flags = raw.get(13).copied().unwrap_or(0);
             info.tcp = Some(TcpInfo {
-                flags: raw.get(13).copied().unwrap_or(0),
+                flags,
                 ns: tcp.ns(),
                 window: tcp.window_size(),
                 seq: tcp.sequence_number(),
                 ack: tcp.acknowledgment_number(),
+                wscale: None,
             });
             info.payload_len = len16(payload.len().saturating_sub(raw.len()));
+            if flags & TcpInfo::SYN != 0 {
+                // Out of line and last, a tail call: the path of every other segment keeps
+                // its registers (no spills), which it would not around a call.
+                return syn_options(info, raw);
+            }
         }
         IPPROTO_UDP => {
             let udp = UdpHeaderSlice::from_slice(payload).ok()?;
@@ -375,6 +394,47 @@ fn parse_transport(
             info.payload_len = len16(udp_len - udp.slice().len());
         }
         _ => info.payload_len = len16(payload.len()),
+    }
+    Some(())
+}
+
+/// The shift count of the Window Scale option in a TCP options area (the bytes after the
+/// 20-byte fixed header), walked as Linux's `tcp_parse_options` does: kind 0 (End of Option
+/// List) ends it, kind 1 (NOP) is one byte, every other kind has a length byte counting the
+/// kind and length bytes. A length below 2 or running past the area stops the walk (what was
+/// found before it stands); a kind-3 option whose length is not 3 is skipped; the last valid
+/// Window Scale option wins. No allocation; never panics.
+#[inline]
+pub(super) fn window_scale(options: &[u8]) -> Option<u8> {
+    let mut found = None;
+    let mut rest = options;
+    while let Some((&kind, tail)) = rest.split_first() {
+        match kind {
+            TCPOPT_EOL => break,
+            TCPOPT_NOP => rest = tail,
+            _ => {
+                let Some(&len) = tail.first() else { break };
+                let len = usize::from(len);
+                if len < 2 {
+                    break;
+                }
+                let Some(option) = rest.get(..len) else { break };
+                if let (TCPOPT_WINDOW, &[_, _, shift]) = (kind, option) {
+                    found = Some(shift);
+                }
+                rest = rest.get(len..).unwrap_or(&[]);
+            }
+        }
+    }
+    found
+}
+
+/// Sets `info.tcp.wscale` from the options of a SYN's TCP header `header`. Always `Some`.
+#[cold]
+#[inline(never)]
+fn syn_options(info: &mut FrameInfo, header: &[u8]) -> Option<()> {
+    if let Some(tcp) = info.tcp.as_mut() {
+        tcp.wscale = window_scale(header.get(TCP_HEADER_LEN..).unwrap_or(&[]));
     }
     Some(())
 }

@@ -1496,10 +1496,17 @@ fn window_v6_flows_are_tracked_apart_from_v4() {
 fn window_table_ignores_what_is_not_an_unfragmented_tcp_ack() {
     let mut t = WindowTable::new(8, 1);
     assert!(!observe(&mut t, &udp4(53)));
-    assert!(!observe(&mut t, &write_tcp(tcp4().syn(), &[])));
     assert!(!observe(&mut t, &ipv4_raw(6, true, 0, &ack_header(1, 2))));
     assert!(!observe(&mut t, &[0u8; 10]));
+    assert!(!observe(&mut t, &write_tcp(tcp4(), &[])), "no flag");
+    assert!(
+        !observe(&mut t, &write_tcp(tcp4().rst(), &[])),
+        "RST without ACK"
+    );
     assert!(t.is_empty());
+    // A SYN is recorded (for its window scale) but never an update.
+    assert!(!observe(&mut t, &write_tcp(tcp4().syn(), &[])));
+    assert_eq!(t.len(), 1);
     assert_eq!((t.capacity(), t.threshold()), (8, 1));
     assert_eq!(WindowTable::new(0, 1).capacity(), 4);
     assert_eq!(WindowTable::new(5, 1).capacity(), 8);
@@ -1552,6 +1559,535 @@ fn window_opened_by_a_psh_segment_is_remembered() {
     );
 }
 
+// ---- window scaling ----
+
+use etherparse::TcpOptionElement as Opt;
+
+/// The options Linux puts in a SYN (MSS, SACK permitted, timestamps, NOP, window scale), the
+/// last one only with `Some`.
+fn linux_syn_options(wscale: Option<u8>) -> Vec<Opt> {
+    let mut o = vec![
+        Opt::MaximumSegmentSize(1460),
+        Opt::SelectiveAcknowledgementPermitted,
+        Opt::Timestamp(7, 0),
+    ];
+    if let Some(s) = wscale {
+        o.extend([Opt::Noop, Opt::WindowScale(s)]);
+    }
+    o
+}
+
+/// A TCP segment of the test connection: from the client SRC4:40000 to the server DST4:80
+/// (`client`), or back; `flags` among SYN, ACK, PSH; raw option bytes if `raw` is given.
+fn conn4(client: bool, flags: u8, window: u16, options: &[Opt], raw: Option<&[u8]>) -> Vec<u8> {
+    let (src, dst, sport, dport) = if client {
+        (SRC4, DST4, 40000, 80)
+    } else {
+        (DST4, SRC4, 80, 40000)
+    };
+    let mut b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, window);
+    if flags & TcpInfo::SYN != 0 {
+        b = b.syn();
+    }
+    if flags & TcpInfo::ACK != 0 {
+        b = b.ack(1);
+    }
+    if flags & TcpInfo::PSH != 0 {
+        b = b.psh();
+    }
+    if !options.is_empty() {
+        b = b.options(options).expect("options");
+    }
+    if let Some(raw) = raw {
+        b = b.options_raw(raw).expect("raw options");
+    }
+    write_tcp(b, &[])
+}
+
+/// The client's SYN, with Linux's options.
+fn syn_of_client(window: u16, wscale: Option<u8>) -> Vec<u8> {
+    conn4(true, TcpInfo::SYN, window, &linux_syn_options(wscale), None)
+}
+
+/// The server's SYN-ACK, with Linux's options.
+fn syn_ack_of_server(window: u16, wscale: Option<u8>) -> Vec<u8> {
+    let flags = TcpInfo::SYN | TcpInfo::ACK;
+    conn4(false, flags, window, &linux_syn_options(wscale), None)
+}
+
+/// A pure ACK of the test connection.
+fn ack_of(client: bool, window: u16) -> Vec<u8> {
+    conn4(client, TcpInfo::ACK, window, &[], None)
+}
+
+fn wscale_of(frame: &[u8]) -> Option<u8> {
+    let info = parse(frame);
+    assert!(!info.malformed, "{frame:02x?}");
+    info.tcp.expect("tcp").wscale
+}
+
+/// Observes the handshake (neither segment is an update) with these offers.
+fn handshake(t: &mut WindowTable, client: Option<u8>, server: Option<u8>) {
+    assert!(!observe(t, &syn_of_client(64240, client)));
+    assert!(!observe(t, &syn_ack_of_server(65160, server)));
+}
+
+#[test]
+fn wscale_is_read_from_syn_and_syn_ack_options() {
+    let f = syn_of_client(64240, Some(7));
+    check(&f, OTHER);
+    let tcp = parse(&f).tcp.unwrap();
+    assert_eq!((tcp.wscale, tcp.window), (Some(7), 64240));
+    assert_eq!(wscale_of(&syn_ack_of_server(65160, Some(2))), Some(2));
+    assert_eq!(wscale_of(&syn_ack_of_server(65160, Some(0))), Some(0));
+    check(&syn_ack_of_server(65160, Some(2)), OTHER);
+    // Absent: other options only, or no options at all.
+    assert_eq!(wscale_of(&syn_of_client(64240, None)), None);
+    assert_eq!(wscale_of(&write_tcp(tcp4().syn(), &[])), None);
+    // NOP padding before it; first of the options; between others.
+    let nops = [Opt::Noop, Opt::Noop, Opt::Noop, Opt::Noop, Opt::Noop];
+    let padded = [&nops[..], &[Opt::WindowScale(9)]].concat();
+    assert_eq!(
+        wscale_of(&conn4(true, TcpInfo::SYN, 1, &padded, None)),
+        Some(9)
+    );
+    let first = [
+        Opt::WindowScale(3),
+        Opt::Noop,
+        Opt::MaximumSegmentSize(1400),
+        Opt::Timestamp(1, 2),
+    ];
+    assert_eq!(
+        wscale_of(&conn4(true, TcpInfo::SYN, 1, &first, None)),
+        Some(3)
+    );
+    let middle = [
+        Opt::MaximumSegmentSize(1400),
+        Opt::WindowScale(4),
+        Opt::SelectiveAcknowledgementPermitted,
+        Opt::Timestamp(1, 2),
+    ];
+    assert_eq!(
+        wscale_of(&conn4(true, TcpInfo::SYN, 1, &middle, None)),
+        Some(4)
+    );
+    // The parser gives the shift as on the wire; the window table clamps it.
+    assert_eq!(wscale_of(&syn_of_client(1, Some(15))), Some(15));
+    assert_eq!(wscale_of(&syn_of_client(1, Some(255))), Some(255));
+    // Only a SYN's option counts (RFC 7323 §2.2): an ACK carrying one has none.
+    let ack = conn4(true, TcpInfo::ACK, 1, &linux_syn_options(Some(7)), None);
+    check(&ack, PURE_ACK);
+    assert_eq!(wscale_of(&ack), None);
+    // IPv6 too.
+    let v6 = write_tcp(tcp6().syn().options(&[Opt::WindowScale(6)]).unwrap(), &[]);
+    assert_eq!(wscale_of(&v6), Some(6));
+}
+
+#[test]
+fn wscale_malformed_options_are_no_option_not_a_malformed_frame() {
+    let raw_syn = |opts: &[u8]| conn4(true, TcpInfo::SYN, 100, &[], Some(opts));
+    for (opts, want) in [
+        // Truncated: kind 3 without its length byte / without its shift byte.
+        (&[1, 1, 1, 1, 1, 1, 1, 3][..], None),
+        (&[1, 1, 1, 1, 1, 1, 3, 3], None),
+        // A length past the options area, before the option.
+        (&[2, 9, 5, 0xb4, 3, 3, 7, 1], None),
+        // A length below 2 stops the walk.
+        (&[2, 0, 3, 3, 7, 1, 1, 1], None),
+        (&[8, 1, 3, 3, 7, 1, 1, 1], None),
+        // What came before a malformed option stands (as in Linux).
+        (&[3, 3, 7, 2, 1, 0, 0, 0], Some(7)),
+        // End of Option List ends the walk.
+        (&[1, 0, 3, 3, 7, 1, 1, 1], None),
+        // A Window Scale option of the wrong length is skipped; a later valid one counts.
+        (&[3, 4, 7, 0, 1, 1, 1, 1], None),
+        (&[3, 4, 7, 0, 1, 3, 3, 5], Some(5)),
+        // The last valid one wins (as in Linux).
+        (&[3, 3, 1, 1, 3, 3, 2, 0], Some(2)),
+        // An unknown option is skipped by its length.
+        (&[99, 5, 3, 3, 7, 3, 3, 8], Some(8)),
+    ] {
+        let f = raw_syn(opts);
+        assert_eq!(wscale_of(&f), want, "{opts:?}");
+        check(&f, OTHER);
+        assert_eq!(parse::window_scale(opts), want, "{opts:?}");
+    }
+    assert_eq!(parse::window_scale(&[]), None);
+    assert_eq!(parse::window_scale(&[3]), None);
+    assert_eq!(parse::window_scale(&[3, 3]), None);
+    assert_eq!(parse::window_scale(&[3, 3, 14]), Some(14));
+    assert_eq!(parse::window_scale(&[1, 1, 1, 3, 3, 0]), Some(0));
+}
+
+#[test]
+fn window_scaling_agreed_by_both_sides_counts_bytes() {
+    // Server shift 7, client shift 2; threshold 1460 bytes.
+    let mut t = WindowTable::new(64, 1460);
+    handshake(&mut t, Some(2), Some(7));
+    assert_eq!(t.len(), 2);
+    assert!(!observe(&mut t, &ack_of(false, 0)));
+    assert!(
+        !observe(&mut t, &ack_of(false, 11)),
+        "11 << 7 = 1408 < 1460"
+    );
+    assert!(
+        observe(&mut t, &ack_of(false, 12)),
+        "12 << 7 = 1536 >= 1460"
+    );
+    assert!(!observe(&mut t, &ack_of(false, 12)), "already open");
+    assert!(!observe(&mut t, &ack_of(false, 0)));
+    assert!(observe(&mut t, &ack_of(false, 12)), "0 -> 1536");
+    // The client's own shift, 2.
+    assert!(!observe(&mut t, &ack_of(true, 0)));
+    assert!(!observe(&mut t, &ack_of(true, 364)), "364 << 2 = 1456");
+    assert!(observe(&mut t, &ack_of(true, 365)), "365 << 2 = 1460");
+
+    // Without the table's knowledge of scaling, raw 12 would not be an update.
+    let c = Classifier::default();
+    let b = VmDefer::Builtin;
+    let mut t = WindowTable::new(64, 1460);
+    let mut run = |f: &[u8]| c.classify_with(VM, b, Some(&mut t), f);
+    assert_eq!(run(&syn_of_client(64240, Some(7))), OTHER);
+    assert_eq!(run(&syn_ack_of_server(65160, Some(7))), OTHER);
+    assert_eq!(run(&ack_of(true, 502)), PURE_ACK);
+    assert_eq!(run(&ack_of(false, 0)), PURE_ACK);
+    assert_eq!(run(&ack_of(false, 12)), WINDOW_UPDATE);
+    assert_eq!(run(&ack_of(false, 13)), PURE_ACK);
+}
+
+#[test]
+fn window_scaling_needs_both_offers() {
+    for (client, server) in [(Some(7), None), (None, Some(7)), (None, None)] {
+        let mut t = WindowTable::new(64, 1460);
+        handshake(&mut t, client, server);
+        for side in [true, false] {
+            assert!(!observe(&mut t, &ack_of(side, 0)));
+            assert!(
+                !observe(&mut t, &ack_of(side, 12)),
+                "{client:?}/{server:?}: 12 bytes, not scaled"
+            );
+            assert!(!observe(&mut t, &ack_of(side, 1459)));
+            assert!(observe(&mut t, &ack_of(side, 1460)));
+        }
+    }
+    // Shift 0 offered by one side: that side's window is not scaled, the other's is.
+    let mut t = WindowTable::new(64, 1460);
+    handshake(&mut t, Some(0), Some(7));
+    assert!(!observe(&mut t, &ack_of(true, 0)));
+    assert!(!observe(&mut t, &ack_of(true, 12)));
+    assert!(!observe(&mut t, &ack_of(false, 0)));
+    assert!(observe(&mut t, &ack_of(false, 12)));
+}
+
+#[test]
+fn window_of_an_unseen_handshake_is_the_raw_value() {
+    let mut t = WindowTable::new(64, 1460);
+    assert!(!observe(&mut t, &ack_of(false, 0)));
+    assert!(!observe(&mut t, &ack_of(false, 12)), "12: shift unknown, 0");
+    assert!(observe(&mut t, &ack_of(false, 1460)));
+    // Only the client's SYN seen (as on the egress of a VM that opens the connection): the
+    // server's answer is not known, neither is the client's scale.
+    let mut t = WindowTable::new(64, 1460);
+    assert!(!observe(&mut t, &syn_of_client(64240, Some(7))));
+    assert!(!observe(&mut t, &ack_of(true, 0)));
+    assert!(!observe(&mut t, &ack_of(true, 12)));
+    assert!(observe(&mut t, &ack_of(true, 1460)));
+}
+
+#[test]
+fn window_scale_of_a_syn_ack_whose_syn_was_not_seen() {
+    // As on the egress of a VM that accepts the connection: only its SYN-ACK is seen. RFC 7323
+    // §2.2: it carries the option only if the SYN did, so scaling is on with its shift.
+    let mut t = WindowTable::new(64, 1460);
+    assert!(!observe(&mut t, &syn_ack_of_server(65160, Some(7))));
+    assert_eq!(t.len(), 1, "the other direction is not created");
+    assert!(!observe(&mut t, &ack_of(false, 0)));
+    assert!(observe(&mut t, &ack_of(false, 12)), "12 << 7");
+    // The other direction, seen later: its scale is unknown.
+    assert!(!observe(&mut t, &ack_of(true, 0)));
+    assert!(!observe(&mut t, &ack_of(true, 12)));
+    // Without the option: no scaling.
+    let mut t = WindowTable::new(64, 1460);
+    assert!(!observe(&mut t, &syn_ack_of_server(65160, None)));
+    assert!(!observe(&mut t, &ack_of(false, 0)));
+    assert!(!observe(&mut t, &ack_of(false, 12)));
+    assert!(observe(&mut t, &ack_of(false, 1460)));
+}
+
+#[test]
+fn window_of_syn_and_syn_ack_is_not_scaled() {
+    // The SYN-ACK's window 1000 is 1000 bytes (not 1000 << 7): the next ACK, 12 << 7 = 1536,
+    // raises it past 1460.
+    let mut t = WindowTable::new(64, 1460);
+    assert!(!observe(&mut t, &syn_of_client(1000, Some(7))));
+    assert!(!observe(&mut t, &syn_ack_of_server(1000, Some(7))));
+    assert!(observe(&mut t, &ack_of(false, 12)));
+    assert!(observe(&mut t, &ack_of(true, 12)), "the client's SYN too");
+    // A SYN or SYN-ACK is never an update itself, even one opening the window.
+    let mut t = WindowTable::new(64, 1460);
+    assert!(!observe(&mut t, &syn_of_client(0, Some(7))));
+    assert!(!observe(&mut t, &syn_of_client(65535, Some(7))));
+    assert!(!observe(&mut t, &syn_ack_of_server(0, Some(7))));
+    assert!(!observe(&mut t, &syn_ack_of_server(65535, Some(7))));
+    // And classify_with keeps them Immediate `other`.
+    let c = Classifier::default();
+    let mut t = WindowTable::new(64, 1460);
+    for f in [
+        syn_of_client(0, Some(7)),
+        syn_of_client(65535, Some(7)),
+        syn_ack_of_server(0, Some(7)),
+        syn_ack_of_server(65535, Some(7)),
+    ] {
+        assert_eq!(
+            c.classify_with(VM, VmDefer::Builtin, Some(&mut t), &f),
+            OTHER
+        );
+    }
+}
+
+#[test]
+fn window_shift_above_14_counts_as_14() {
+    for offer in [15, 200, 255] {
+        let mut t = WindowTable::new(64, 20_000);
+        handshake(&mut t, Some(offer), Some(offer));
+        assert!(!observe(&mut t, &ack_of(false, 0)));
+        assert!(!observe(&mut t, &ack_of(false, 1)), "1 << 14 = 16384");
+        assert!(observe(&mut t, &ack_of(false, 2)), "2 << 14 = 32768");
+        // The largest window in bytes: 65535 << 14, no overflow.
+        let mut t = WindowTable::new(64, (65535 << 14) - 1);
+        handshake(&mut t, Some(offer), Some(offer));
+        assert!(!observe(&mut t, &ack_of(true, 0)));
+        assert!(observe(&mut t, &ack_of(true, 65535)));
+    }
+    let mut t = WindowTable::new(64, u32::MAX);
+    handshake(&mut t, Some(14), Some(14));
+    assert!(!observe(&mut t, &ack_of(true, 0)));
+    assert!(!observe(&mut t, &ack_of(true, 65535)));
+}
+
+#[test]
+fn window_scale_of_a_new_connection_on_the_same_ports_replaces_the_old() {
+    let mut t = WindowTable::new(64, 1460);
+    handshake(&mut t, Some(7), Some(7));
+    assert!(!observe(&mut t, &ack_of(false, 0)));
+    assert!(observe(&mut t, &ack_of(false, 12)));
+    handshake(&mut t, None, None);
+    assert!(!observe(&mut t, &ack_of(false, 0)));
+    assert!(!observe(&mut t, &ack_of(false, 12)), "no scaling now");
+    handshake(&mut t, Some(3), Some(3));
+    assert!(!observe(&mut t, &ack_of(false, 0)));
+    assert!(!observe(&mut t, &ack_of(false, 12)), "12 << 3 = 96");
+    assert!(observe(&mut t, &ack_of(false, 183)), "183 << 3 = 1464");
+    // A retransmitted SYN-ACK keeps the agreement.
+    assert!(!observe(&mut t, &syn_ack_of_server(65160, Some(3))));
+    assert!(!observe(&mut t, &ack_of(false, 0)));
+    assert!(observe(&mut t, &ack_of(false, 183)));
+    assert_eq!(t.len(), 2);
+}
+
+#[test]
+fn window_scaling_on_ipv6() {
+    let syn = write_tcp(
+        tcp6().syn().options(&linux_syn_options(Some(7))).unwrap(),
+        &[],
+    );
+    let server = |flags: u8, window: u16, options: &[Opt]| {
+        let mut b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+            .ipv6(DST6, SRC6, 64)
+            .tcp(443, 40000, 1, window)
+            .ack(1001);
+        if flags & TcpInfo::SYN != 0 {
+            b = b.syn();
+        }
+        if !options.is_empty() {
+            b = b.options(options).unwrap();
+        }
+        write_tcp(b, &[])
+    };
+    let mut t = WindowTable::new(64, 1460);
+    assert!(!observe(&mut t, &syn));
+    assert!(!observe(
+        &mut t,
+        &server(TcpInfo::SYN, 65160, &linux_syn_options(Some(7)))
+    ));
+    assert!(!observe(&mut t, &server(0, 0, &[])));
+    assert!(observe(&mut t, &server(0, 12, &[])));
+}
+
+#[test]
+fn window_scale_is_learnt_only_from_builtin_verdicts() {
+    // A rule taking the client's direction (its SYN) out of the built-in classification: the
+    // server's SYN-ACK still sets the server's scale (its option implies the SYN's).
+    let c = classifier(vec![RawRule {
+        src_ip: Some("10.0.0.1/32".into()),
+        ..raw("immediate")
+    }]);
+    let b = VmDefer::Builtin;
+    let mut t = WindowTable::new(64, 1460);
+    let mut run = |f: &[u8]| c.classify_with(VM, b, Some(&mut t), f);
+    assert_eq!(
+        run(&syn_of_client(64240, Some(7))),
+        rule_hit(0, Verdict::Immediate)
+    );
+    assert_eq!(run(&syn_ack_of_server(65160, Some(7))), OTHER);
+    assert_eq!(run(&ack_of(false, 0)), PURE_ACK);
+    assert_eq!(run(&ack_of(false, 12)), WINDOW_UPDATE);
+    assert_eq!(t.len(), 1);
+}
+
+/// One direction in [`WindowModel`].
+#[derive(Debug, Clone, Copy, Default)]
+struct ModelDir {
+    /// Last window, in bytes.
+    window: u32,
+    shift: u32,
+    /// What its SYN offered, if one was seen.
+    offer: Option<Option<u8>>,
+}
+
+/// What the table should answer, written from the rules in [`WindowTable`]'s documentation
+/// with a map per direction and no bound.
+#[derive(Default)]
+struct WindowModel {
+    dirs: std::collections::HashMap<(u8, bool), ModelDir>,
+    threshold: u32,
+}
+
+impl WindowModel {
+    /// A segment of connection `conn`, from its client or not.
+    fn observe(&mut self, conn: u8, client: bool, flags: u8, window: u16, ws: Option<u8>) -> bool {
+        let (syn, ack) = (flags & TcpInfo::SYN != 0, flags & TcpInfo::ACK != 0);
+        if !syn && !ack {
+            return false;
+        }
+        let (me, rev) = ((conn, client), (conn, !client));
+        let before = self.dirs.get(&me).copied();
+        if syn {
+            let offer = ws.map(|s| s.min(14));
+            let mut shift = 0;
+            if ack {
+                match self.dirs.get(&rev).and_then(|d| d.offer) {
+                    None => shift = offer.map_or(0, u32::from),
+                    Some(peer) => {
+                        let (mine, theirs) = match (offer, peer) {
+                            (Some(a), Some(b)) => (u32::from(a), u32::from(b)),
+                            _ => (0, 0),
+                        };
+                        shift = mine;
+                        if let Some(d) = self.dirs.get_mut(&rev) {
+                            d.shift = theirs;
+                        }
+                    }
+                }
+            }
+            let dir = ModelDir {
+                window: u32::from(window),
+                shift,
+                offer: Some(offer),
+            };
+            self.dirs.insert(me, dir);
+            return false;
+        }
+        let mut dir = before.unwrap_or_default();
+        dir.window = u32::from(window) << dir.shift;
+        self.dirs.insert(me, dir);
+        before.is_some_and(|b| b.window < self.threshold) && dir.window >= self.threshold
+    }
+}
+
+/// A segment of connection `conn` (client port 1000 + conn, server port 80) as a FrameInfo.
+fn conn_info(conn: u8, client: bool, flags: u8, window: u16, wscale: Option<u8>) -> FrameInfo {
+    let (a, b) = (
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+    );
+    let (cport, sport) = (1000 + u16::from(conn), 80);
+    let (src, dst, ports) = if client {
+        (
+            a,
+            b,
+            Ports {
+                src: cport,
+                dst: sport,
+            },
+        )
+    } else {
+        (
+            b,
+            a,
+            Ports {
+                src: sport,
+                dst: cport,
+            },
+        )
+    };
+    FrameInfo {
+        ether_type: ETHERTYPE_IPV4,
+        ip: Some(IpInfo {
+            src,
+            dst,
+            protocol: 6,
+            fragment: None,
+        }),
+        ports: Some(ports),
+        tcp: Some(TcpInfo {
+            flags,
+            ns: false,
+            window,
+            seq: 0,
+            ack: 0,
+            wscale: if flags & TcpInfo::SYN != 0 {
+                wscale
+            } else {
+                None
+            },
+        }),
+        ..FrameInfo::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn window_table_agrees_with_a_model(
+        segments in proptest::collection::vec(
+            (
+                0u8..3,
+                any::<bool>(),
+                prop::sample::select(vec![
+                    TcpInfo::SYN,
+                    TcpInfo::SYN | TcpInfo::ACK,
+                    TcpInfo::ACK,
+                    TcpInfo::ACK,
+                    TcpInfo::ACK,
+                    TcpInfo::ACK | TcpInfo::PSH,
+                    TcpInfo::RST,
+                ]),
+                prop::sample::select(vec![0u16, 1, 11, 12, 100, 1459, 1460, 65535]),
+                prop::option::of(prop::sample::select(vec![0u8, 2, 7, 14, 15, 255])),
+            ),
+            0..60,
+        ),
+        threshold in prop::sample::select(vec![1u32, 1460, 20_000]),
+    ) {
+        // 6 directions in 1024 ways: no eviction.
+        let mut t = WindowTable::new(1024, threshold);
+        let mut m = WindowModel { threshold, ..WindowModel::default() };
+        for (i, &(conn, client, flags, window, ws)) in segments.iter().enumerate() {
+            let info = conn_info(conn, client, flags, window, ws);
+            prop_assert_eq!(
+                t.observe(&info),
+                m.observe(conn, client, flags, window, info.tcp.unwrap().wscale),
+                "segment {}: {:?}", i, segments
+            );
+        }
+        prop_assert_eq!(t.len(), m.dirs.len());
+    }
+}
+
 /// A synthetic TCP ACK of flow number `n` (v4 or v6 by parity), without building a frame.
 fn flow_info(n: u32, window: u16) -> FrameInfo {
     let ip = if n % 2 == 0 {
@@ -1583,6 +2119,7 @@ fn flow_info(n: u32, window: u16) -> FrameInfo {
             window,
             seq: n,
             ack: 0,
+            wscale: None,
         }),
         ..FrameInfo::default()
     }
@@ -1640,6 +2177,8 @@ fn base_frames() -> Vec<Vec<u8>> {
                 .ack(5),
             &[],
         ),
+        // Options walked for the window scale.
+        syn_ack_of_server(65160, Some(7)),
     ]
 }
 
@@ -1680,6 +2219,11 @@ fn check_invariants(frame: &[u8]) {
     if !info.malformed {
         assert!(usize::from(info.payload_len) <= frame.len());
     }
+    if let Some(tcp) = info.tcp {
+        if tcp.flags & TcpInfo::SYN == 0 {
+            assert_eq!(tcp.wscale, None);
+        }
+    }
 }
 
 proptest! {
@@ -1704,8 +2248,15 @@ proptest! {
     }
 
     #[test]
+    fn window_scale_walk_never_panics(options in proptest::collection::vec(any::<u8>(), 0..48)) {
+        if let Some(shift) = parse::window_scale(&options) {
+            prop_assert!(options.windows(3).any(|w| w == [3, 3, shift]), "{:?}", options);
+        }
+    }
+
+    #[test]
     fn never_panics_on_mutated_or_truncated_tcp_frames(
-        which in 0usize..7,
+        which in 0usize..8,
         mutations in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
         cut in any::<prop::sample::Index>(),
         pad in 0usize..40,
