@@ -1167,9 +1167,9 @@ fn oracle(segs: &[Seg], threshold: u32) -> Vec<(String, String)> {
                 }
             }
             let (v, r) = match (s.flags == ACK, update, s.payload) {
-                (true, true, _) => ("immediate", "window-update"),
-                (true, false, 0) => ("defer", "tcp-pure-ack"),
-                (true, false, _) => ("defer", "tcp-ack-no-psh"),
+                (true, true, 0) => ("immediate", "window-update"),
+                (true, _, 0) => ("defer", "tcp-pure-ack"),
+                (true, _, _) => ("defer", "tcp-ack-no-psh"),
                 (false, _, _) => ("immediate", "other"),
             };
             (v.to_string(), r.to_string())

@@ -229,7 +229,7 @@ impl Classifier {
     /// well-formed unfragmented TCP segment with ACK or SYN set whose verdict comes from
     /// [`builtin`] (no rule matched, or a [`RuleVerdict::Builtin`] rule did) is recorded in it
     /// (SYNs and SYN-ACKs, Immediate `other`, for the window scale their options set), and a
-    /// builtin-deferrable ACK (`tcp-pure-ack` / `tcp-ack-no-psh`) that raises its flow's window,
+    /// pure ACK (`tcp-pure-ack`) that raises its flow's window,
     /// in bytes after window scaling, to the threshold becomes Immediate `window-update`.
     /// Frames decided by the per-VM setting or by a Defer/Immediate rule are neither recorded
     /// nor changed.
@@ -245,7 +245,9 @@ impl Classifier {
         let (classified, from_builtin) = self.decide(vm, defer, &info);
         if let (true, Some(table)) = (from_builtin, table) {
             let update = table.observe(&info);
-            if update && matches!(classified.reason, Reason::TcpPureAck | Reason::TcpAckNoPsh) {
+            // Only a pure ACK: a segment with data is the sender's own progress, not the
+            // receiver's window opening.
+            if update && classified.reason == Reason::TcpPureAck {
                 return Classified::builtin(Reason::WindowUpdate);
             }
         }

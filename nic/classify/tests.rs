@@ -2406,3 +2406,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_data_segment_opening_the_window_stays_a_data_ack() {
+    // Only a pure ACK is a window update: a data segment is the sender's own progress.
+    let c = Classifier::default();
+    let mut t = WindowTable::new(64, 1024);
+    let b = VmDefer::Builtin;
+    c.classify_with(VM, b, Some(&mut t), &pure_ack4_window(1, 0));
+    let data = write_tcp(
+        PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+            .ipv4(SRC4, DST4, 64)
+            .tcp(1, 80, 1000, 4096)
+            .ack(1),
+        &[7; 100],
+    );
+    let got = c.classify_with(VM, b, Some(&mut t), &data);
+    assert_eq!(
+        (got.verdict, got.reason),
+        (Verdict::Defer, Reason::TcpAckNoPsh)
+    );
+    // The table saw the opening: a pure ACK at the same window is not an update either.
+    assert_eq!(
+        c.classify_with(VM, b, Some(&mut t), &pure_ack4_window(1, 4096)),
+        PURE_ACK
+    );
+}
