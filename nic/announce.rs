@@ -19,9 +19,7 @@ pub fn frames(mac: MacAddr, vlan: Option<u16>, addrs: &[IpAddr]) -> Vec<Vec<u8>>
                 IpAddr::V6(ip) => neighbour_advertisement(mac, *ip),
             };
             if let Some(v) = vlan {
-                let mut tag = 0x8100u16.to_be_bytes().to_vec();
-                tag.extend_from_slice(&v.to_be_bytes());
-                f.splice(12..12, tag);
+                crate::frame::insert_vlan(&mut f, v);
             }
             // The minimum Ethernet frame (without FCS), so every driver sends it as is.
             if f.len() < 60 {

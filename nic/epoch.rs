@@ -29,14 +29,9 @@ impl Weighed for Vec<u8> {
     }
 }
 
-/// What [`EpochQueue::unprotect`] does with the frames it still holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Release {
-    /// Every held frame becomes releasable, in order (the VM goes on unprotected; nothing lost).
-    Release,
-    /// Every held frame is dropped (the VM's state is being rolled back or thrown away).
-    Drop,
-}
+/// What [`EpochQueue::unprotect`] does with the frames it still holds: the protocol's own
+/// `Unprotect{release|drop}` (every held frame becomes releasable in order, or is dropped).
+pub use vmm_shim::proto::Release;
 
 /// The answer to a successful [`EpochQueue::fence`]: the epoch sealed and what it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,6 +349,12 @@ impl<T: Weighed> EpochQueue<T> {
         self.protected = false;
         self.debug_check();
         count
+    }
+
+    /// Sealed epochs not yet committed (what a discard now would throw away besides the open
+    /// epoch).
+    pub fn outstanding(&self) -> u64 {
+        self.sealed.len() as u64
     }
 
     /// Frames and bytes not yet releasable.

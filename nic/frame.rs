@@ -93,6 +93,13 @@ pub fn src_mac(frame: &[u8]) -> Option<MacAddr> {
     Some(MacAddr(m))
 }
 
+/// Tags an untagged frame with 802.1Q VLAN `vlan`: the tag goes after the two MACs.
+pub fn insert_vlan(frame: &mut Vec<u8>, vlan: u16) {
+    let [a, b] = 0x8100u16.to_be_bytes();
+    let [c, d] = vlan.to_be_bytes();
+    frame.splice(12..12, [a, b, c, d]);
+}
+
 /// The outer VLAN id (802.1Q or 802.1ad tag right after the source MAC), if the frame has one.
 #[inline]
 pub fn outer_vlan(frame: &[u8]) -> Option<u16> {

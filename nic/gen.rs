@@ -110,10 +110,8 @@ pub fn frame(stream: &Stream, seq: u32) -> Vec<u8> {
             };
             res.expect("writing to a Vec cannot fail and payload sizes are within limits");
             if let Some(v) = vlan {
-                // Insert the 802.1Q tag after the MACs (etherparse's VLAN builder is another type).
-                let mut tag = 0x8100u16.to_be_bytes().to_vec();
-                tag.extend_from_slice(&v.to_be_bytes());
-                out.splice(12..12, tag);
+                // etherparse's VLAN builder is another type: tag the finished frame instead.
+                crate::frame::insert_vlan(&mut out, v);
             }
         }
     }

@@ -284,20 +284,24 @@ impl Server {
             self.next_id += 1;
             match getsockopt(&session.sock, PeerCredentials) {
                 Ok(c) if self.access.allows(c.uid(), c.gid()) => self.sessions.push(session),
-                Ok(c) => refuse(
+                Ok(c) => send(
                     &mut session,
-                    ErrorCode::PermissionDenied,
+                    &Reply::error(
+                        ErrorCode::PermissionDenied,
                     format!(
                         "uid {} (gid {}, pid {}) may not drive VMs: allow it in control.allowed_uids or control.allowed_gids",
                         c.uid(),
                         c.gid(),
                         c.pid()
                     ),
+                    ),
                 ),
-                Err(e) => refuse(
+                Err(e) => send(
                     &mut session,
-                    ErrorCode::PermissionDenied,
-                    format!("the peer's credentials cannot be read: {e}"),
+                    &Reply::error(
+                        ErrorCode::PermissionDenied,
+                        format!("the peer's credentials cannot be read: {e}"),
+                    ),
                 ),
             }
         }
@@ -332,19 +336,15 @@ impl Server {
     }
 
     fn message(&mut self, i: usize, bytes: &[u8]) {
-        let req = if bytes.len() > MAX_MESSAGE {
-            // The read was cut at MAX_MESSAGE + 1: the datagram was longer than any message.
-            Err(proto::ProtoError::Oversize { len: bytes.len() })
-        } else {
-            proto::decode_request(bytes)
-        };
-        let req = match req {
+        let req = match proto::decode_request(bytes) {
             Ok(r) => r,
             Err(e) => {
-                let text = if bytes.len() > MAX_MESSAGE {
-                    format!("message longer than the maximum of {MAX_MESSAGE} bytes; ignored")
-                } else {
-                    format!("{e}; ignored")
+                // A longer datagram was cut at MAX_MESSAGE + 1 by the read: its size is unknown.
+                let text = match e {
+                    proto::ProtoError::Oversize { .. } => {
+                        format!("message longer than the maximum of {MAX_MESSAGE} bytes; ignored")
+                    }
+                    _ => format!("{e}; ignored"),
                 };
                 return send(&mut self.sessions[i], &Reply::error(e.code(), text));
             }
@@ -488,10 +488,6 @@ fn send(s: &mut Session, reply: &Reply) {
     {
         s.closed = true;
     }
-}
-
-fn refuse(s: &mut Session, code: ErrorCode, text: String) {
-    send(s, &Reply::error(code, text));
 }
 
 /// A session's view of its VM, from the counters its worker publishes.

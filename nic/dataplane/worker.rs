@@ -180,6 +180,19 @@ impl WorkerVm {
         self.counters.waiting.sub(n);
     }
 
+    /// Drops everything the VM holds (sealed epochs and the open one) under `reason`; with
+    /// `end`, protection ends too (its epochs can never be committed). Returns the frames.
+    fn drop_held(&mut self, reason: DropReason, end: bool) -> u64 {
+        self.counters.epochs_discarded.add(self.queue.outstanding());
+        let n = if end {
+            self.queue.unprotect(Release::Drop)
+        } else {
+            self.queue.discard()
+        };
+        self.drop_frames(reason, n.frames);
+        n.frames
+    }
+
     /// Publishes mode, epochs and what is held, for stats and the control thread.
     fn publish(&self) {
         let c = &self.counters;
@@ -408,9 +421,6 @@ impl Worker {
                 Some(vi) => {
                     count_rx_vm(&self.vms[vi].counters, 1, m.len() as u64);
                     self.accept(vi, m, now);
-                    if self.vms[vi].mode == Mode::Protected {
-                        self.vms[vi].publish();
-                    }
                 }
                 None => {
                     let reason = if m.data().len() < 14 {
@@ -420,6 +430,12 @@ impl Worker {
                     };
                     self.ports[pi].counters.drops.add(reason, 1);
                 }
+            }
+        }
+        // Once per burst, not per frame: what the protected VMs on this port now hold.
+        for vm in &self.vms {
+            if vm.port.is_none() && vm.mode == Mode::Protected {
+                vm.publish();
             }
         }
     }
@@ -721,36 +737,27 @@ impl Worker {
                 if vm.mode != Mode::Protected {
                     not_protected(vm.mode, "unprotect")
                 } else {
-                    let how_q = match how {
-                        Release::Release => crate::epoch::Release::Release,
-                        Release::Drop => crate::epoch::Release::Drop,
-                    };
-                    let n = vm.queue.unprotect(how_q);
-                    vm.mode = Mode::Passthrough;
-                    match how {
+                    let reply = match how {
                         Release::Release => Reply::Unprotected {
-                            released: n.frames,
+                            released: vm.queue.unprotect(how).frames,
                             dropped: 0,
                         },
-                        Release::Drop => {
-                            vm.drop_frames(DropReason::UnprotectDrop, n.frames);
-                            Reply::Unprotected {
-                                released: 0,
-                                dropped: n.frames,
-                            }
-                        }
-                    }
+                        Release::Drop => Reply::Unprotected {
+                            released: 0,
+                            dropped: vm.drop_held(DropReason::UnprotectDrop, true),
+                        },
+                    };
+                    vm.mode = Mode::Passthrough;
+                    reply
                 }
             }
             Op::Discard => {
                 if vm.mode != Mode::Protected {
                     not_protected(vm.mode, "discard")
                 } else {
-                    let sealed = vm.queue.sealed_epoch() - vm.queue.committed_epoch();
-                    let n = vm.queue.discard();
-                    vm.drop_frames(DropReason::Discarded, n.frames);
-                    vm.counters.epochs_discarded.add(sealed);
-                    Reply::Discarded { frames: n.frames }
+                    Reply::Discarded {
+                        frames: vm.drop_held(DropReason::Discarded, false),
+                    }
                 }
             }
             Op::Promote(to) => {
@@ -779,10 +786,7 @@ impl Worker {
                 let vm = &mut self.vms[cmd.vm];
                 if vm.mode == Mode::Protected {
                     // Its epochs end here: a new controller starts after all of them.
-                    let sealed = vm.queue.sealed_epoch() - vm.queue.committed_epoch();
-                    let n = vm.queue.unprotect(crate::epoch::Release::Drop);
-                    vm.drop_frames(DropReason::ControllerLost, n.frames);
-                    vm.counters.epochs_discarded.add(sealed);
+                    vm.drop_held(DropReason::ControllerLost, true);
                     vm.mode = Mode::Failed;
                     self.refresh_group_targets();
                 }
@@ -868,8 +872,7 @@ impl Worker {
     /// deadline; what TX still did not take is dropped and counted.
     fn shutdown(&mut self) {
         for vm in &mut self.vms {
-            let held = vm.queue.discard();
-            vm.drop_frames(DropReason::Uncommitted, held.frames);
+            vm.drop_held(DropReason::Uncommitted, false);
             vm.fencing = None;
             vm.publish();
         }
