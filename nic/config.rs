@@ -51,6 +51,10 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     pub classifier: ClassifierConfig,
     pub vms: Vec<VmConfig>,
+    /// `[egress] passthrough_min_share` in parts per million: the share of egress bytes that
+    /// pass-through traffic keeps while protected VMs' released frames are also waiting
+    /// (released frames otherwise have strict priority). Below 1_000_000.
+    pub passthrough_min_share_ppm: u32,
 }
 
 /// `[classifier]`: which held frames may wait for a checkpoint, and how long.
@@ -86,7 +90,6 @@ struct RawClassifier {
     defer_delay_ms: f64,
     max_defer_ms: f64,
     min_checkpoint_interval_ms: f64,
-    high_water_frames: u64,
     window_updates: bool,
     window_update_threshold: u32,
     flow_table: usize,
@@ -99,7 +102,6 @@ impl Default for RawClassifier {
             defer_delay_ms: 5.0,
             max_defer_ms: 10.0,
             min_checkpoint_interval_ms: 0.0,
-            high_water_frames: 0,
             window_updates: true,
             window_update_threshold: 1460,
             flow_table: 4096,
@@ -129,7 +131,9 @@ impl RawClassifier {
                 "min_checkpoint_interval_ms",
                 self.min_checkpoint_interval_ms,
             )?,
-            high_water_frames: self.high_water_frames,
+            // Per VM now ([[vm]] high_water): the data plane sets each VM's own marks.
+            high_water_frames: 0,
+            high_water_bytes: 0,
         };
         if self.max_defer_ms < self.defer_delay_ms {
             return Err(invalid(
@@ -258,7 +262,8 @@ pub struct DataplaneConfig {
     pub rx_ring: u16,
     /// Descriptors per TX ring: a power of two in 64..=4096.
     pub tx_ring: u16,
-    /// Frames a VM may have waiting for egress (held until its epoch commits).
+    /// The default `max_held_frames` of each VM: how many frames epochgate keeps for it (held
+    /// in epochs, or released and waiting for egress or its rate).
     pub vm_queue: u32,
     /// How often counters are published.
     pub stats_interval_ms: u64,
@@ -341,6 +346,108 @@ pub struct VmConfig {
     pub announce: Vec<std::net::IpAddr>,
     /// Whether its held frames may be deferred: the rules and built-in classes, all, or never.
     pub defer: crate::classify::VmDefer,
+    /// How much epochgate keeps for it, and what happens when that is full.
+    pub limits: BufferLimits,
+    /// Its regulator (token buckets); all zero: unlimited.
+    pub rate: RateLimit,
+}
+
+/// What a VM's buffer does when full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFull {
+    /// Stop reading the VM's port until there is room again (only for a VM with its own port).
+    #[default]
+    Backpressure,
+    /// Drop (and count) what does not fit.
+    Drop,
+}
+
+impl OnFull {
+    /// The spelling used in the config file: "backpressure" or "drop".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFull::Backpressure => "backpressure",
+            OnFull::Drop => "drop",
+        }
+    }
+}
+
+impl fmt::Display for OnFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A VM's buffer limits: everything epochgate keeps for it (held in epochs, or released and
+/// waiting for egress or its rate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferLimits {
+    /// `max_held_frames`.
+    pub max_frames: u64,
+    /// `max_held_bytes`; 0: no byte limit.
+    pub max_bytes: u64,
+    /// 0: off; a checkpoint is requested once this many frames are buffered.
+    pub high_water_frames: u64,
+    /// 0: off; a checkpoint is requested once this many bytes are buffered.
+    pub high_water_bytes: u64,
+    /// What happens to a frame that does not fit.
+    pub on_full: OnFull,
+}
+
+impl BufferLimits {
+    /// The limits of a VM that sets none of the keys: `vm_queue` frames, no byte limit, high
+    /// water at 0.75, and `on_full` by attachment (backpressure on its own port, drop on the
+    /// shared ingress).
+    pub fn default_for(vm_queue: u32, own_port: bool) -> BufferLimits {
+        let max_frames = u64::from(vm_queue);
+        BufferLimits {
+            max_frames,
+            max_bytes: 0,
+            high_water_frames: high_water_mark(HIGH_WATER_DEFAULT, max_frames),
+            high_water_bytes: 0,
+            on_full: if own_port {
+                OnFull::Backpressure
+            } else {
+                OnFull::Drop
+            },
+        }
+    }
+}
+
+/// A VM's regulator (token buckets). 0 = no limit for that dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimit {
+    /// Ethernet frame bytes (no preamble, no FCS) per second.
+    pub bytes_per_s: u64,
+    /// Depth of the byte bucket.
+    pub burst_bytes: u64,
+    /// Frames per second.
+    pub pps: u64,
+    /// Depth of the frame bucket.
+    pub burst_frames: u64,
+}
+
+impl RateLimit {
+    /// No limit in either dimension.
+    pub fn is_unlimited(&self) -> bool {
+        self.bytes_per_s == 0 && self.pps == 0
+    }
+}
+
+/// `ceil(fraction * n)`, where a product within rounding error of a whole number counts as that
+/// number (0.7 * 100 is 70, not 71); 0 when `fraction` or `n` is 0.
+fn high_water_mark(fraction: f64, n: u64) -> u64 {
+    if fraction <= 0.0 || n == 0 {
+        return 0;
+    }
+    let x = fraction * n as f64;
+    let nearest = x.round();
+    let mark = if (x - nearest).abs() <= 1e-9 * nearest.max(1.0) {
+        nearest
+    } else {
+        x.ceil()
+    };
+    (mark as u64).clamp(1, n)
 }
 
 /// A DPDK port as the operator wrote it.
@@ -477,7 +584,8 @@ fn parse_vdev(s: &str) -> Result<String, String> {
 impl Config {
     /// Parses and validates a whole config.
     pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(s).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let raw: RawConfig = toml::from_str(s)
+            .map_err(|e| misplaced_key(s).unwrap_or_else(|| ConfigError::Parse(e.to_string())))?;
         raw.validate()
     }
 
@@ -513,7 +621,18 @@ impl Config {
                 .collect::<Vec<_>>()
                 .join(" ")
         ));
-        line(format!("egress:    {}", describe_port(&self.egress)));
+        line(format!(
+            "egress:    {}, pass-through min share {}",
+            describe_port(&self.egress),
+            if self.passthrough_min_share_ppm == 0 {
+                "0% (released frames have strict priority)".to_string()
+            } else {
+                format!(
+                    "{}% (while released frames wait)",
+                    f64::from(self.passthrough_min_share_ppm) / 1e4
+                )
+            }
+        ));
         match &self.ingress {
             Some(p) => line(format!("ingress:   {}", describe_port(p))),
             None => line("ingress:   none (every VM has its own port)".to_string()),
@@ -543,6 +662,8 @@ impl Config {
                 s.push_str(&format!(", announces {} on promotion", a.join(" ")));
             }
             line(s);
+            line(format!("  buffer:  {}", describe_limits(&vm.limits)));
+            line(format!("  rate:    {}", describe_rate(&vm.rate)));
         }
         let c = &self.control;
         line(format!(
@@ -577,15 +698,10 @@ impl Config {
         let c = &self.classifier;
         let ms = |ns: u64| ns as f64 / 1e6;
         line(format!(
-            "classifier: defer {} ms (at most {} ms), min checkpoint interval {} ms, high water {}, window updates {}, {} rule(s)",
+            "classifier: defer {} ms (at most {} ms), min checkpoint interval {} ms, window updates {}, {} rule(s)",
             ms(c.policy.defer_delay_ns),
             ms(c.policy.max_defer_ns),
             ms(c.policy.min_interval_ns),
-            if c.policy.high_water_frames == 0 {
-                "off".to_string()
-            } else {
-                format!("{} frames", c.policy.high_water_frames)
-            },
             if c.window_updates {
                 format!(
                     "on (below {} bytes in {} flows)",
@@ -598,6 +714,44 @@ impl Config {
         ));
         out
     }
+}
+
+/// "at most 1024 frames (no byte limit), high water 768 frames, when full: backpressure".
+fn describe_limits(l: &BufferLimits) -> String {
+    let max = if l.max_bytes == 0 {
+        format!("at most {} frames (no byte limit)", l.max_frames)
+    } else {
+        format!("at most {} frames and {} bytes", l.max_frames, l.max_bytes)
+    };
+    let high_water = match (l.high_water_frames, l.high_water_bytes) {
+        (0, 0) => "off".to_string(),
+        (f, 0) => format!("{f} frames"),
+        (0, b) => format!("{b} bytes"),
+        (f, b) => format!("{f} frames or {b} bytes"),
+    };
+    format!("{max}, high water {high_water}, when full: {}", l.on_full)
+}
+
+/// "100 Mbit/s (burst 12500 bytes), 20000 pps (burst 20 frames)", or "unlimited".
+fn describe_rate(r: &RateLimit) -> String {
+    if r.is_unlimited() {
+        return "unlimited".to_string();
+    }
+    let bytes = if r.bytes_per_s == 0 {
+        "no byte rate limit".to_string()
+    } else {
+        format!(
+            "{} Mbit/s (burst {} bytes)",
+            r.bytes_per_s as f64 * 8.0 / 1e6,
+            r.burst_bytes
+        )
+    };
+    let frames = if r.pps == 0 {
+        "no frame rate limit".to_string()
+    } else {
+        format!("{} pps (burst {} frames)", r.pps, r.burst_frames)
+    };
+    format!("{bytes}, {frames}")
 }
 
 fn describe_port(p: &PortSpec) -> String {
@@ -662,7 +816,7 @@ struct RawConfig {
     #[serde(default)]
     eal: EalConfig,
     // Option rather than required, so a missing [egress] gets our message, not serde's.
-    egress: Option<RawPort>,
+    egress: Option<RawEgress>,
     ingress: Option<RawPort>,
     #[serde(default)]
     control: ControlConfig,
@@ -681,6 +835,56 @@ struct RawPort {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table with a `port` key")]
+struct RawEgress {
+    port: Option<String>,
+    passthrough_min_share: Option<f64>,
+}
+
+/// The buffer and rate keys of a [`RawVm`], taken out of it for validation.
+struct RawLimits {
+    max_held_frames: Option<i64>,
+    max_held_bytes: Option<i64>,
+    high_water: Option<f64>,
+    on_full: Option<String>,
+    rate_mbps: Option<f64>,
+    rate_pps: Option<i64>,
+    burst: Option<i64>,
+    burst_frames: Option<i64>,
+}
+
+/// Keys that are no longer (or never were) valid where they are written, with what to do
+/// instead: `(table, key, the error's key, why)`. Checked only when the file does not
+/// deserialize, so the operator gets this rather than serde's generic unknown-field text.
+const MISPLACED_KEYS: &[(&str, &str, &str, &str)] = &[
+    (
+        "classifier",
+        "high_water_frames",
+        "classifier.high_water_frames",
+        "replaced by [[vm]] high_water (a fraction of max_held_frames / max_held_bytes)",
+    ),
+    (
+        "ingress",
+        "passthrough_min_share",
+        "ingress.passthrough_min_share",
+        "is an [egress] key: it shares the egress port between pass-through and released frames; move it to [egress]",
+    ),
+];
+
+/// The error for the first [`MISPLACED_KEYS`] entry present in `text`, if it is TOML at all.
+fn misplaced_key(text: &str) -> Option<ConfigError> {
+    let doc: toml::Table = toml::from_str(text).ok()?;
+    MISPLACED_KEYS
+        .iter()
+        .find(|(table, key, _, _)| {
+            doc.get(*table)
+                .and_then(|t| t.as_table())
+                .is_some_and(|t| t.contains_key(*key))
+        })
+        .map(|(_, _, key, why)| invalid(*key, *why))
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a [[vm]] table")]
 struct RawVm {
     name: Option<String>,
@@ -692,6 +896,15 @@ struct RawVm {
     #[serde(default)]
     announce: Vec<String>,
     defer: Option<String>,
+    // Integers as i64 for the same reason as vlan.
+    max_held_frames: Option<i64>,
+    max_held_bytes: Option<i64>,
+    high_water: Option<f64>,
+    on_full: Option<String>,
+    rate_mbps: Option<f64>,
+    rate_pps: Option<i64>,
+    burst: Option<i64>,
+    burst_frames: Option<i64>,
 }
 
 const EGRESS_WHY: &str = "epochgate needs an egress port (a vdev spec such as \"net_pcap0,tx_pcap=out.pcap\" or a PCI address)";
@@ -703,6 +916,17 @@ const MBUFS_MIN: u32 = 1023;
 // RTE_MEMPOOL_CACHE_MAX_SIZE: rte_pktmbuf_pool_create refuses larger caches.
 const MBUF_CACHE_MAX: u32 = 512;
 const VM_QUEUE_MIN: u32 = 32;
+const MAX_HELD_FRAMES_MAX: u32 = 1 << 20;
+const MAX_HELD_BYTES_MIN: i64 = 16384;
+const HIGH_WATER_DEFAULT: f64 = 0.75;
+const PASSTHROUGH_MIN_SHARE_DEFAULT: f64 = 0.1;
+const RATE_MBPS_MAX: f64 = 1_000_000.0;
+const RATE_PPS_MAX: i64 = 1_000_000_000;
+const BURST_MIN: i64 = 64;
+/// The least default byte-bucket depth: two full-size frames (1518 bytes: a 1500-byte payload
+/// with a VLAN tag, no FCS).
+const BURST_DEFAULT_MIN: u64 = 3036;
+const BURST_FRAMES_DEFAULT_MIN: u64 = 8;
 const VLAN_MAX: i64 = 4094;
 const FENCE_DRAIN_MAX_MS: u64 = 1000;
 const ANNOUNCE_MAX: usize = 16;
@@ -732,6 +956,12 @@ impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         let eal = validate_eal(self.eal)?;
 
+        let passthrough_min_share_ppm = passthrough_share_ppm(
+            self.egress
+                .as_ref()
+                .and_then(|e| e.passthrough_min_share)
+                .unwrap_or(PASSTHROUGH_MIN_SHARE_DEFAULT),
+        )?;
         let egress = match self.egress {
             None => {
                 return Err(invalid(
@@ -739,13 +969,14 @@ impl RawConfig {
                     format!("missing [egress] section: {EGRESS_WHY}"),
                 ))
             }
-            Some(RawPort { port: None }) => {
+            Some(RawEgress { port: None, .. }) => {
                 return Err(invalid("egress.port", format!("missing: {EGRESS_WHY}")))
             }
-            Some(RawPort { port: Some(p) }) => {
+            Some(RawEgress { port: Some(p), .. }) => {
                 PortSpec::parse(&p).map_err(|why| invalid("egress.port", why))?
             }
         };
+
         let ingress = match self.ingress {
             None => None,
             Some(RawPort { port: None }) => {
@@ -774,7 +1005,7 @@ impl RawConfig {
         // (mac, vlan) -> label of the VM that has it: the pair is what the data plane matches on.
         let mut addrs: HashMap<(MacAddr, Option<u16>), String> = HashMap::new();
         for (i, raw) in self.vm.into_iter().enumerate() {
-            let vm = validate_vm(i, raw, ingress.is_some())?;
+            let vm = validate_vm(i, raw, ingress.is_some(), &dataplane)?;
             if let Some(&j) = names.get(&vm.name) {
                 return Err(invalid(
                     format!("vm[{i}].name"),
@@ -804,6 +1035,7 @@ impl RawConfig {
             dataplane,
             classifier,
             vms,
+            passthrough_min_share_ppm,
         };
         check_devices_unique(&config)?;
         for (i, rule) in config.classifier.rules.iter().enumerate() {
@@ -818,6 +1050,20 @@ impl RawConfig {
         }
         Ok(config)
     }
+}
+
+/// `[egress] passthrough_min_share` in parts per million.
+fn passthrough_share_ppm(share: f64) -> Result<u32, ConfigError> {
+    let ppm = (share * 1e6).round();
+    if !((0.0..1.0).contains(&share) && ppm < 1e6) {
+        return Err(invalid(
+            "egress.passthrough_min_share",
+            format!(
+                "{share} is out of range 0 <= x < 1: the fraction of egress bytes pass-through traffic keeps while protected VMs' released frames are also waiting (0: released frames have strict priority)"
+            ),
+        ));
+    }
+    Ok(ppm as u32)
 }
 
 fn vm_label(i: usize, name: &str) -> String {
@@ -969,6 +1215,15 @@ fn validate_dataplane(d: DataplaneConfig) -> Result<DataplaneConfig, ConfigError
             ),
         ));
     }
+    if d.vm_queue > MAX_HELD_FRAMES_MAX {
+        return Err(invalid(
+            "dataplane.vm_queue",
+            format!(
+                "{} is too large (at most {MAX_HELD_FRAMES_MAX} frames): it is the default max_held_frames of each VM",
+                d.vm_queue
+            ),
+        ));
+    }
     Ok(d)
 }
 
@@ -996,7 +1251,22 @@ fn check_vm_name(name: &str) -> Result<(), String> {
 }
 
 /// Validates one VM on its own; names and addresses across VMs are the caller's business.
-fn validate_vm(i: usize, raw: RawVm, have_ingress: bool) -> Result<VmConfig, ConfigError> {
+fn validate_vm(
+    i: usize,
+    raw: RawVm,
+    have_ingress: bool,
+    dataplane: &DataplaneConfig,
+) -> Result<VmConfig, ConfigError> {
+    let lim = RawLimits {
+        max_held_frames: raw.max_held_frames,
+        max_held_bytes: raw.max_held_bytes,
+        high_water: raw.high_water,
+        on_full: raw.on_full,
+        rate_mbps: raw.rate_mbps,
+        rate_pps: raw.rate_pps,
+        burst: raw.burst,
+        burst_frames: raw.burst_frames,
+    };
     let name = raw.name.ok_or_else(|| {
         invalid(
             format!("vm[{i}].name"),
@@ -1111,6 +1381,9 @@ fn validate_vm(i: usize, raw: RawVm, have_ingress: bool) -> Result<VmConfig, Con
         }
     };
 
+    let limits = validate_limits(&label, &lim, port.is_some(), dataplane)?;
+    let rate = validate_rate(&label, &lim)?;
+
     Ok(VmConfig {
         name,
         port,
@@ -1119,7 +1392,166 @@ fn validate_vm(i: usize, raw: RawVm, have_ingress: bool) -> Result<VmConfig, Con
         mode,
         announce,
         defer,
+        limits,
+        rate,
     })
+}
+
+/// `max_held_frames`, `max_held_bytes`, `high_water` and `on_full` of the VM labelled `label`.
+fn validate_limits(
+    label: &str,
+    raw: &RawLimits,
+    own_port: bool,
+    dataplane: &DataplaneConfig,
+) -> Result<BufferLimits, ConfigError> {
+    let (max_frames, frames_key) = match raw.max_held_frames {
+        None => (
+            i64::from(dataplane.vm_queue),
+            "dataplane.vm_queue".to_string(),
+        ),
+        Some(n) => {
+            let key = format!("{label}.max_held_frames");
+            if !(i64::from(VM_QUEUE_MIN)..=i64::from(MAX_HELD_FRAMES_MAX)).contains(&n) {
+                return Err(invalid(
+                    key,
+                    format!("{n} is out of range {VM_QUEUE_MIN}..={MAX_HELD_FRAMES_MAX} frames"),
+                ));
+            }
+            (n, key)
+        }
+    };
+    if max_frames > i64::from(dataplane.mbufs) {
+        let what = if raw.max_held_frames.is_none() {
+            format!(", the default max_held_frames of {label},")
+        } else {
+            String::new()
+        };
+        return Err(invalid(
+            frames_key,
+            format!(
+                "{max_frames}{what} can never be reached: the mbuf pool (dataplane.mbufs) has only {}",
+                dataplane.mbufs
+            ),
+        ));
+    }
+    let max_frames = max_frames as u64;
+
+    let max_bytes = match raw.max_held_bytes {
+        None | Some(0) => 0,
+        Some(n) if n < MAX_HELD_BYTES_MIN => {
+            return Err(invalid(
+                format!("{label}.max_held_bytes"),
+                format!(
+                    "{n} is too small: a byte limit is at least {MAX_HELD_BYTES_MIN} bytes (0 or absent: no byte limit)"
+                ),
+            ))
+        }
+        Some(n) => n as u64,
+    };
+
+    let high_water = raw.high_water.unwrap_or(HIGH_WATER_DEFAULT);
+    if !(high_water == 0.0 || (high_water > 0.0 && high_water <= 1.0)) {
+        return Err(invalid(
+            format!("{label}.high_water"),
+            format!(
+                "{high_water} is out of range: 0 (off) or a fraction in (0, 1] of max_held_frames / max_held_bytes at which a checkpoint is requested"
+            ),
+        ));
+    }
+
+    let on_full = match raw.on_full.as_deref() {
+        None if own_port => OnFull::Backpressure,
+        None => OnFull::Drop,
+        Some("drop") => OnFull::Drop,
+        Some("backpressure") if own_port => OnFull::Backpressure,
+        Some("backpressure") => {
+            return Err(invalid(
+                format!("{label}.on_full"),
+                "backpressure stops reading the VM's port, and on the shared ingress that would stall every VM on it; use \"drop\"",
+            ))
+        }
+        Some(other) => {
+            return Err(invalid(
+                format!("{label}.on_full"),
+                format!("{other:?} is not one of \"backpressure\", \"drop\""),
+            ))
+        }
+    };
+
+    Ok(BufferLimits {
+        max_frames,
+        max_bytes,
+        high_water_frames: high_water_mark(high_water, max_frames),
+        high_water_bytes: high_water_mark(high_water, max_bytes),
+        on_full,
+    })
+}
+
+/// `rate_mbps`, `rate_pps`, `burst` and `burst_frames` of the VM labelled `label`.
+fn validate_rate(label: &str, raw: &RawLimits) -> Result<RateLimit, ConfigError> {
+    let mut rate = RateLimit::default();
+    if let Some(mbps) = raw.rate_mbps {
+        let bytes_per_s = (mbps * 1e6 / 8.0).round();
+        if !(mbps > 0.0 && mbps <= RATE_MBPS_MAX) {
+            return Err(invalid(
+                format!("{label}.rate_mbps"),
+                format!(
+                    "{mbps} is out of range: above 0 and at most {RATE_MBPS_MAX} (megabits per second of Ethernet frame bytes, without preamble and FCS)"
+                ),
+            ));
+        }
+        if bytes_per_s < 1.0 {
+            return Err(invalid(
+                format!("{label}.rate_mbps"),
+                format!("{mbps} is below 1 byte per second (the least rate_mbps is 0.000004)"),
+            ));
+        }
+        rate.bytes_per_s = bytes_per_s as u64;
+        rate.burst_bytes = (rate.bytes_per_s / 1000).max(BURST_DEFAULT_MIN);
+    }
+    if let Some(pps) = raw.rate_pps {
+        if !(1..=RATE_PPS_MAX).contains(&pps) {
+            return Err(invalid(
+                format!("{label}.rate_pps"),
+                format!("{pps} is out of range 1..={RATE_PPS_MAX} frames per second"),
+            ));
+        }
+        rate.pps = pps as u64;
+        rate.burst_frames = (rate.pps / 1000).max(BURST_FRAMES_DEFAULT_MIN);
+    }
+    if let Some(burst) = raw.burst {
+        if raw.rate_mbps.is_none() {
+            return Err(invalid(
+                format!("{label}.burst"),
+                "needs rate_mbps: burst is the depth of the byte bucket that rate_mbps fills (the depth of rate_pps's bucket is burst_frames)",
+            ));
+        }
+        if burst < BURST_MIN {
+            return Err(invalid(
+                format!("{label}.burst"),
+                format!(
+                    "{burst} is too small: at least {BURST_MIN} bytes (one minimum Ethernet frame)"
+                ),
+            ));
+        }
+        rate.burst_bytes = burst as u64;
+    }
+    if let Some(frames) = raw.burst_frames {
+        if raw.rate_pps.is_none() {
+            return Err(invalid(
+                format!("{label}.burst_frames"),
+                "needs rate_pps: burst_frames is the depth of the frame bucket that rate_pps fills (the depth of rate_mbps's bucket is burst)",
+            ));
+        }
+        if frames < 1 {
+            return Err(invalid(
+                format!("{label}.burst_frames"),
+                format!("{frames} is too small: at least 1 frame"),
+            ));
+        }
+        rate.burst_frames = frames as u64;
+    }
+    Ok(rate)
 }
 
 /// Two keys naming the same device would make EAL probe it once and epochgate use it twice.
@@ -1171,6 +1603,7 @@ args = ["--log-level=lib.eal:debug", "--huge-dir=/mnt/huge"]
 
 [egress]
 port = "0000:03:00.0"
+passthrough_min_share = 0.25
 
 [ingress]
 port = "net_pcap1,rx_pcap=in.pcap"
@@ -1196,6 +1629,12 @@ stats_interval_ms = 250
 name = "web"
 port = "net_vhost0,iface=/tmp/web.sock,queues=1"
 mode = "protected"
+max_held_frames = 2048
+max_held_bytes = 4000000
+high_water = 0.5
+rate_mbps = 100
+burst = 50000
+rate_pps = 20000
 
 [[vm]]
 name = "db"
@@ -1204,11 +1643,15 @@ vlan = 10
 mode = "standby"
 announce = ["10.0.0.2", "fd00::2"]
 defer = "all"
+high_water = 0
+rate_pps = 1000
+burst_frames = 4
 
 [[vm]]
 name = "cache.1"
 port = "04:00.1"
 mac = "52:54:00:00:00:03"
+on_full = "drop"
 "#;
 
     fn err(toml: &str) -> String {
@@ -1295,6 +1738,19 @@ mac = "52:54:00:00:00:03"
                     mode: Mode::Protected,
                     announce: vec![],
                     defer: crate::classify::VmDefer::Builtin,
+                    limits: BufferLimits {
+                        max_frames: 2048,
+                        max_bytes: 4_000_000,
+                        high_water_frames: 1024,
+                        high_water_bytes: 2_000_000,
+                        on_full: OnFull::Backpressure,
+                    },
+                    rate: RateLimit {
+                        bytes_per_s: 12_500_000,
+                        burst_bytes: 50_000,
+                        pps: 20_000,
+                        burst_frames: 20,
+                    },
                 },
                 VmConfig {
                     name: "db".into(),
@@ -1304,6 +1760,19 @@ mac = "52:54:00:00:00:03"
                     mode: Mode::Standby,
                     announce: vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
                     defer: crate::classify::VmDefer::All,
+                    limits: BufferLimits {
+                        max_frames: 4096,
+                        max_bytes: 0,
+                        high_water_frames: 0,
+                        high_water_bytes: 0,
+                        on_full: OnFull::Drop,
+                    },
+                    rate: RateLimit {
+                        bytes_per_s: 0,
+                        burst_bytes: 0,
+                        pps: 1000,
+                        burst_frames: 4,
+                    },
                 },
                 VmConfig {
                     name: "cache.1".into(),
@@ -1315,9 +1784,18 @@ mac = "52:54:00:00:00:03"
                     mode: Mode::Passthrough,
                     announce: vec![],
                     defer: crate::classify::VmDefer::Builtin,
+                    limits: BufferLimits {
+                        max_frames: 4096,
+                        max_bytes: 0,
+                        high_water_frames: 3072,
+                        high_water_bytes: 0,
+                        on_full: OnFull::Drop,
+                    },
+                    rate: RateLimit::default(),
                 },
             ]
         );
+        assert_eq!(c.passthrough_min_share_ppm, 250_000);
         let names: Vec<&str> = c.ports().iter().map(|p| p.device_name()).collect();
         assert_eq!(
             names,
@@ -1343,6 +1821,346 @@ mac = "52:54:00:00:00:03"
         assert_eq!(c.ingress, None);
         assert_eq!(c.vms[0].mode, Mode::Passthrough);
         assert_eq!(c.vms[0].mac, None);
+        assert_eq!(c.passthrough_min_share_ppm, 100_000);
+        assert_eq!(
+            c.vms[0].limits,
+            BufferLimits {
+                max_frames: 1024,
+                max_bytes: 0,
+                high_water_frames: 768,
+                high_water_bytes: 0,
+                on_full: OnFull::Backpressure,
+            }
+        );
+        assert_eq!(c.vms[0].limits, BufferLimits::default_for(1024, true));
+        assert_eq!(c.vms[0].rate, RateLimit::default());
+        assert!(c.vms[0].rate.is_unlimited());
+        assert_eq!(c.classifier.policy.high_water_frames, 0);
+        assert_eq!(c.classifier.policy.high_water_bytes, 0);
+    }
+
+    /// One VM with `keys` on its own port (`own`) or on the shared ingress.
+    fn one_vm(own: bool, keys: &str) -> Config {
+        let attach = if own {
+            "port = \"net_tap0\""
+        } else {
+            "mac = \"52:54:00:00:00:01\""
+        };
+        let text = format!("{EGRESS}{INGRESS}[[vm]]\nname = \"a\"\n{attach}\n{keys}");
+        Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n---\n{text}"))
+    }
+
+    #[test]
+    fn on_full_defaults_by_attachment() {
+        assert_eq!(one_vm(true, "").vms[0].limits.on_full, OnFull::Backpressure);
+        assert_eq!(one_vm(false, "").vms[0].limits.on_full, OnFull::Drop);
+        assert_eq!(
+            one_vm(false, "").vms[0].limits,
+            BufferLimits::default_for(1024, false)
+        );
+        assert_eq!(
+            one_vm(true, "on_full = \"drop\"").vms[0].limits.on_full,
+            OnFull::Drop
+        );
+        assert_eq!(
+            one_vm(false, "on_full = \"drop\"").vms[0].limits.on_full,
+            OnFull::Drop
+        );
+        assert_eq!(
+            one_vm(true, "on_full = \"backpressure\"").vms[0]
+                .limits
+                .on_full,
+            OnFull::Backpressure
+        );
+        assert_eq!(OnFull::default(), OnFull::Backpressure);
+        assert_eq!(OnFull::Backpressure.as_str(), "backpressure");
+        assert_eq!(OnFull::Drop.as_str(), "drop");
+    }
+
+    #[test]
+    fn high_water_is_computed_from_the_limits() {
+        let l = |keys: &str| one_vm(true, keys).vms[0].limits;
+        // (keys, frames, bytes)
+        let cases: &[(&str, u64, u64)] = &[
+            ("", 768, 0),
+            // TOML tables may come in any order: this [dataplane] ends the [[vm]].
+            ("[dataplane]\nvm_queue = 100", 75, 0),
+            ("max_held_frames = 100\nhigh_water = 0.7", 70, 0), // 0.7 * 100 is 70.00000000000001
+            ("max_held_frames = 100\nhigh_water = 0.3333", 34, 0),
+            ("max_held_frames = 33\nhigh_water = 0.01", 1, 0),
+            ("max_held_frames = 100\nhigh_water = 1", 100, 0),
+            ("max_held_frames = 100\nhigh_water = 0", 0, 0),
+            ("max_held_frames = 100\nmax_held_bytes = 100001", 75, 75001),
+            (
+                "max_held_frames = 100\nmax_held_bytes = 100001\nhigh_water = 0.5",
+                50,
+                50001,
+            ),
+            ("max_held_bytes = 16384\nhigh_water = 0", 0, 0),
+            ("max_held_bytes = 0", 768, 0),
+        ];
+        for &(keys, frames, bytes) in cases {
+            let got = l(keys);
+            assert_eq!(
+                (got.high_water_frames, got.high_water_bytes),
+                (frames, bytes),
+                "{keys:?}"
+            );
+        }
+        assert_eq!(l("max_held_bytes = 20000").max_bytes, 20_000);
+        assert_eq!(l("max_held_frames = 32").max_frames, 32);
+        assert_eq!(l("max_held_frames = 16383").max_frames, 16383);
+    }
+
+    #[test]
+    fn rate_and_burst_defaults() {
+        let r = |keys: &str| one_vm(false, keys).vms[0].rate;
+        let cases: &[(&str, RateLimit)] = &[
+            ("", RateLimit::default()),
+            (
+                // 1 ms of 1 Mbit/s is 125 bytes: the floor of two full frames applies.
+                "rate_mbps = 1",
+                RateLimit {
+                    bytes_per_s: 125_000,
+                    burst_bytes: 3036,
+                    pps: 0,
+                    burst_frames: 0,
+                },
+            ),
+            (
+                "rate_mbps = 2.5",
+                RateLimit {
+                    bytes_per_s: 312_500,
+                    burst_bytes: 3036,
+                    pps: 0,
+                    burst_frames: 0,
+                },
+            ),
+            (
+                "rate_mbps = 10000",
+                RateLimit {
+                    bytes_per_s: 1_250_000_000,
+                    burst_bytes: 1_250_000,
+                    pps: 0,
+                    burst_frames: 0,
+                },
+            ),
+            (
+                "rate_mbps = 1000000\nburst = 64",
+                RateLimit {
+                    bytes_per_s: 125_000_000_000,
+                    burst_bytes: 64,
+                    pps: 0,
+                    burst_frames: 0,
+                },
+            ),
+            (
+                "rate_mbps = 0.000004",
+                RateLimit {
+                    bytes_per_s: 1,
+                    burst_bytes: 3036,
+                    pps: 0,
+                    burst_frames: 0,
+                },
+            ),
+            (
+                "rate_pps = 100",
+                RateLimit {
+                    bytes_per_s: 0,
+                    burst_bytes: 0,
+                    pps: 100,
+                    burst_frames: 8,
+                },
+            ),
+            (
+                "rate_pps = 1000000",
+                RateLimit {
+                    bytes_per_s: 0,
+                    burst_bytes: 0,
+                    pps: 1_000_000,
+                    burst_frames: 1000,
+                },
+            ),
+            (
+                "rate_pps = 1000000000\nburst_frames = 1",
+                RateLimit {
+                    bytes_per_s: 0,
+                    burst_bytes: 0,
+                    pps: 1_000_000_000,
+                    burst_frames: 1,
+                },
+            ),
+            (
+                "rate_mbps = 8\nrate_pps = 5000\nburst = 100000\nburst_frames = 50",
+                RateLimit {
+                    bytes_per_s: 1_000_000,
+                    burst_bytes: 100_000,
+                    pps: 5000,
+                    burst_frames: 50,
+                },
+            ),
+        ];
+        for (keys, want) in cases {
+            assert_eq!(&r(keys), want, "{keys:?}");
+        }
+    }
+
+    #[test]
+    fn passthrough_min_share_in_ppm() {
+        for (share, ppm) in [
+            ("0", 0),
+            ("0.0", 0),
+            ("0.1", 100_000),
+            ("0.25", 250_000),
+            ("0.0000004", 0),
+            ("0.9999994", 999_999),
+        ] {
+            let c = Config::from_toml_str(&format!(
+                "[egress]\nport = \"net_null0\"\npassthrough_min_share = {share}\n[[vm]]\nname = \"a\"\nport = \"net_tap0\"\n"
+            ))
+            .unwrap();
+            assert_eq!(c.passthrough_min_share_ppm, ppm, "{share}");
+        }
+    }
+
+    /// Every limit, rate and share error, word for word.
+    #[test]
+    fn limit_and_rate_errors_are_exact() {
+        const SHARE: &str = "is out of range 0 <= x < 1: the fraction of egress bytes pass-through traffic keeps while protected VMs' released frames are also waiting (0: released frames have strict priority)";
+        let own = |keys: &str| {
+            format!("{EGRESS}{INGRESS}[[vm]]\nname = \"a\"\nport = \"net_tap0\"\n{keys}\n")
+        };
+        let shared = |keys: &str| {
+            format!(
+                "{EGRESS}{INGRESS}[[vm]]\nname = \"a\"\nport = \"net_tap0\"\n[[vm]]\nname = \"b\"\nmac = \"52:54:00:00:00:01\"\n{keys}\n"
+            )
+        };
+        let vm = "[[vm]]\nname = \"a\"\nport = \"net_tap0\"\n";
+        let cases: Vec<(String, String)> = vec![
+            (
+                format!("[egress]\nport = \"net_null0\"\npassthrough_min_share = 1\n{vm}"),
+                format!("egress.passthrough_min_share: 1 {SHARE}"),
+            ),
+            (
+                format!("[egress]\nport = \"net_null0\"\npassthrough_min_share = -0.1\n{vm}"),
+                format!("egress.passthrough_min_share: -0.1 {SHARE}"),
+            ),
+            (
+                // Rounds to 1000000 ppm: as good as 1.
+                format!("[egress]\nport = \"net_null0\"\npassthrough_min_share = 0.9999996\n{vm}"),
+                format!("egress.passthrough_min_share: 0.9999996 {SHARE}"),
+            ),
+            (
+                format!("[egress]\nport = \"net_null0\"\npassthrough_min_share = nan\n{vm}"),
+                format!("egress.passthrough_min_share: NaN {SHARE}"),
+            ),
+            (
+                format!("{EGRESS}[ingress]\nport = \"net_pcap1\"\npassthrough_min_share = 0.2\n{vm}"),
+                "ingress.passthrough_min_share: is an [egress] key: it shares the egress port between pass-through and released frames; move it to [egress]".to_string(),
+            ),
+            (
+                format!("[classifier]\nhigh_water_frames = 100\n{EGRESS}{vm}"),
+                "classifier.high_water_frames: replaced by [[vm]] high_water (a fraction of max_held_frames / max_held_bytes)".to_string(),
+            ),
+            (
+                // Even at 0, and even next to another mistake.
+                format!("[classifier]\nhigh_water_frames = 0\nwindow_update = true\n{EGRESS}{vm}"),
+                "classifier.high_water_frames: replaced by [[vm]] high_water (a fraction of max_held_frames / max_held_bytes)".to_string(),
+            ),
+            (
+                own("max_held_frames = 31"),
+                "vm[0] (\"a\").max_held_frames: 31 is out of range 32..=1048576 frames".to_string(),
+            ),
+            (
+                own("max_held_frames = 1048577"),
+                "vm[0] (\"a\").max_held_frames: 1048577 is out of range 32..=1048576 frames".to_string(),
+            ),
+            (
+                own("max_held_frames = 16384"),
+                "vm[0] (\"a\").max_held_frames: 16384 can never be reached: the mbuf pool (dataplane.mbufs) has only 16383".to_string(),
+            ),
+            (
+                format!("[dataplane]\nmbufs = 1023\n{EGRESS}{vm}"),
+                "dataplane.vm_queue: 1024, the default max_held_frames of vm[0] (\"a\"), can never be reached: the mbuf pool (dataplane.mbufs) has only 1023".to_string(),
+            ),
+            (
+                format!("[dataplane]\nvm_queue = 1048577\n{EGRESS}{vm}"),
+                "dataplane.vm_queue: 1048577 is too large (at most 1048576 frames): it is the default max_held_frames of each VM".to_string(),
+            ),
+            (
+                own("max_held_bytes = 16383"),
+                "vm[0] (\"a\").max_held_bytes: 16383 is too small: a byte limit is at least 16384 bytes (0 or absent: no byte limit)".to_string(),
+            ),
+            (
+                own("max_held_bytes = -1"),
+                "vm[0] (\"a\").max_held_bytes: -1 is too small: a byte limit is at least 16384 bytes (0 or absent: no byte limit)".to_string(),
+            ),
+            (
+                own("high_water = 1.5"),
+                "vm[0] (\"a\").high_water: 1.5 is out of range: 0 (off) or a fraction in (0, 1] of max_held_frames / max_held_bytes at which a checkpoint is requested".to_string(),
+            ),
+            (
+                own("high_water = -0.25"),
+                "vm[0] (\"a\").high_water: -0.25 is out of range: 0 (off) or a fraction in (0, 1] of max_held_frames / max_held_bytes at which a checkpoint is requested".to_string(),
+            ),
+            (
+                own("high_water = nan"),
+                "vm[0] (\"a\").high_water: NaN is out of range: 0 (off) or a fraction in (0, 1] of max_held_frames / max_held_bytes at which a checkpoint is requested".to_string(),
+            ),
+            (
+                own("on_full = \"block\""),
+                "vm[0] (\"a\").on_full: \"block\" is not one of \"backpressure\", \"drop\"".to_string(),
+            ),
+            (
+                shared("on_full = \"backpressure\""),
+                "vm[1] (\"b\").on_full: backpressure stops reading the VM's port, and on the shared ingress that would stall every VM on it; use \"drop\"".to_string(),
+            ),
+            (
+                own("rate_mbps = 0"),
+                "vm[0] (\"a\").rate_mbps: 0 is out of range: above 0 and at most 1000000 (megabits per second of Ethernet frame bytes, without preamble and FCS)".to_string(),
+            ),
+            (
+                own("rate_mbps = 1000000.5"),
+                "vm[0] (\"a\").rate_mbps: 1000000.5 is out of range: above 0 and at most 1000000 (megabits per second of Ethernet frame bytes, without preamble and FCS)".to_string(),
+            ),
+            (
+                own("rate_mbps = inf"),
+                "vm[0] (\"a\").rate_mbps: inf is out of range: above 0 and at most 1000000 (megabits per second of Ethernet frame bytes, without preamble and FCS)".to_string(),
+            ),
+            (
+                own("rate_mbps = 0.000001"),
+                "vm[0] (\"a\").rate_mbps: 0.000001 is below 1 byte per second (the least rate_mbps is 0.000004)".to_string(),
+            ),
+            (
+                own("rate_pps = 0"),
+                "vm[0] (\"a\").rate_pps: 0 is out of range 1..=1000000000 frames per second".to_string(),
+            ),
+            (
+                own("rate_pps = 1000000001"),
+                "vm[0] (\"a\").rate_pps: 1000000001 is out of range 1..=1000000000 frames per second".to_string(),
+            ),
+            (
+                own("rate_pps = 1000\nburst = 3000"),
+                "vm[0] (\"a\").burst: needs rate_mbps: burst is the depth of the byte bucket that rate_mbps fills (the depth of rate_pps's bucket is burst_frames)".to_string(),
+            ),
+            (
+                own("rate_mbps = 10\nburst = 63"),
+                "vm[0] (\"a\").burst: 63 is too small: at least 64 bytes (one minimum Ethernet frame)".to_string(),
+            ),
+            (
+                own("rate_mbps = 10\nburst_frames = 10"),
+                "vm[0] (\"a\").burst_frames: needs rate_pps: burst_frames is the depth of the frame bucket that rate_pps fills (the depth of rate_mbps's bucket is burst)".to_string(),
+            ),
+            (
+                own("rate_pps = 10\nburst_frames = 0"),
+                "vm[0] (\"a\").burst_frames: 0 is too small: at least 1 frame".to_string(),
+            ),
+        ];
+        for (text, want) in &cases {
+            let e = Config::from_toml_str(text).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid { .. }), "{e}");
+            assert_eq!(&e.to_string(), want, "\n---\n{text}");
+        }
     }
 
     #[test]
@@ -1537,6 +2355,15 @@ mac = "52:54:00:00:00:03"
                 "rx_rings",
             ),
             (format!("[contrl]\n{EGRESS}{vm}"), "contrl"),
+            // A typo near the removed key still gets serde's text.
+            (
+                format!("[classifier]\nhigh_water = 0.5\n{EGRESS}{vm}"),
+                "high_water",
+            ),
+            (
+                format!("{EGRESS}[[vm]]\nname = \"web\"\nport = \"net_tap0\"\nrate_bps = 3\n"),
+                "rate_bps",
+            ),
         ] {
             let e = Config::from_toml_str(&text).unwrap_err();
             assert!(matches!(e, ConfigError::Parse(_)), "{e}");
@@ -1724,19 +2551,46 @@ mac = "52:54:00:00:00:03"
             &t,
             &[
                 "EAL:       epochgate -l 0,2-3 --no-huge -m 1024",
-                "egress:    0000:03:00.0 (PCI)",
+                "egress:    0000:03:00.0 (PCI), pass-through min share 25% (while released frames wait)\n",
                 "ingress:   net_pcap1,rx_pcap=in.pcap (vdev net_pcap1)",
-                "vm \"web\": protected, port net_vhost0,iface=/tmp/web.sock,queues=1 (vdev net_vhost0), mac learned from its first frame",
-                "vm \"db\": standby, shared ingress, mac 52:54:00:00:00:02, vlan 10, announces 10.0.0.2 fd00::2 on promotion",
-                "vm \"cache.1\": passthrough, port 0000:04:00.1 (PCI), mac 52:54:00:00:00:03",
+                "vm \"web\": protected, port net_vhost0,iface=/tmp/web.sock,queues=1 (vdev net_vhost0), mac learned from its first frame\n  \
+                 buffer:  at most 2048 frames and 4000000 bytes, high water 1024 frames or 2000000 bytes, when full: backpressure\n  \
+                 rate:    100 Mbit/s (burst 50000 bytes), 20000 pps (burst 20 frames)\n",
+                "vm \"db\": standby, shared ingress, mac 52:54:00:00:00:02, vlan 10, announces 10.0.0.2 fd00::2 on promotion\n  \
+                 buffer:  at most 4096 frames (no byte limit), high water off, when full: drop\n  \
+                 rate:    no byte rate limit, 1000 pps (burst 4 frames)\n",
+                "vm \"cache.1\": passthrough, port 0000:04:00.1 (PCI), mac 52:54:00:00:00:03\n  \
+                 buffer:  at most 4096 frames (no byte limit), high water 3072 frames, when full: drop\n  \
+                 rate:    unlimited\n",
                 "control:   socket /tmp/eg/control.sock (mode 0600), admin socket /tmp/eg/admin.sock, fence drain <= 25 ms, liveness 3000 ms",
                 "sessions:  uids root, owner, 1000, 1001; gids 27",
                 "dataplane: 8191 mbufs (cache 128), rx ring 512, tx ring 2048, vm queue 4096 frames, stats every 250 ms",
-                "classifier: defer 5 ms (at most 10 ms), min checkpoint interval 0 ms, high water off, window updates on (below 1460 bytes in 4096 flows), 0 rule(s)",
+                "classifier: defer 5 ms (at most 10 ms), min checkpoint interval 0 ms, window updates on (below 1460 bytes in 4096 flows), 0 rule(s)",
             ],
         );
+        assert!(!t.contains("high water off, window"), "{t}");
         let t = Config::from_toml_str(MINIMAL).unwrap().topology();
-        assert_contains(&t, &["ingress:   none"]);
+        assert_contains(
+            &t,
+            &[
+                "ingress:   none",
+                "egress:    net_pcap0,tx_pcap=out.pcap (vdev net_pcap0), pass-through min share 10% (while released frames wait)\n",
+                "  buffer:  at most 1024 frames (no byte limit), high water 768 frames, when full: backpressure\n  rate:    unlimited\n",
+            ],
+        );
+        let t = Config::from_toml_str(
+            "[egress]\nport = \"net_null0\"\npassthrough_min_share = 0\n[[vm]]\nname = \"a\"\nport = \"net_tap0\"\nmax_held_bytes = 65536\nhigh_water = 0.5\nrate_mbps = 2.5\n"
+        )
+        .unwrap()
+        .topology();
+        assert_contains(
+            &t,
+            &[
+                "egress:    net_null0 (vdev), pass-through min share 0% (released frames have strict priority)\n",
+                "  buffer:  at most 1024 frames and 65536 bytes, high water 512 frames or 32768 bytes, when full: backpressure\n",
+                "  rate:    2.5 Mbit/s (burst 3036 bytes), no frame rate limit\n",
+            ],
+        );
     }
 
     #[test]
@@ -1771,6 +2625,51 @@ mac = "52:54:00:00:00:03"
         vlan: Option<u16>,
         mode: Mode,
         attach: u8, // 0 own vdev, 1 own PCI (short BDF), 2 own PCI (full), else shared ingress
+        limits: GenLimits,
+    }
+
+    /// Optional per-VM keys: max_held_frames, high_water (index into HIGH_WATERS), rate_mbps
+    /// (index into MBPS), rate_pps.
+    #[derive(Debug, Clone)]
+    struct GenLimits {
+        max_frames: Option<u32>,
+        high_water: Option<usize>,
+        mbps: Option<usize>,
+        pps: Option<u32>,
+    }
+
+    /// (as written, numerator, denominator): the mark is ceil(n * num / den).
+    const HIGH_WATERS: &[(&str, u64, u64)] = &[
+        ("0", 0, 1),
+        ("0.3", 3, 10),
+        ("0.5", 1, 2),
+        ("0.75", 3, 4),
+        ("0.7", 7, 10),
+        ("1", 1, 1),
+        ("1.0", 1, 1),
+    ];
+    /// (as written, bytes per second).
+    const MBPS: &[(&str, u64)] = &[
+        ("1", 125_000),
+        ("2.5", 312_500),
+        ("100", 12_500_000),
+        ("40000", 5_000_000_000),
+        ("0.1", 12_500),
+    ];
+
+    fn gen_limits() -> impl Strategy<Value = GenLimits> {
+        (
+            prop::option::of(32u32..=16383),
+            prop::option::of(0..HIGH_WATERS.len()),
+            prop::option::of(0..MBPS.len()),
+            prop::option::of(1u32..=2_000_000),
+        )
+            .prop_map(|(max_frames, high_water, mbps, pps)| GenLimits {
+                max_frames,
+                high_water,
+                mbps,
+                pps,
+            })
     }
 
     fn gen_vm() -> impl Strategy<Value = GenVm> {
@@ -1786,9 +2685,10 @@ mac = "52:54:00:00:00:03"
                 Just(Mode::Standby)
             ],
             0u8..5,
+            gen_limits(),
         )
             .prop_map(
-                |(base, mac_hi, has_mac, upper_mac, vlan, mode, attach)| GenVm {
+                |(base, mac_hi, has_mac, upper_mac, vlan, mode, attach, limits)| GenVm {
                     base,
                     mac_hi,
                     has_mac,
@@ -1796,6 +2696,7 @@ mac = "52:54:00:00:00:03"
                     vlan,
                     mode,
                     attach,
+                    limits,
                 },
             )
     }
@@ -1898,14 +2799,46 @@ mac = "52:54:00:00:00:03"
             if let Some(v) = vlan {
                 text.push_str(&format!("vlan = {v}\n"));
             }
+            let gl = &g.limits;
+            let max_frames = u64::from(gl.max_frames.unwrap_or(1024));
+            let (hw_text, num, den) = gl.high_water.map_or(("", 3, 4), |k| HIGH_WATERS[k]);
+            if let Some(n) = gl.max_frames {
+                text.push_str(&format!("max_held_frames = {n}\n"));
+            }
+            if gl.high_water.is_some() {
+                text.push_str(&format!("high_water = {hw_text}\n"));
+            }
+            let mut rate = RateLimit::default();
+            if let Some(k) = gl.mbps {
+                text.push_str(&format!("rate_mbps = {}\n", MBPS[k].0));
+                rate.bytes_per_s = MBPS[k].1;
+                rate.burst_bytes = (MBPS[k].1 / 1000).max(3036);
+            }
+            if let Some(pps) = gl.pps {
+                text.push_str(&format!("rate_pps = {pps}\n"));
+                rate.pps = u64::from(pps);
+                rate.burst_frames = (u64::from(pps) / 1000).max(8);
+            }
             expected.push(VmConfig {
                 name,
-                port,
+                port: port.clone(),
                 mac,
                 vlan,
                 mode: g.mode,
                 announce: vec![],
                 defer: crate::classify::VmDefer::Builtin,
+                limits: BufferLimits {
+                    max_frames,
+                    max_bytes: 0,
+                    high_water_frames: (max_frames * num).div_ceil(den),
+                    high_water_bytes: 0,
+                    on_full: if port.is_some() {
+                        OnFull::Backpressure
+                    } else {
+                        OnFull::Drop
+                    },
+                },
+                rate,
             });
         }
         let config = Config {
@@ -1926,6 +2859,7 @@ mac = "52:54:00:00:00:03"
                 ..DataplaneConfig::default()
             },
             vms: expected,
+            passthrough_min_share_ppm: 100_000,
         };
         (text, config)
     }

@@ -365,6 +365,12 @@ impl<T: Weighed> EpochQueue<T> {
         }
     }
 
+    /// Frames ever made releasable (the release point as a sequence number): a frame pushed as
+    /// the k-th (from 1) is released once this reaches k.
+    pub fn released_total(&self) -> u64 {
+        self.released_seq
+    }
+
     /// Frames at the front that may be popped now.
     pub fn releasable(&self) -> usize {
         self.releasable

@@ -6,6 +6,7 @@
 //! through rings. [`config`] is validated before anything touches DPDK. Only [`dpdk`] contains
 //! `unsafe`.
 
+pub mod admin;
 pub mod announce;
 pub mod capture;
 pub mod classify;
@@ -17,6 +18,8 @@ pub mod dpdk;
 pub mod epoch;
 pub mod frame;
 pub mod gen;
+pub mod meter;
 pub mod policy;
+pub mod sched;
 pub mod stats;
 pub mod tools;

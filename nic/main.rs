@@ -57,6 +57,24 @@ enum Cmd {
     /// and without deferral.
     #[command(after_help = epochgate::tools::REPLAY_HELP)]
     Replay(epochgate::tools::ReplayArgs),
+    /// Print a running epochgate's counters, per VM and per port (through its admin socket).
+    Stats(AdminArgs),
+    /// List a running epochgate's VMs: mode, MAC, port, epochs, what is held, limits, rate.
+    Vms(AdminArgs),
+}
+
+/// How `stats` and `vms` find the running epochgate, and how they print.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Print the whole snapshot as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Use this configuration's control.admin_socket.
+    #[arg(long, short, conflicts_with = "socket")]
+    config: Option<PathBuf>,
+    /// The admin socket itself [default: /run/epochgate/admin.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
 }
 
 fn main() {
@@ -81,11 +99,31 @@ fn main() {
         Cmd::Replay(args) => {
             epochgate::tools::to_stdout(|out| epochgate::tools::replay_command(&args, out))
         }
+        Cmd::Stats(args) => admin(&args, "stats"),
+        Cmd::Vms(args) => admin(&args, "vms"),
     };
     if let Err(e) = result {
         eprintln!("epochgate: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `epochgate stats` / `epochgate vms`: asks the running process and prints its answer.
+fn admin(args: &AdminArgs, request: &str) -> Result<()> {
+    let socket = match (&args.socket, &args.config) {
+        (Some(socket), _) => socket.clone(),
+        (None, Some(config)) => Config::load(config)?.control.admin_socket,
+        (None, None) => epochgate::config::ControlConfig::default().admin_socket,
+    };
+    let snap = epochgate::admin::query(&socket, request)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&snap)?);
+    } else if request == "vms" {
+        print!("{}", epochgate::admin::render_vms(&snap));
+    } else {
+        print!("{}", epochgate::admin::render_stats(&snap));
+    }
+    Ok(())
 }
 
 /// Runs the appliance until a signal or the duration, printing counters; returns the final ones.

@@ -17,8 +17,9 @@
 //!    observes this, and so does [`RequestPolicy::on_frame`] (which first runs the timers, see
 //!    below).
 //! 3. An immediate frame cancels an armed (not yet expired) deferral and requests now.
-//! 4. A frame after which `held >= high_water_frames` requests now ([`Why::HighWater`]);
-//!    `high_water_frames == 0` disables this. If one frame is both immediate and at the
+//! 4. A frame after which `held >= high_water_frames` (or held bytes `>= high_water_bytes`)
+//!    requests now ([`Why::HighWater`]); 0 disables each. The worker counts what the VM's
+//!    buffer holds, so the mark sits below its `max_held_frames` / `max_held_bytes`. If one frame is both immediate and at the
 //!    high-water mark, the reason is [`Why::ImmediateFrame`].
 //! 5. No request is emitted before `last_fence + min_interval`. A request that becomes due
 //!    earlier is *postponed*, keeping its reason, and emitted by the first `poll` (or `on_frame`)
@@ -54,8 +55,10 @@ pub struct PolicyConfig {
     pub max_defer_ns: u64,
     /// The minimum time between a fence and the next request (0: no minimum).
     pub min_interval_ns: u64,
-    /// Request as soon as this many frames are held in the open epoch (0: no high-water mark).
+    /// Request as soon as this many frames are held (0: no high-water mark in frames).
     pub high_water_frames: u64,
+    /// Request as soon as this many bytes are held (0: no high-water mark in bytes).
+    pub high_water_bytes: u64,
 }
 
 impl Default for PolicyConfig {
@@ -66,6 +69,7 @@ impl Default for PolicyConfig {
             max_defer_ns: 10 * MS,
             min_interval_ns: 0,
             high_water_frames: 0,
+            high_water_bytes: 0,
         }
     }
 }
@@ -191,13 +195,25 @@ impl RequestPolicy {
     /// Runs the timers first (as [`poll`](Self::poll) would), so a request that was due at `now`
     /// anyway is returned even if the frame itself would not cause one.
     pub fn on_frame(&mut self, now: u64, kind: FrameKind, held: u64) -> Option<Request> {
+        self.on_frame_sized(now, kind, held, 0)
+    }
+
+    /// [`on_frame`](Self::on_frame) with the bytes held too, for a high-water mark in bytes.
+    pub fn on_frame_sized(
+        &mut self,
+        now: u64,
+        kind: FrameKind,
+        held: u64,
+        held_bytes: u64,
+    ) -> Option<Request> {
         if let Some(request) = self.poll(now) {
             return Some(request);
         }
         if self.requested || self.postponed.is_some() {
             return None;
         }
-        let high_water = self.cfg.high_water_frames != 0 && held >= self.cfg.high_water_frames;
+        let high_water = (self.cfg.high_water_frames != 0 && held >= self.cfg.high_water_frames)
+            || (self.cfg.high_water_bytes != 0 && held_bytes >= self.cfg.high_water_bytes);
         match kind {
             FrameKind::Immediate => self.due(now, Why::ImmediateFrame),
             FrameKind::Deferrable if high_water => self.due(now, Why::HighWater),
@@ -314,6 +330,7 @@ mod tests {
             max_defer_ns: max_ms * MS,
             min_interval_ns: min_ms * MS,
             high_water_frames: hw,
+            high_water_bytes: 0,
         }
     }
 
@@ -484,6 +501,25 @@ mod tests {
     }
 
     #[test]
+    fn high_water_in_bytes() {
+        let mut p = RequestPolicy::new(
+            PolicyConfig {
+                high_water_bytes: 3000,
+                ..cfg(5, 10, 0, 0)
+            },
+            0,
+        );
+        assert_eq!(p.on_frame_sized(0, FrameKind::Deferrable, 1, 1500), None);
+        assert_eq!(
+            p.on_frame_sized(MS, FrameKind::Deferrable, 2, 3000),
+            Some(Request {
+                why: Why::HighWater,
+                at: MS
+            })
+        );
+    }
+
+    #[test]
     fn min_interval_postpones_immediate() {
         let fence = 50 * MS;
         let mut p = RequestPolicy::new(cfg(5, 10, 4, 0), 0);
@@ -648,6 +684,7 @@ mod tests {
                 max_defer_ns: defer + extra,
                 min_interval_ns: min,
                 high_water_frames: hw,
+                high_water_bytes: 0,
             },
         )
     }

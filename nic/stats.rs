@@ -2,7 +2,7 @@
 //! file). Every frame that enters is, at any moment, exactly one of: waiting (queued or staged
 //! for TX), transmitted, or dropped under a named [`DropReason`]; `Snapshot::balanced` checks it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -52,7 +52,7 @@ macro_rules! drop_reasons {
 drop_reasons! {
     UnknownSource => "unknown-source-mac": "a frame on the shared ingress whose source MAC/VLAN belongs to no VM",
     Runt => "runt": "a frame shorter than an Ethernet header",
-    VmQueueFull => "vm-queue-full": "the VM's queue was full (shared ingress cannot push back per VM)",
+    BufferFull => "buffer-full": "the VM's buffer (max_held_frames / max_held_bytes) was full and its on_full is drop (always so on the shared ingress, which cannot push back on one VM)",
     Standby => "standby": "the VM is a standby copy: its output never leaves",
     NoVm => "inbound-no-vm": "a frame from the uplink addressed to no known VM",
     PortBusy => "inbound-port-busy": "a frame for a VM whose port had no room (its VMM is not draining)",
@@ -84,11 +84,11 @@ impl DropCounters {
     }
 
     /// Non-zero reasons by name.
-    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
         DropReason::ALL
             .iter()
             .filter(|r| self.get(**r) > 0)
-            .map(|r| (r.name(), self.get(*r)))
+            .map(|r| (r.name().to_string(), self.get(*r)))
             .collect()
     }
 }
@@ -130,7 +130,7 @@ impl VerdictCounters {
     }
 
     /// Non-zero reasons by name.
-    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
         named(&Self::NAMES, &self.0)
     }
 }
@@ -153,17 +153,17 @@ impl RequestCounters {
         self.0[i].add(1);
     }
 
-    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
         named(&Self::NAMES, &self.0)
     }
 }
 
-fn named(names: &[&'static str], counters: &[Counter]) -> BTreeMap<&'static str, u64> {
+fn named(names: &[&'static str], counters: &[Counter]) -> BTreeMap<String, u64> {
     names
         .iter()
         .zip(counters)
         .filter(|(_, c)| c.get() > 0)
-        .map(|(n, c)| (*n, c.get()))
+        .map(|(n, c)| (n.to_string(), c.get()))
         .collect()
 }
 
@@ -172,10 +172,20 @@ fn named(names: &[&'static str], counters: &[Counter]) -> BTreeMap<&'static str,
 pub struct VmCounters {
     pub rx_frames: Counter,
     pub rx_bytes: Counter,
+    /// Frames (bytes) that became releasable: a pass-through VM's on arrival, a protected VM's
+    /// when their epoch committed (or protection ended with release).
+    pub released_frames: Counter,
+    pub released_bytes: Counter,
     pub tx_frames: Counter,
     pub tx_bytes: Counter,
-    /// Frames received and not yet transmitted or dropped (a gauge).
+    /// Frames received and not yet transmitted or dropped (a gauge): held + ready.
     pub waiting: Counter,
+    /// Released frames (bytes) not yet transmitted: waiting for egress or for the VM's rate
+    /// (gauges).
+    pub ready_frames: Counter,
+    pub ready_bytes: Counter,
+    /// Times the VM's buffer filled up and its port stopped being read (backpressure).
+    pub backpressure: Counter,
     pub inbound_frames: Counter,
     pub inbound_bytes: Counter,
     /// The VM's MAC as learned or configured (0 = not known yet).
@@ -213,20 +223,57 @@ pub struct PortCounters {
     pub drops: DropCounters,
 }
 
+/// A latency distribution (from an hdrhistogram), in nanoseconds; all 0 when nothing was
+/// recorded.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Latency {
+    pub count: u64,
+    pub min_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+    pub mean_ns: u64,
+}
+
+impl Latency {
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            count: h.len(),
+            min_ns: h.min(),
+            p50_ns: h.value_at_quantile(0.5),
+            p90_ns: h.value_at_quantile(0.9),
+            p99_ns: h.value_at_quantile(0.99),
+            p999_ns: h.value_at_quantile(0.999),
+            max_ns: h.max(),
+            mean_ns: h.mean().round() as u64,
+        }
+    }
+}
+
 /// Read-only view of one VM's counters at a moment.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VmSnapshot {
     pub name: String,
     pub mode: String,
     pub mac: Option<String>,
     pub rx_frames: u64,
     pub rx_bytes: u64,
+    pub released_frames: u64,
+    pub released_bytes: u64,
     pub tx_frames: u64,
     pub tx_bytes: u64,
     pub waiting: u64,
+    pub ready_frames: u64,
+    pub ready_bytes: u64,
+    pub backpressure: u64,
     pub inbound_frames: u64,
     pub inbound_bytes: u64,
-    pub dropped: BTreeMap<&'static str, u64>,
+    pub dropped: BTreeMap<String, u64>,
     pub open_epoch: u64,
     pub sealed_epoch: u64,
     pub committed_epoch: u64,
@@ -236,8 +283,41 @@ pub struct VmSnapshot {
     pub epochs_committed: u64,
     pub epochs_discarded: u64,
     pub fences_cut_short: u64,
-    pub verdicts: BTreeMap<&'static str, u64>,
-    pub checkpoint_requests: BTreeMap<&'static str, u64>,
+    pub verdicts: BTreeMap<String, u64>,
+    pub checkpoint_requests: BTreeMap<String, u64>,
+    /// Arrival to transmit, per frame.
+    #[serde(default)]
+    pub hold_time: Latency,
+    /// Commit received to the last frame of the epoch transmitted, per commit.
+    #[serde(default)]
+    pub commit_to_wire: Latency,
+    /// Fence received to epoch sealed (the drain of the paused VM's ingress), per fence.
+    #[serde(default)]
+    pub fence_drain: Latency,
+    /// How it is configured (port, limits, rate).
+    #[serde(default)]
+    pub setup: VmSetup,
+}
+
+/// A VM's configuration as `epochgate vms` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmSetup {
+    /// Its own port's device name, or "shared ingress".
+    pub port: String,
+    pub vlan: Option<u16>,
+    pub max_held_frames: u64,
+    /// 0: no byte limit.
+    pub max_held_bytes: u64,
+    /// Checkpoint requested at this many frames / bytes buffered (0: off).
+    pub high_water_frames: u64,
+    pub high_water_bytes: u64,
+    /// "backpressure" or "drop".
+    pub on_full: String,
+    /// Regulator: bytes per second and frames per second (0: unlimited), bucket depths.
+    pub rate_bytes_per_s: u64,
+    pub rate_pps: u64,
+    pub burst_bytes: u64,
+    pub burst_frames: u64,
 }
 
 impl VmSnapshot {
@@ -255,9 +335,14 @@ impl VmSnapshot {
             }),
             rx_frames: c.rx_frames.get(),
             rx_bytes: c.rx_bytes.get(),
+            released_frames: c.released_frames.get(),
+            released_bytes: c.released_bytes.get(),
             tx_frames: c.tx_frames.get(),
             tx_bytes: c.tx_bytes.get(),
             waiting: c.waiting.get(),
+            ready_frames: c.ready_frames.get(),
+            ready_bytes: c.ready_bytes.get(),
+            backpressure: c.backpressure.get(),
             inbound_frames: c.inbound_frames.get(),
             inbound_bytes: c.inbound_bytes.get(),
             dropped: c.drops.snapshot(),
@@ -272,6 +357,10 @@ impl VmSnapshot {
             fences_cut_short: c.fences_cut_short.get(),
             verdicts: c.verdicts.snapshot(),
             checkpoint_requests: c.requests.snapshot(),
+            hold_time: Latency::default(),
+            commit_to_wire: Latency::default(),
+            fence_drain: Latency::default(),
+            setup: VmSetup::default(),
         }
     }
 
@@ -283,7 +372,7 @@ impl VmSnapshot {
 }
 
 /// Read-only view of one port at a moment.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PortSnapshot {
     pub name: String,
     pub role: String,
@@ -291,13 +380,13 @@ pub struct PortSnapshot {
     pub rx_bytes: u64,
     pub tx_frames: u64,
     pub tx_bytes: u64,
-    pub dropped: BTreeMap<&'static str, u64>,
+    pub dropped: BTreeMap<String, u64>,
     /// The driver's own counters.
     pub driver: crate::dpdk::PortStats,
 }
 
 /// Everything the stats printer and `--stats-file` show.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Snapshot {
     pub uptime_ms: u64,
     pub vms: Vec<VmSnapshot>,
@@ -366,7 +455,7 @@ mod tests {
         c.rx_frames.add(10);
         c.tx_frames.add(6);
         c.waiting.set(2);
-        c.drops.add(DropReason::VmQueueFull, 2);
+        c.drops.add(DropReason::BufferFull, 2);
         let s = VmSnapshot::of("a", &c);
         assert!(s.balanced());
         c.rx_frames.add(1);

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::capture::{self, Frame};
 use crate::classify::{Classified, Classifier, Reason, Verdict, VmDefer, WindowTable};
-use crate::config::{ClassifierConfig, Config, Mode};
+use crate::config::{BufferLimits, ClassifierConfig, Config, DataplaneConfig, Mode};
 use crate::policy::{FrameKind, PolicyConfig, RequestPolicy, Why};
 
 const NS_PER_MS: f64 = 1e6;
@@ -69,7 +69,9 @@ when the capture ends are released by one final checkpoint at the last timestamp
 in the checkpoints (final_checkpoint_* says whether there was one) but not in the requests.
 Two runs: with the policy (the classifier's verdicts: defer -> deferrable, immediate ->
 immediate; the [classifier] timings) and without deferral (every frame immediate, same minimum
-interval and high-water mark).
+interval and high-water mark). The high-water mark is the VM's ([[vm]] high_water of its
+max_held_frames / max_held_bytes; with no VM, the defaults: 0.75 of dataplane.vm_queue frames,
+no byte mark), checked against the frames and bytes (as captured) of the open epoch.
 Output (text): a short report. Output (--json): one object with frames, duration_ns,
 duration_s, commit_delay_ms, vm, defer_frames, immediate_frames, checkpoints_with_policy,
 checkpoints_without_deferral, checkpoints_per_s_with_policy, checkpoints_per_s_without_deferral
@@ -78,7 +80,8 @@ checkpoints), requests_by_reason and requests_by_reason_without_deferral
 ({\"immediate-frame\":N,\"deferral-expired\":N,\"high-water\":N}), final_checkpoint_with_policy,
 final_checkpoint_without_deferral, hold_ms_p50, hold_ms_p99, hold_ms_max (with the policy),
 hold_ms_p50_without_deferral, hold_ms_p99_without_deferral, hold_ms_max_without_deferral
-(nearest-rank percentiles, exact) and policy (the timings used); keys in alphabetical order.
+(nearest-rank percentiles, exact) and policy (the timings and the high-water marks used:
+high_water_frames, high_water_bytes; 0 = off); keys in alphabetical order.
 Exit status: 0; 1 with a message naming the file (as for classify); 2 for a usage error.";
 
 /// `epochgate classify` arguments.
@@ -124,7 +127,8 @@ pub struct ReplayArgs {
     pub commit_delay_ms: f64,
 }
 
-/// Everything that decides a frame's verdict and the policy's timing, for one VM.
+/// Everything that decides a frame's verdict and the policy's timing (and high-water mark),
+/// for one VM.
 #[derive(Debug, Clone)]
 pub struct Setup {
     /// The operator rules.
@@ -139,19 +143,27 @@ pub struct Setup {
     pub window_update_threshold: u32,
     /// Its capacity (flows).
     pub flow_table: usize,
-    /// The request policy's timings.
+    /// The request policy's timings and the VM's high-water marks.
     pub policy: PolicyConfig,
 }
 
 impl Default for Setup {
-    /// No rules, no VM ("" with `builtin`), the default `[classifier]` settings.
+    /// No rules, no VM ("" with `builtin`), the default `[classifier]` settings and the
+    /// default VM limits (high water at 0.75 of the default `vm_queue`).
     fn default() -> Self {
         Setup::new(&ClassifierConfig::default(), "", VmDefer::Builtin)
+            .with_limits(&default_limits(&DataplaneConfig::default()))
     }
 }
 
+/// The limits of a VM that sets none of its own: what a replay without a VM uses.
+fn default_limits(d: &DataplaneConfig) -> BufferLimits {
+    BufferLimits::default_for(d.vm_queue, true)
+}
+
 impl Setup {
-    /// The settings of `cls` for VM `vm` whose `defer` setting is `defer`.
+    /// The settings of `cls` for VM `vm` whose `defer` setting is `defer`, with the high-water
+    /// marks of `cls.policy` (none: see [`Setup::with_limits`]).
     pub fn new(cls: &ClassifierConfig, vm: &str, defer: VmDefer) -> Setup {
         Setup {
             classifier: Classifier::new(cls.rules.clone()),
@@ -164,9 +176,17 @@ impl Setup {
         }
     }
 
+    /// The policy's high-water marks set to those of `limits`.
+    pub fn with_limits(mut self, limits: &BufferLimits) -> Setup {
+        self.policy.high_water_frames = limits.high_water_frames;
+        self.policy.high_water_bytes = limits.high_water_bytes;
+        self
+    }
+
     /// From a configuration, as VM `vm` (which must be one of its `[[vm]]`), or by default
-    /// its first protected VM, or no VM ("" with `builtin`) if none is protected. Without a
-    /// configuration: [`Setup::default`], and `vm` must be `None`.
+    /// its first protected VM, or no VM ("" with `builtin`) if none is protected; the VM's
+    /// high-water marks, or with no VM those of the default limits. Without a configuration:
+    /// [`Setup::default`], and `vm` must be `None`.
     pub fn from_config(cfg: Option<&Config>, vm: Option<&str>) -> Result<Setup, String> {
         let Some(cfg) = cfg else {
             return match vm {
@@ -187,8 +207,9 @@ impl Setup {
             None => cfg.vms.iter().find(|v| v.mode == Mode::Protected),
         };
         Ok(match chosen {
-            Some(v) => Setup::new(&cfg.classifier, &v.name, v.defer),
-            None => Setup::new(&cfg.classifier, "", VmDefer::Builtin),
+            Some(v) => Setup::new(&cfg.classifier, &v.name, v.defer).with_limits(&v.limits),
+            None => Setup::new(&cfg.classifier, "", VmDefer::Builtin)
+                .with_limits(&default_limits(&cfg.dataplane)),
         })
     }
 
@@ -422,16 +443,28 @@ fn percentile(sorted: &[u64], p: u64) -> u64 {
 /// epoch. A time below the previous one counts as the previous one. Frames held after the last
 /// frame are released by a final checkpoint at the last time ([`Cause::EndOfCapture`]).
 pub fn simulate(events: &[(u64, FrameKind)], cfg: PolicyConfig, commit_delay_ns: u64) -> Run {
+    let sized: Vec<(u64, FrameKind, u64)> = events.iter().map(|&(t, k)| (t, k, 0)).collect();
+    simulate_sized(&sized, cfg, commit_delay_ns)
+}
+
+/// [`simulate`] with each frame's length in bytes (time, kind, bytes), for a high-water mark
+/// in bytes: the policy sees the frames and the bytes of the open epoch.
+pub fn simulate_sized(
+    events: &[(u64, FrameKind, u64)],
+    cfg: PolicyConfig,
+    commit_delay_ns: u64,
+) -> Run {
     let mut run = Run {
         checkpoints: Vec::new(),
         holds_ns: vec![0; events.len()],
     };
-    let Some(&(t0, _)) = events.first() else {
+    let Some(&(t0, _, _)) = events.first() else {
         return run;
     };
     let mut policy = RequestPolicy::new(cfg, t0);
     let mut arrival = vec![0u64; events.len()];
     let mut open: Vec<usize> = Vec::new();
+    let mut open_bytes = 0u64;
     let seal = |run: &mut Run, open: &mut Vec<usize>, arrival: &[u64], at: u64, cause| {
         let commit = at.saturating_add(commit_delay_ns);
         for &i in open.iter() {
@@ -446,17 +479,20 @@ pub fn simulate(events: &[(u64, FrameKind)], cfg: PolicyConfig, commit_delay_ns:
         open.clear();
     };
     let mut now = t0;
-    for (i, &(ts, kind)) in events.iter().enumerate() {
+    for (i, &(ts, kind, bytes)) in events.iter().enumerate() {
         now = now.max(ts);
         while let Some(wake) = policy.next_wakeup().filter(|&w| w < now) {
             let Some(r) = policy.poll(wake) else { break };
             seal(&mut run, &mut open, &arrival, r.at, Cause::Request(r.why));
+            open_bytes = 0;
             policy.on_fence(r.at);
         }
         arrival[i] = now;
         open.push(i);
-        if let Some(r) = policy.on_frame(now, kind, open.len() as u64) {
+        open_bytes = open_bytes.saturating_add(bytes);
+        if let Some(r) = policy.on_frame_sized(now, kind, open.len() as u64, open_bytes) {
             seal(&mut run, &mut open, &arrival, r.at, Cause::Request(r.why));
+            open_bytes = 0;
             policy.on_fence(r.at);
         }
     }
@@ -493,7 +529,7 @@ pub struct ReplayReport {
 /// verdicts and `setup.policy`, and with every frame immediate.
 pub fn replay(frames: &[Frame], setup: &Setup, commit_delay_ns: u64) -> ReplayReport {
     let verdicts = setup.classify(frames);
-    let kinds: Vec<(u64, FrameKind)> = frames
+    let kinds: Vec<(u64, FrameKind, u64)> = frames
         .iter()
         .zip(&verdicts)
         .map(|(f, c)| {
@@ -501,12 +537,12 @@ pub fn replay(frames: &[Frame], setup: &Setup, commit_delay_ns: u64) -> ReplayRe
                 Verdict::Defer => FrameKind::Deferrable,
                 Verdict::Immediate => FrameKind::Immediate,
             };
-            (f.ts_ns, kind)
+            (f.ts_ns, kind, u64::from(f.orig_len))
         })
         .collect();
-    let all_immediate: Vec<(u64, FrameKind)> = kinds
+    let all_immediate: Vec<(u64, FrameKind, u64)> = kinds
         .iter()
-        .map(|&(t, _)| (t, FrameKind::Immediate))
+        .map(|&(t, _, b)| (t, FrameKind::Immediate, b))
         .collect();
     let defer_frames = verdicts.iter().filter(|c| c.is_deferrable()).count() as u64;
     let duration_ns = match (frames.first(), frames.last()) {
@@ -521,8 +557,8 @@ pub fn replay(frames: &[Frame], setup: &Setup, commit_delay_ns: u64) -> ReplayRe
         policy: setup.policy,
         defer_frames,
         immediate_frames: frames.len() as u64 - defer_frames,
-        with_policy: simulate(&kinds, setup.policy, commit_delay_ns),
-        without_deferral: simulate(&all_immediate, setup.policy, commit_delay_ns),
+        with_policy: simulate_sized(&kinds, setup.policy, commit_delay_ns),
+        without_deferral: simulate_sized(&all_immediate, setup.policy, commit_delay_ns),
     }
 }
 
@@ -579,6 +615,7 @@ impl ReplayReport {
                 "max_defer_ms": ms(self.policy.max_defer_ns),
                 "min_checkpoint_interval_ms": ms(self.policy.min_interval_ns),
                 "high_water_frames": self.policy.high_water_frames,
+                "high_water_bytes": self.policy.high_water_bytes,
             },
         })
     }
@@ -602,7 +639,12 @@ impl ReplayReport {
             ms(p.defer_delay_ns),
             ms(p.max_defer_ns),
             ms(p.min_interval_ns),
-            p.high_water_frames,
+            match (p.high_water_frames, p.high_water_bytes) {
+                (0, 0) => "off".to_string(),
+                (f, 0) => format!("{f} frames"),
+                (0, b) => format!("{b} bytes"),
+                (f, b) => format!("{f} frames or {b} bytes"),
+            },
             ms(self.commit_delay_ns),
         );
         let _ = writeln!(
@@ -1127,6 +1169,165 @@ defer = "all"
         .unwrap();
         let s = Setup::from_config(Some(&no_protected), None).unwrap();
         assert_eq!((s.vm.as_str(), s.defer), ("", VmDefer::Builtin));
+    }
+
+    #[test]
+    fn setup_takes_the_vms_high_water_marks() {
+        let text = r#"
+[egress]
+port = "net_pcap0,tx_pcap=/tmp/out.pcap"
+[dataplane]
+vm_queue = 200
+[[vm]]
+name = "a"
+port = "net_tap0"
+[[vm]]
+name = "b"
+port = "net_tap1"
+mode = "protected"
+max_held_frames = 100
+max_held_bytes = 20000
+high_water = 0.5
+[[vm]]
+name = "c"
+port = "net_tap2"
+high_water = 0
+"#;
+        let cfg = Config::from_toml_str(text).unwrap();
+        let hw = |s: &Setup| (s.policy.high_water_frames, s.policy.high_water_bytes);
+        // The default VM is the first protected one: its own marks.
+        assert_eq!(
+            hw(&Setup::from_config(Some(&cfg), None).unwrap()),
+            (50, 10_000)
+        );
+        assert_eq!(
+            hw(&Setup::from_config(Some(&cfg), Some("b")).unwrap()),
+            (50, 10_000)
+        );
+        // "a" sets nothing: 0.75 of vm_queue.
+        assert_eq!(
+            hw(&Setup::from_config(Some(&cfg), Some("a")).unwrap()),
+            (150, 0)
+        );
+        assert_eq!(
+            hw(&Setup::from_config(Some(&cfg), Some("c")).unwrap()),
+            (0, 0)
+        );
+        // No VM at all: the default limits of this configuration (0.75 of vm_queue).
+        let no_protected = Config::from_toml_str(
+            "[egress]\nport = \"net_null0\"\n[dataplane]\nvm_queue = 64\n[[vm]]\nname = \"a\"\nport = \"net_tap0\"\nhigh_water = 0.25\n",
+        )
+        .unwrap();
+        assert_eq!(
+            hw(&Setup::from_config(Some(&no_protected), None).unwrap()),
+            (48, 0)
+        );
+        // No configuration: the default vm_queue of 1024 frames.
+        assert_eq!(hw(&Setup::default()), (768, 0));
+        assert_eq!(hw(&Setup::from_config(None, None).unwrap()), (768, 0));
+        // The timings stay the classifier's.
+        let s = Setup::from_config(Some(&cfg), Some("b")).unwrap();
+        assert_eq!(s.policy.defer_delay_ns, 5 * MS);
+        assert_eq!(s.policy.max_defer_ns, 10 * MS);
+    }
+
+    #[test]
+    fn high_water_in_bytes_counts_the_open_epoch() {
+        let cfg = PolicyConfig {
+            high_water_bytes: 3000,
+            ..PolicyConfig::default()
+        };
+        // 1000-byte deferrables every ms: the third reaches 3000 bytes; after that fence the
+        // count starts again, so the sixth does too.
+        let events: Vec<_> = (0..7)
+            .map(|k| (k * MS, FrameKind::Deferrable, 1000))
+            .collect();
+        let run = simulate_sized(&events, cfg, 0);
+        assert_eq!(
+            run.checkpoints,
+            vec![
+                req(2 * MS, 3, Why::HighWater),
+                req(5 * MS, 3, Why::HighWater),
+                Checkpoint {
+                    at_ns: 6 * MS,
+                    commit_ns: 6 * MS,
+                    frames: 1,
+                    cause: Cause::EndOfCapture
+                },
+            ]
+        );
+        // Without sizes the byte mark never trips: each frame extends the deferral (capped at
+        // 10 ms), so only the final checkpoint releases them.
+        let no_sizes: Vec<_> = events.iter().map(|&(t, k, _)| (t, k)).collect();
+        let run = simulate(&no_sizes, cfg, 0);
+        assert_eq!(
+            run.checkpoints,
+            vec![Checkpoint {
+                at_ns: 6 * MS,
+                commit_ns: 6 * MS,
+                frames: 7,
+                cause: Cause::EndOfCapture
+            }]
+        );
+    }
+
+    #[test]
+    fn replay_reports_and_uses_the_marks() {
+        // Six 54-byte pure ACKs 1 ms apart, as VM "b" with a mark of 3 frames (max 32,
+        // high_water 0.08 -> ceil(2.56) = 3).
+        let frames: Vec<Frame> = (0..6)
+            .map(|k| frame(T0 + k * MS, tcp(1000, ACK, 500, 0)))
+            .collect();
+        let cfg = Config::from_toml_str(
+            "[egress]\nport = \"net_null0\"\n[[vm]]\nname = \"b\"\nport = \"net_tap0\"\nmode = \"protected\"\nmax_held_frames = 32\nmax_held_bytes = 16384\nhigh_water = 0.08\n",
+        )
+        .unwrap();
+        let setup = Setup::from_config(Some(&cfg), None).unwrap();
+        assert_eq!(
+            (
+                setup.policy.high_water_frames,
+                setup.policy.high_water_bytes
+            ),
+            (3, 1311)
+        );
+        let r = replay(&frames, &setup, 0);
+        assert_eq!(
+            r.with_policy.checkpoints,
+            vec![
+                req(T0 + 2 * MS, 3, Why::HighWater),
+                req(T0 + 5 * MS, 3, Why::HighWater)
+            ]
+        );
+        let j = r.to_json();
+        assert_eq!(j["policy"]["high_water_frames"], 3);
+        assert_eq!(j["policy"]["high_water_bytes"], 1311);
+        let text = r.to_text("x.pcap");
+        assert!(
+            text.contains("high water 3 frames or 1311 bytes;"),
+            "{text}"
+        );
+        // The byte mark alone: 25 x 54 = 1350 >= 1311 bytes, at the 25th frame.
+        let setup = Setup {
+            policy: PolicyConfig {
+                high_water_frames: 0,
+                ..setup.policy
+            },
+            ..setup
+        };
+        let frames: Vec<Frame> = (0..30)
+            .map(|k| frame(T0 + k * 10_000, tcp(1000, ACK, 500, 0)))
+            .collect();
+        let r = replay(&frames, &setup, 0);
+        assert_eq!(
+            r.with_policy.checkpoints[0],
+            req(T0 + 24 * 10_000, 25, Why::HighWater)
+        );
+        let j = r.to_json();
+        assert_eq!(j["policy"]["high_water_frames"], 0);
+        assert!(r.to_text("x").contains("high water 1311 bytes;"));
+        let r = replay(&frames, &Setup::default(), 0);
+        assert!(r.to_text("x").contains("high water 768 frames;"));
+        assert_eq!(r.to_json()["policy"]["high_water_bytes"], 0);
     }
 
     #[test]

@@ -180,3 +180,71 @@ fn run_refuses_a_bad_config_before_eal_starts() {
     assert!(err.contains("vm[1]") && err.contains("duplicate"), "{err}");
     assert!(!err.contains("EAL: Detected"), "{err}");
 }
+
+#[test]
+fn the_topology_shows_the_egress_share_and_each_vms_limits_and_rate() {
+    let text = format!(
+        "{}max_held_frames = 2048\nmax_held_bytes = 1048576\nhigh_water = 0.5\nrate_mbps = 50\nrate_pps = 10000\n",
+        GOOD.replace(
+            "port = \"net_pcap0,tx_pcap=/tmp/out.pcap\"\n",
+            "port = \"net_pcap0,tx_pcap=/tmp/out.pcap\"\npassthrough_min_share = 0.2\n",
+        )
+    );
+    let (ok, out) = check(&text);
+    assert!(ok, "{out}");
+    for want in [
+        "egress:    net_pcap0,tx_pcap=/tmp/out.pcap (vdev net_pcap0), pass-through min share 20% (while released frames wait)\n",
+        // "a" is on the shared ingress and sets nothing: the defaults, and drop when full.
+        "vm \"a\": passthrough, shared ingress, mac 52:54:00:00:00:01\n  \
+         buffer:  at most 1024 frames (no byte limit), high water 768 frames, when full: drop\n  \
+         rate:    unlimited\n",
+        // "b" has its own port: backpressure; its rate's bursts are 1 ms of it.
+        "  buffer:  at most 2048 frames and 1048576 bytes, high water 1024 frames or 524288 bytes, when full: backpressure\n  \
+         rate:    50 Mbit/s (burst 6250 bytes), 10000 pps (burst 10 frames)\n",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+}
+
+#[test]
+fn a_bad_limit_key_exits_1_with_its_message() {
+    let cases: &[(String, &str)] = &[
+        (
+            format!("{GOOD}[[vm]]\nname = \"c\"\nmac = \"52:54:00:00:00:09\"\non_full = \"backpressure\"\n"),
+            "vm[2] (\"c\").on_full: backpressure stops reading the VM's port, and on the shared ingress that would stall every VM on it; use \"drop\"",
+        ),
+        (
+            format!("[classifier]\nhigh_water_frames = 512\n{GOOD}"),
+            "classifier.high_water_frames: replaced by [[vm]] high_water (a fraction of max_held_frames / max_held_bytes)",
+        ),
+        (
+            GOOD.replace(
+                "port = \"net_pcap1,rx_pcap=/tmp/in.pcap\"\n",
+                "port = \"net_pcap1,rx_pcap=/tmp/in.pcap\"\npassthrough_min_share = 0.2\n",
+            ),
+            "ingress.passthrough_min_share: is an [egress] key",
+        ),
+        (
+            format!("{GOOD}rate_pps = 1000\nburst = 3000\n"),
+            "vm[1] (\"b\").burst: needs rate_mbps: burst is the depth of the byte bucket that rate_mbps fills (the depth of rate_pps's bucket is burst_frames)",
+        ),
+    ];
+    for (text, want) in cases {
+        let dir = tempdir();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, text).unwrap();
+        let out = Command::new(EPOCHGATE)
+            .arg("check-config")
+            .arg(&f)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{want}: {err}");
+        assert!(err.contains(want), "{err:?} does not contain {want:?}");
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}

@@ -12,8 +12,10 @@
 //! With `--interactive` it also takes commands on stdin, one per line, so a test can play a
 //! guest that sends in steps: `send IDX FILE` (queue a capture's frames on port IDX; a
 //! `{"event":"sent",...}` line follows once TX has taken all of them), `count` (a
-//! `{"event":"count",...}` line with frames sent and received per port), `quit` (or end of
-//! input: finish and report).
+//! `{"event":"count",...}` line with frames sent and received per port), `pause IDX` /
+//! `resume IDX` (stop / start reading port IDX, as a receiver that stalls: its ring fills and
+//! the sender's TX backs up; answered with `{"event":"paused"|"resumed",...}`), `quit` (or end
+//! of input: finish and report).
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -75,6 +77,8 @@ struct PeerPort {
     received: u64,
     expect: Option<u64>,
     out: Option<PcapWriter<std::io::BufWriter<std::fs::File>>>,
+    /// Not read while paused.
+    paused: bool,
 }
 
 enum Cmd {
@@ -83,6 +87,8 @@ enum Cmd {
     Count,
     /// Queued this many frames on this port.
     Sent(usize, usize),
+    /// Port paused (true) or resumed.
+    Pause(usize, bool),
 }
 
 /// Stdin lines, read on their own thread so the poll loop never blocks; end of input is `quit`.
@@ -118,7 +124,19 @@ fn command(line: &str, ports: &mut [PeerPort]) -> Result<Cmd> {
             p.to_send.extend(frames);
             Ok(Cmd::Sent(i, n))
         }
-        _ => bail!("{line:?}: expected `send IDX FILE`, `count` or `quit`"),
+        [verb @ ("pause" | "resume"), idx] => {
+            let i: usize = idx
+                .parse()
+                .with_context(|| format!("{line:?}: {idx:?} is not a port index"))?;
+            let p = ports
+                .get_mut(i)
+                .with_context(|| format!("{line:?}: there is no port {i}"))?;
+            p.paused = *verb == "pause";
+            Ok(Cmd::Pause(i, p.paused))
+        }
+        _ => bail!(
+            "{line:?}: expected `send IDX FILE`, `pause IDX`, `resume IDX`, `count` or `quit`"
+        ),
     }
 }
 
@@ -195,6 +213,7 @@ fn run(args: Args) -> Result<()> {
             received: 0,
             expect: args.expect.iter().find(|(j, _)| *j == i).map(|&(_, e)| e),
             out,
+            paused: false,
         });
     }
 
@@ -226,6 +245,10 @@ fn run(args: Args) -> Result<()> {
                             "{}",
                             serde_json::json!({"event": "count", "sent": sent, "received": received})
                         );
+                    }
+                    Cmd::Pause(i, paused) => {
+                        let event = if paused { "paused" } else { "resumed" };
+                        println!("{}", serde_json::json!({"event": event, "port": i}));
                     }
                     Cmd::Sent(i, n) => {
                         let p = &ports[i];
@@ -259,6 +282,9 @@ fn run(args: Args) -> Result<()> {
             let sent = p.tx.tx_burst(&mut p.staged);
             p.sent += sent as u64;
             busy |= sent > 0;
+            if p.paused {
+                continue;
+            }
             let mut burst = Burst::new();
             let got = p.rx.rx_burst(&mut burst);
             busy |= got > 0;

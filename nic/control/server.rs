@@ -41,15 +41,29 @@ pub struct ControlVm {
     pub counters: Arc<VmCounters>,
 }
 
-/// Who may open a session: root, the user epochgate runs as, and what the config adds.
-struct Access {
-    owner: u32,
-    uids: Vec<u32>,
-    gids: Vec<u32>,
+/// Who may open a session on the control or admin socket: root, the user epochgate runs as,
+/// and the users and (primary) groups the config adds.
+pub(crate) struct Access {
+    /// The effective uid epochgate runs as.
+    pub(crate) owner: u32,
+    /// `control.allowed_uids`.
+    pub(crate) uids: Vec<u32>,
+    /// `control.allowed_gids`, checked against the peer's primary gid.
+    pub(crate) gids: Vec<u32>,
 }
 
 impl Access {
-    fn allows(&self, uid: u32, gid: u32) -> bool {
+    /// The rules of `cfg` for a process running as the current effective uid.
+    pub(crate) fn of(cfg: &ControlConfig) -> Access {
+        Access {
+            owner: nix::unistd::geteuid().as_raw(),
+            uids: cfg.allowed_uids.clone(),
+            gids: cfg.allowed_gids.clone(),
+        }
+    }
+
+    /// Whether a peer with these credentials is let in.
+    pub(crate) fn allows(&self, uid: u32, gid: u32) -> bool {
         uid == 0 || uid == self.owner || self.uids.contains(&uid) || self.gids.contains(&gid)
     }
 }
@@ -83,7 +97,7 @@ impl ControlServer {
             path: path.display().to_string(),
             why,
         };
-        let listener = bind(&path, cfg.mode_bits()).map_err(err)?;
+        let listener = bind(&path, Type::SEQPACKET, cfg.mode_bits()).map_err(err)?;
         let stop = Arc::new(AtomicBool::new(false));
         let owners = vec![None; vms.len()];
         let server = Server {
@@ -133,23 +147,37 @@ impl Drop for ControlServer {
     }
 }
 
-fn bind(path: &Path, mode: u32) -> Result<Socket, String> {
-    use std::os::unix::fs::PermissionsExt;
+/// Binds and listens on a non-blocking Unix socket of type `ty` (`Type::SEQPACKET`,
+/// `Type::STREAM`) at `path`, with file mode `mode`. Creates the directory; replaces a stale
+/// socket file (one that refuses connections: its process is gone); refuses a socket that a
+/// live process serves (or that cannot be probed), and anything at `path` that is not a socket.
+/// The error says what and why, without the path (the caller names the setting and path).
+pub(crate) fn bind(path: &Path, ty: Type, mode: u32) -> Result<Socket, String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create its directory: {e}"))?;
     }
     let addr = SockAddr::unix(path).map_err(|e| format!("not a usable socket path: {e}"))?;
-    if path.exists() {
-        let probe = Socket::new(Domain::UNIX, Type::SEQPACKET, None)
-            .map_err(|e| format!("cannot create a socket: {e}"))?;
-        if probe.connect(&addr).is_ok() {
-            return Err("another process is serving this control socket".into());
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err("exists and is not a socket; refusing to replace it".into());
+        }
+        let probe = Socket::new(Domain::UNIX, ty.cloexec(), None)
+            .map_err(|e| format!("cannot create a {ty:?} socket: {e}"))?;
+        match probe.connect(&addr) {
+            Ok(()) => return Err("another process is serving this socket".into()),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+            Err(e) => {
+                return Err(format!(
+                    "a socket is there and cannot be probed ({e}); another process may serve it"
+                ))
+            }
         }
         std::fs::remove_file(path)
             .map_err(|e| format!("stale socket file cannot be removed: {e}"))?;
     }
-    let sock = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)
-        .map_err(|e| format!("cannot create a SOCK_SEQPACKET socket: {e}"))?;
+    let sock = Socket::new(Domain::UNIX, ty.cloexec(), None)
+        .map_err(|e| format!("cannot create a {ty:?} socket: {e}"))?;
     sock.bind(&addr).map_err(|e| format!("cannot bind: {e}"))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("cannot set its mode to {mode:o}: {e}"))?;

@@ -8,10 +8,12 @@ mod worker;
 
 pub use worker::{PortRole, Worker, WorkerLinks, WorkerOptions, WorkerPort, WorkerVm};
 
+use crate::admin::{AdminError, AdminServer};
 use crate::config::{Config, PortSpec};
 use crate::control::{ControlError, ControlServer, ControlVm, Rings};
-use crate::dpdk::{self, DpdkError, Eal, LaunchHandle, Mempool, Port, PortConf};
-use crate::stats::{PortCounters, PortSnapshot, Snapshot, VmCounters, VmSnapshot};
+use crate::dpdk::{self, DpdkError, Eal, LaunchHandle, Mempool, Port, PortConf, StatsReader};
+use crate::meter::MeterHub;
+use crate::stats::{PortCounters, PortSnapshot, Snapshot, VmCounters, VmSetup, VmSnapshot};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +32,8 @@ pub enum StartError {
     VhostSocket { path: String, why: String },
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     #[error("eal.lcores: needs at least two lcores (the main lcore runs control and stats, a worker runs the poll loop); got {0:?}")]
     NoWorker(String),
 }
@@ -37,12 +41,81 @@ pub enum StartError {
 struct VmView {
     name: String,
     counters: Arc<VmCounters>,
+    setup: VmSetup,
 }
 
 struct PortView {
-    port: Port,
+    name: String,
     role: PortRole,
     counters: Arc<PortCounters>,
+    driver: StatsReader,
+}
+
+/// Everything a stats reader needs, readable from any thread (the main thread's printer and
+/// the admin socket's thread): the counters the worker publishes, the drivers' counters and the
+/// latency histograms.
+pub struct StatsSource {
+    vms: Vec<VmView>,
+    ports: Vec<PortView>,
+    meter: Arc<MeterHub>,
+    started: Instant,
+}
+
+impl StatsSource {
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            vms: self
+                .vms
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let [hold, c2w, drain] = self.meter.latency(i);
+                    VmSnapshot {
+                        hold_time: hold,
+                        commit_to_wire: c2w,
+                        fence_drain: drain,
+                        setup: v.setup.clone(),
+                        ..VmSnapshot::of(&v.name, &v.counters)
+                    }
+                })
+                .collect(),
+            ports: self
+                .ports
+                .iter()
+                .map(|p| PortSnapshot {
+                    name: p.name.clone(),
+                    role: p.role.name().to_string(),
+                    rx_frames: p.counters.rx_frames.get(),
+                    rx_bytes: p.counters.rx_bytes.get(),
+                    tx_frames: p.counters.tx_frames.get(),
+                    tx_bytes: p.counters.tx_bytes.get(),
+                    dropped: p.counters.drops.snapshot(),
+                    driver: p.driver.read(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn setup_of(vm: &crate::config::VmConfig) -> VmSetup {
+    VmSetup {
+        port: vm.port.as_ref().map_or_else(
+            || "shared ingress".to_string(),
+            |p| p.device_name().to_string(),
+        ),
+        vlan: vm.vlan,
+        max_held_frames: vm.limits.max_frames,
+        max_held_bytes: vm.limits.max_bytes,
+        high_water_frames: vm.limits.high_water_frames,
+        high_water_bytes: vm.limits.high_water_bytes,
+        on_full: vm.limits.on_full.as_str().to_string(),
+        rate_bytes_per_s: vm.rate.bytes_per_s,
+        rate_pps: vm.rate.pps,
+        burst_bytes: vm.rate.burst_bytes,
+        burst_frames: vm.rate.burst_frames,
+    }
 }
 
 /// A vhost-user port's socket must be creatable: its directory is made if missing, and a socket
@@ -87,6 +160,7 @@ fn policy_in_ticks(p: crate::policy::PolicyConfig, hz: u64) -> crate::policy::Po
         max_defer_ns: t(p.max_defer_ns),
         min_interval_ns: t(p.min_interval_ns),
         high_water_frames: p.high_water_frames,
+        high_water_bytes: p.high_water_bytes,
     }
 }
 
@@ -101,12 +175,12 @@ pub fn free_hugepages() -> u64 {
 /// A running epochgate data plane.
 pub struct Appliance {
     eal: &'static Eal,
-    vms: Vec<VmView>,
-    ports: Vec<PortView>,
+    stats: Arc<StatsSource>,
+    ports: Vec<Port>,
     quit: Arc<AtomicBool>,
     worker: Option<LaunchHandle>,
     control: Option<ControlServer>,
-    started: Instant,
+    admin: Option<AdminServer>,
 }
 
 impl Appliance {
@@ -141,6 +215,7 @@ impl Appliance {
 
         // Port order is cfg.ports(): egress, then the shared ingress, then VM ports.
         let mut ports = Vec::new();
+        let mut views = Vec::new();
         let mut wports = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             let role = match i {
@@ -154,11 +229,13 @@ impl Appliance {
                 unreachable!("Port::start returns the one rx and tx queue it was asked for");
             };
             wports.push(WorkerPort::new(rxq, txq, counters.clone()));
-            ports.push(PortView {
-                port,
+            views.push(PortView {
+                name: port.name().to_string(),
                 role,
                 counters,
+                driver: port.stats_reader(),
             });
+            ports.push(port);
         }
         let port_index = |spec: &PortSpec| {
             specs
@@ -180,19 +257,22 @@ impl Appliance {
                     vm.port.as_ref().and_then(port_index),
                     vm.mac,
                     vm.vlan,
-                    cfg.dataplane.vm_queue as usize,
+                    vm.limits,
                     counters.clone(),
                 )
+                .with_rate(vm.rate)
                 .with_announcements(announce)
                 .with_classification(&vm.name, vm.defer),
             );
             vms.push(VmView {
                 name: vm.name.clone(),
                 counters,
+                setup: setup_of(vm),
             });
         }
 
         let rings = Arc::new(Rings::new(vms.len()));
+        let meter = MeterHub::new(vms.len());
         let control = ControlServer::start(
             &cfg.control,
             vms.iter()
@@ -223,49 +303,38 @@ impl Appliance {
                     cfg.classifier.flow_table,
                     cfg.classifier.window_update_threshold,
                 )),
+                passthrough_min_share_ppm: cfg.passthrough_min_share_ppm,
             },
             WorkerLinks {
                 quit: quit.clone(),
                 rings,
                 pool,
+                meter: meter.clone(),
             },
         );
+        let stats = Arc::new(StatsSource {
+            vms,
+            ports: views,
+            meter,
+            started: Instant::now(),
+        });
+        let source = stats.clone();
+        let admin = AdminServer::start(&cfg.control, Arc::new(move || source.snapshot()))?;
         let handle = dpdk::launch_on(eal, lcore, move || worker.run())?;
         Ok(Appliance {
             eal,
-            vms,
+            stats,
             ports,
             quit,
             worker: Some(handle),
             control: Some(control),
-            started: Instant::now(),
+            admin: Some(admin),
         })
     }
 
     /// The counters now.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            uptime_ms: self.started.elapsed().as_millis() as u64,
-            vms: self
-                .vms
-                .iter()
-                .map(|v| VmSnapshot::of(&v.name, &v.counters))
-                .collect(),
-            ports: self
-                .ports
-                .iter()
-                .map(|p| PortSnapshot {
-                    name: p.port.name().to_string(),
-                    role: p.role.name().to_string(),
-                    rx_frames: p.counters.rx_frames.get(),
-                    rx_bytes: p.counters.rx_bytes.get(),
-                    tx_frames: p.counters.tx_frames.get(),
-                    tx_bytes: p.counters.tx_bytes.get(),
-                    dropped: p.counters.drops.snapshot(),
-                    driver: p.port.stats(),
-                })
-                .collect(),
-        }
+        self.stats.snapshot()
     }
 
     pub fn eal(&self) -> &'static Eal {
@@ -280,13 +349,16 @@ impl Appliance {
         if let Some(c) = self.control.take() {
             c.stop();
         }
+        if let Some(a) = self.admin.take() {
+            a.stop();
+        }
         self.quit.store(true, Relaxed);
         if let Some(h) = self.worker.take() {
             h.wait();
         }
         let snap = self.snapshot();
         for p in self.ports.drain(..) {
-            if let Err(port) = p.port.close() {
+            if let Err(port) = p.close() {
                 // Unreachable after the worker returned (it owned the queues); say so if not.
                 eprintln!(
                     "epochgate: port {} still has queues in use; not closed",

@@ -14,11 +14,14 @@
 
 use super::demux::{Demux, Inbound, VmIdx};
 use crate::classify::{Classifier, VmDefer, WindowTable};
+use crate::config::{BufferLimits, OnFull, RateLimit};
 use crate::control::{Answer, Command, Mode, Op, Release, Reply, Rings};
 use crate::dpdk::{tsc, Burst, Mbuf, Mempool, RxQueue, TxQueue, BURST};
 use crate::epoch::{EpochError, EpochQueue, Weighed};
 use crate::frame::{self, MacAddr};
+use crate::meter::{self, MeterHub, WorkerMeter};
 use crate::policy::{FrameKind, PolicyConfig, RequestPolicy};
+use crate::sched::{Backlog, Bucket, Class, Regulator, SchedConfig, Scheduler};
 use crate::stats::{DropReason, PortCounters, VmCounters};
 use arrayvec::ArrayVec;
 use std::collections::VecDeque;
@@ -26,12 +29,25 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use vmm_shim::proto::{ErrorCode, Urgency};
 
-impl Weighed for Mbuf {
+/// A frame in a VM's queue, with the TSC of its arrival (for the hold-time histogram).
+struct Held {
+    m: Mbuf,
+    at: u64,
+}
+
+impl Weighed for Held {
     #[inline]
     fn bytes(&self) -> u64 {
-        self.len() as u64
+        self.m.len() as u64
     }
 }
+
+/// The largest frame one mbuf holds (RTE_MBUF_DEFAULT_DATAROOM): what the byte limit reserves
+/// per frame before reading a VM's port under backpressure.
+const FRAME_ROOM: u64 = 2048;
+
+/// Commits whose epochs are still being transmitted, per VM, before the list grows.
+const COMMITS_IN_FLIGHT: usize = 16;
 
 /// Inbound frames waiting for one port's TX.
 const INBOUND_STAGE: usize = 128;
@@ -100,8 +116,17 @@ pub struct WorkerVm {
     pub counters: Arc<VmCounters>,
     /// Frames waiting for egress, in the order the VM sent them: what is releasable at the
     /// front, then sealed epochs, then the open one.
-    queue: EpochQueue<Mbuf>,
-    capacity: usize,
+    queue: EpochQueue<Held>,
+    /// What the queue may hold, and what happens when it is full.
+    limits: BufferLimits,
+    /// The regulator's configuration (the buckets themselves live in the scheduler).
+    rate: RateLimit,
+    /// Backpressure is on (the port is not being read): counted once per episode.
+    full: bool,
+    /// Frames of this queue transmitted (taken by the egress TX), and the commits whose last
+    /// frame has not been transmitted yet: (release point after the commit, TSC of the commit).
+    sent: u64,
+    commits: VecDeque<(u64, u64)>,
     fencing: Option<Fencing>,
     /// Frames that announce its addresses when it is promoted (built from the config).
     announce: Vec<Vec<u8>>,
@@ -118,13 +143,13 @@ impl WorkerVm {
         port: Option<usize>,
         mac: Option<MacAddr>,
         vlan: Option<u16>,
-        capacity: usize,
+        limits: BufferLimits,
         counters: Arc<VmCounters>,
     ) -> Self {
         if let Some(m) = mac {
             counters.mac.set(mac_to_u64(m));
         }
-        let mut queue = EpochQueue::new(capacity);
+        let mut queue = EpochQueue::new(limits.max_frames.min(1 << 16) as usize);
         let mode = match mode {
             crate::config::Mode::Passthrough => Mode::Passthrough,
             crate::config::Mode::Protected => {
@@ -140,7 +165,11 @@ impl WorkerVm {
             vlan,
             counters,
             queue,
-            capacity,
+            limits,
+            rate: RateLimit::default(),
+            full: false,
+            sent: 0,
+            commits: VecDeque::with_capacity(COMMITS_IN_FLIGHT),
             fencing: None,
             announce: Vec::new(),
             name: String::new(),
@@ -157,6 +186,12 @@ impl WorkerVm {
         self
     }
 
+    /// The VM's regulator (`rate_mbps` / `rate_pps`).
+    pub fn with_rate(mut self, rate: RateLimit) -> Self {
+        self.rate = rate;
+        self
+    }
+
     /// What the classifier needs: the VM's name and its `defer` setting.
     pub fn with_classification(mut self, name: &str, defer: VmDefer) -> Self {
         self.name = name.to_string();
@@ -168,6 +203,45 @@ impl WorkerVm {
     #[inline]
     fn eligible(&self) -> bool {
         self.queue.releasable() > 0
+    }
+
+    /// Bytes in the queue (held and released).
+    #[inline]
+    fn queued_bytes(&self) -> u64 {
+        self.queue.releasable_bytes() + self.queue.held().bytes
+    }
+
+    /// Frames that may be read from the VM's port now without going over its limits (a frame
+    /// is reserved [`FRAME_ROOM`] bytes, since its size is known only once it is read).
+    #[inline]
+    fn room(&self) -> usize {
+        let frames = self
+            .limits
+            .max_frames
+            .saturating_sub(self.queue.len() as u64);
+        let room = if self.limits.max_bytes == 0 {
+            frames
+        } else {
+            let bytes = self.limits.max_bytes.saturating_sub(self.queued_bytes());
+            frames.min(bytes / FRAME_ROOM)
+        };
+        room.min(BURST as u64) as usize
+    }
+
+    /// Whether one more frame of `len` bytes would go over a limit.
+    #[inline]
+    fn over_limit(&self, len: u64) -> bool {
+        self.queue.len() as u64 >= self.limits.max_frames
+            || (self.limits.max_bytes != 0 && self.queued_bytes() + len > self.limits.max_bytes)
+    }
+
+    /// The scheduling class its released frames belong to.
+    fn class(&self) -> Class {
+        if self.mode == Mode::Protected {
+            Class::Released
+        } else {
+            Class::Passthrough
+        }
     }
 
     /// Whether inbound frames are delivered to it (not to a standby copy or a failed VM).
@@ -203,6 +277,14 @@ impl WorkerVm {
         c.committed_epoch.set(self.queue.committed_epoch());
         c.held_frames.set(held.frames);
         c.held_bytes.set(held.bytes);
+        c.ready_frames.set(self.queue.releasable() as u64);
+        c.ready_bytes.set(self.queue.releasable_bytes());
+    }
+
+    /// Counts frames that just became releasable.
+    fn count_released(&self, frames: u64, bytes: u64) {
+        self.counters.released_frames.add(frames);
+        self.counters.released_bytes.add(bytes);
     }
 }
 
@@ -219,6 +301,8 @@ pub struct WorkerLinks {
     pub rings: Arc<Rings>,
     /// For the frames the worker makes itself (announcements).
     pub pool: Arc<Mempool>,
+    /// Where the latency histograms go.
+    pub meter: Arc<MeterHub>,
 }
 
 /// Times, in TSC ticks.
@@ -233,6 +317,8 @@ pub struct WorkerOptions {
     /// The classifier, and the window table's (capacity, threshold) if window updates are on.
     pub classifier: Arc<Classifier>,
     pub windows: Option<(usize, u32)>,
+    /// `[egress] passthrough_min_share`, in parts per million.
+    pub passthrough_min_share_ppm: u32,
 }
 
 /// One worker: every VM and port is owned by it (DESIGN.md allows more workers; the foundation
@@ -243,11 +329,14 @@ pub struct Worker {
     demux: Demux,
     egress: usize,
     ingress: Option<usize>,
-    /// Frames staged for the egress TX queue, and for each its VM and length.
+    /// Frames staged for the egress TX queue, and for each its VM, length and arrival TSC.
     out: Burst,
-    out_owner: ArrayVec<(VmIdx, u32), BURST>,
-    /// Next VM to serve in the round robin.
-    next_vm: usize,
+    out_owner: ArrayVec<(VmIdx, u32, u64), BURST>,
+    /// Which VM's released frame goes next: priority, starvation guard, DRR, regulators.
+    sched: Scheduler,
+    /// Latency histograms, handed to the stats side every `meter::PUBLISH_MS`.
+    meter: WorkerMeter,
+    next_publish: u64,
     /// Ports reached by a broadcast (each once) and the VMs that it reaches.
     group_ports: Vec<usize>,
     group_vms: Vec<VmIdx>,
@@ -278,11 +367,34 @@ impl Worker {
         opts: WorkerOptions,
         links: WorkerLinks,
     ) -> Worker {
-        let WorkerLinks { quit, rings, pool } = links;
+        let WorkerLinks {
+            quit,
+            rings,
+            pool,
+            meter,
+        } = links;
         let mut vms = vms;
-        for vm in &mut vms {
-            vm.policy = RequestPolicy::new(opts.policy, tsc());
+        let now = tsc();
+        let mut sched = Scheduler::new(
+            SchedConfig {
+                share_ppm: opts.passthrough_min_share_ppm,
+                quantum: QUANTUM,
+            },
+            vms.len(),
+        );
+        for (i, vm) in vms.iter_mut().enumerate() {
+            vm.policy = RequestPolicy::new(
+                PolicyConfig {
+                    high_water_frames: vm.limits.high_water_frames,
+                    high_water_bytes: vm.limits.high_water_bytes,
+                    ..opts.policy
+                },
+                now,
+            );
+            sched.set_class(i, vm.class());
+            sched.set_regulator(i, regulator(vm.rate, opts.tsc_hz, now));
         }
+        let meter = WorkerMeter::new(meter, vms.len());
         let classifier = opts.classifier.clone();
         let windows = opts.windows.map(|(n, t)| WindowTable::new(n, t));
         let mut demux = Demux::new();
@@ -299,7 +411,9 @@ impl Worker {
             ingress,
             out: Burst::new(),
             out_owner: ArrayVec::new(),
-            next_vm: 0,
+            sched,
+            meter,
+            next_publish: now,
             group_ports: Vec::new(),
             group_vms: Vec::new(),
             quit,
@@ -361,24 +475,46 @@ impl Worker {
         }
         self.fill_egress();
         self.tx_egress();
+        if tsc() >= self.next_publish {
+            self.publish_meter();
+        }
+    }
+
+    /// Every `meter::PUBLISH_MS`: histograms to the stats side, and the VMs' gauges.
+    fn publish_meter(&mut self) {
+        self.meter.publish();
+        for vm in &self.vms {
+            vm.publish();
+        }
+        self.next_publish = tsc().saturating_add(self.opts.tsc_hz / 1000 * meter::PUBLISH_MS);
     }
 
     fn rx_vm_ports(&mut self) {
         for vi in 0..self.vms.len() {
-            let vm = &self.vms[vi];
+            let vm = &mut self.vms[vi];
             let Some(pi) = vm.port else { continue };
-            // Backpressure: leave frames in the port (the guest's ring) while the VM's queue
-            // has no room for a whole burst. A fence cannot drain more then: what is left in
-            // the guest goes to the next epoch (safe) and the fence is counted as cut short.
-            if vm.capacity - vm.queue.len() < BURST {
+            // Backpressure: leave frames in the port (the guest's ring) while the VM's buffer
+            // has no room. A fence cannot drain more then: what is left in the guest goes to
+            // the next epoch (safe) and the fence is counted as cut short. With `drop`, the
+            // port is always read and what does not fit is dropped (counted) in `accept`.
+            let max = match vm.limits.on_full {
+                OnFull::Drop => BURST,
+                OnFull::Backpressure => vm.room(),
+            };
+            if max == 0 {
+                if !vm.full {
+                    vm.full = true;
+                    vm.counters.backpressure.add(1);
+                }
                 if vm.fencing.is_some() {
                     self.seal(vi, true);
                 }
                 continue;
             }
+            vm.full = false;
             let mut burst = Burst::new();
             let port = &mut self.ports[pi];
-            if port.rx.rx_burst(&mut burst) == 0 {
+            if port.rx.rx_burst_upto(&mut burst, max) == 0 {
                 // Seen empty while the guest is paused: everything it sent is in the epoch.
                 if vm.fencing.is_some() {
                     self.seal(vi, false);
@@ -392,10 +528,7 @@ impl Worker {
             for m in burst {
                 self.accept(vi, m, now);
             }
-            let vm = &self.vms[vi];
-            if vm.mode == Mode::Protected {
-                vm.publish();
-            }
+            self.vms[vi].publish();
         }
     }
 
@@ -432,9 +565,9 @@ impl Worker {
                 }
             }
         }
-        // Once per burst, not per frame: what the protected VMs on this port now hold.
+        // Once per burst, not per frame: what the VMs on this port now hold.
         for vm in &self.vms {
-            if vm.port.is_none() && vm.mode == Mode::Protected {
+            if vm.port.is_none() {
                 vm.publish();
             }
         }
@@ -453,14 +586,16 @@ impl Worker {
                 }
             }
         }
+        let len = m.len() as u64;
         if m.data().len() < 14 {
             vm.drop_frames(DropReason::Runt, 1);
         } else if vm.mode == Mode::Standby {
             vm.drop_frames(DropReason::Standby, 1);
         } else if vm.mode == Mode::Failed {
             vm.drop_frames(DropReason::Failed, 1);
-        } else if vm.queue.len() >= vm.capacity {
-            vm.drop_frames(DropReason::VmQueueFull, 1);
+        } else if vm.limits.on_full == OnFull::Drop && vm.over_limit(len) {
+            // (Under backpressure the port was read only as far as there was room.)
+            vm.drop_frames(DropReason::BufferFull, 1);
         } else if vm.mode == Mode::Protected {
             // Held: what kind of frame it is decides how soon a checkpoint is needed.
             let c =
@@ -472,8 +607,10 @@ impl Worker {
             } else {
                 FrameKind::Immediate
             };
-            vm.queue.push(m);
-            let request = vm.policy.on_frame(now, kind, vm.queue.held().frames);
+            vm.queue.push(Held { m, at: now });
+            let request =
+                vm.policy
+                    .on_frame_sized(now, kind, vm.queue.len() as u64, vm.queued_bytes());
             if let Some(t) = vm.policy.next_wakeup() {
                 self.wakeup = self.wakeup.min(t);
             }
@@ -481,7 +618,8 @@ impl Worker {
                 self.request(vi, r.why);
             }
         } else {
-            vm.queue.push(m);
+            vm.queue.push(Held { m, at: now });
+            vm.count_released(1, len);
         }
     }
 
@@ -528,26 +666,25 @@ impl Worker {
         self.vms[vi].policy = RequestPolicy::new(cfg, tsc());
     }
 
-    /// Moves frames from eligible VMs' queues into the egress stage: round robin over VMs, each
-    /// turn a run of up to the stage's free room from one VM (runs keep the per-frame cost low).
+    /// Moves released frames into the egress stage in the order the scheduler gives: released
+    /// frames of protected VMs first (within the starvation guard), deficit round robin among
+    /// the VMs of a class, each VM within its rate.
     fn fill_egress(&mut self) {
-        let n = self.vms.len();
-        let mut passed = 0;
-        while !self.out.is_full() && passed < n {
-            let vi = self.next_vm;
-            self.next_vm = if vi + 1 == n { 0 } else { vi + 1 };
-            let vm = &mut self.vms[vi];
-            if !vm.eligible() {
-                passed += 1;
-                continue;
-            }
-            passed = 0;
-            let take = self.out.remaining_capacity().min(vm.queue.releasable());
-            for m in vm.queue.drain_released(take) {
-                let len = m.len() as u32;
-                self.out.push(m);
-                self.out_owner.push((vi, len));
-            }
+        if self.out.is_full() {
+            return;
+        }
+        self.sched.begin(tsc());
+        while !self.out.is_full() {
+            let Some(vi) = self.sched.pick(&Heads(&self.vms)) else {
+                break;
+            };
+            let Some(h) = self.vms[vi].queue.pop_released() else {
+                break;
+            };
+            let len = h.m.len() as u32;
+            self.sched.sent(vi, len);
+            self.out.push(h.m);
+            self.out_owner.push((vi, len, h.at));
         }
     }
 
@@ -560,26 +697,40 @@ impl Worker {
         if sent == 0 {
             return;
         }
-        // Account by runs of the same VM: one counter update per run, not per frame.
+        // Account by runs of the same VM (and, for the hold time, the same arrival burst): one
+        // counter update and one histogram record per run, not per frame.
+        let now = tsc();
+        let hz = self.opts.tsc_hz;
         let mut total = 0u64;
-        let mut run: Option<(VmIdx, u64, u64)> = None;
-        for &(vi, len) in &self.out_owner[..sent] {
-            total += u64::from(len);
-            match &mut run {
-                Some((v, frames, bytes)) if *v == vi => {
-                    *frames += 1;
-                    *bytes += u64::from(len);
+        let mut i = 0;
+        while i < sent {
+            let (vi, _, _) = self.out_owner[i];
+            let (mut frames, mut bytes) = (0u64, 0u64);
+            while i < sent && self.out_owner[i].0 == vi {
+                let at = self.out_owner[i].2;
+                let mut same = 0;
+                while i < sent && self.out_owner[i].0 == vi && self.out_owner[i].2 == at {
+                    bytes += u64::from(self.out_owner[i].1);
+                    same += 1;
+                    i += 1;
                 }
-                _ => {
-                    if let Some((v, frames, bytes)) = run {
-                        count_tx_vm(&self.vms[v].counters, frames, bytes);
-                    }
-                    run = Some((vi, 1, u64::from(len)));
-                }
+                frames += same;
+                let hold = ticks_to_ns(now.saturating_sub(at), hz);
+                meter::record(&mut self.meter.vm(vi).hold, hold, same);
             }
-        }
-        if let Some((v, frames, bytes)) = run {
-            count_tx_vm(&self.vms[v].counters, frames, bytes);
+            total += bytes;
+            let vm = &mut self.vms[vi];
+            count_tx_vm(&vm.counters, frames, bytes);
+            vm.publish();
+            vm.sent += frames;
+            while let Some(&(end, at)) = vm.commits.front() {
+                if vm.sent < end {
+                    break;
+                }
+                vm.commits.pop_front();
+                let ns = ticks_to_ns(now.saturating_sub(at), hz);
+                meter::record(&mut self.meter.vm(vi).commit_to_wire, ns, 1);
+            }
         }
         self.out_owner.drain(..sent);
         port.counters.tx_frames.add(sent as u64);
@@ -656,6 +807,11 @@ impl Worker {
             if let Some(reply) = self.execute(cmd) {
                 self.answer(cmd.vm, cmd.session, reply);
             }
+            // A mode change may move the VM to the other scheduling class.
+            let class = self.vms[cmd.vm].class();
+            if self.sched.class(cmd.vm) != class {
+                self.sched.set_class(cmd.vm, class);
+            }
             self.vms[cmd.vm].publish();
         }
     }
@@ -726,6 +882,10 @@ impl Worker {
             Op::Commit(epoch) => match vm.queue.commit(epoch) {
                 Ok(c) => {
                     vm.counters.epochs_committed.add(1);
+                    vm.count_released(c.frames, c.bytes);
+                    if c.frames > 0 {
+                        vm.commits.push_back((vm.queue.released_total(), tsc()));
+                    }
                     Reply::Committed {
                         epoch,
                         frames: c.frames,
@@ -738,10 +898,14 @@ impl Worker {
                     not_protected(vm.mode, "unprotect")
                 } else {
                     let reply = match how {
-                        Release::Release => Reply::Unprotected {
-                            released: vm.queue.unprotect(how).frames,
-                            dropped: 0,
-                        },
+                        Release::Release => {
+                            let n = vm.queue.unprotect(how);
+                            vm.count_released(n.frames, n.bytes);
+                            Reply::Unprotected {
+                                released: n.frames,
+                                dropped: 0,
+                            }
+                        }
                         Release::Drop => Reply::Unprotected {
                             released: 0,
                             dropped: vm.drop_held(DropReason::UnprotectDrop, true),
@@ -840,6 +1004,7 @@ impl Worker {
             vm.counters.fences_cut_short.add(1);
         }
         let drain_ns = ticks_to_ns(tsc().saturating_sub(f.started), self.opts.tsc_hz);
+        meter::record(&mut self.meter.vm(vi).fence_drain, drain_ns, 1);
         let reply = match vm.queue.fence(f.epoch) {
             Ok(s) => {
                 vm.counters.epochs_sealed.add(1);
@@ -892,7 +1057,7 @@ impl Worker {
                 break;
             }
         }
-        for &(vi, _) in &self.out_owner {
+        for &(vi, _, _) in &self.out_owner {
             self.vms[vi].drop_frames(DropReason::Shutdown, 1);
         }
         self.out.clear();
@@ -902,6 +1067,7 @@ impl Worker {
             vm.drop_frames(DropReason::Shutdown, n);
             vm.publish();
         }
+        self.meter.publish();
         for p in &mut self.ports {
             p.counters
                 .drops
@@ -981,4 +1147,25 @@ fn stage_inbound(port: &mut WorkerPort, m: Mbuf) {
         Ok(()) => port.inbound_bytes += len,
         Err(_) => port.counters.drops.add(DropReason::PortBusy, 1),
     }
+}
+
+/// The DRR quantum: bytes a VM may send per turn (about one full-size frame).
+const QUANTUM: u32 = 1536;
+
+/// What the scheduler sees of the VMs: the length of each one's next released frame.
+struct Heads<'a>(&'a [WorkerVm]);
+
+impl Backlog for Heads<'_> {
+    #[inline]
+    fn head(&self, vm: usize) -> Option<u32> {
+        self.0[vm].queue.front_released().map(|h| h.m.len() as u32)
+    }
+}
+
+/// A VM's token buckets from its configured rate (none when it has no rate).
+fn regulator(rate: RateLimit, hz: u64, now: u64) -> Option<Regulator> {
+    let bytes =
+        (rate.bytes_per_s > 0).then(|| Bucket::new(rate.bytes_per_s, rate.burst_bytes, hz, now));
+    let frames = (rate.pps > 0).then(|| Bucket::new(rate.pps, rate.burst_frames, hz, now));
+    (bytes.is_some() || frames.is_some()).then_some(Regulator { bytes, frames })
 }

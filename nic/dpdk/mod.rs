@@ -31,7 +31,7 @@ mod ffi {
 pub use eal::{cleanup, init, launch_on, tsc, tsc_hz, worker_lcores, Eal, LaunchHandle};
 pub use mbuf::{Burst, Mbuf, BURST};
 pub use mempool::Mempool;
-pub use port::{Port, PortConf, PortStats, RxQueue, TxQueue};
+pub use port::{Port, PortConf, PortStats, RxQueue, StatsReader, TxQueue};
 
 /// What went wrong in a DPDK call: the operation, the object, and DPDK's own reason.
 #[derive(Debug, thiserror::Error)]

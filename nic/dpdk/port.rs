@@ -30,7 +30,7 @@ pub struct PortConf {
 }
 
 /// Counters the driver keeps for a port (`rte_eth_stats`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortStats {
     pub ipackets: u64,
     pub opackets: u64,
@@ -175,23 +175,12 @@ impl Port {
 
     /// The driver's counters for this port.
     pub fn stats(&self) -> PortStats {
-        let mut s = ffi::rte_eth_stats::default();
-        // SAFETY: the port is started (it exists as a Port); s is a valid out struct. Reading
-        // stats concurrently with bursts on other threads is supported by DPDK drivers.
-        let rc = unsafe { ffi::rte_eth_stats_get(self.shared.id, &mut s) };
-        if rc != 0 {
-            return PortStats::default();
-        }
-        PortStats {
-            ipackets: s.ipackets,
-            opackets: s.opackets,
-            ibytes: s.ibytes,
-            obytes: s.obytes,
-            imissed: s.imissed,
-            ierrors: s.ierrors,
-            oerrors: s.oerrors,
-            rx_nombuf: s.rx_nombuf,
-        }
+        self.stats_reader().read()
+    }
+
+    /// Reads this port's driver counters from any thread (the stats and admin threads).
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader(self.shared.id)
     }
 
     /// Whether the link is up (for vhost-user: a VMM is attached and its queues are ready).
@@ -228,8 +217,19 @@ impl RxQueue {
     /// Receives up to the free room of `out` into its tail; returns how many arrived.
     #[inline]
     pub fn rx_burst<const N: usize>(&mut self, out: &mut ArrayVec<Mbuf, N>) -> usize {
+        self.rx_burst_upto(out, usize::MAX)
+    }
+
+    /// [`rx_burst`](Self::rx_burst) taking at most `max` frames (what the caller has room for;
+    /// the rest stay in the port's ring).
+    #[inline]
+    pub fn rx_burst_upto<const N: usize>(
+        &mut self,
+        out: &mut ArrayVec<Mbuf, N>,
+        max: usize,
+    ) -> usize {
         let len = out.len();
-        let room = u16::try_from(out.remaining_capacity()).unwrap_or(u16::MAX);
+        let room = u16::try_from(out.remaining_capacity().min(max)).unwrap_or(u16::MAX);
         if room == 0 {
             return 0;
         }
@@ -270,6 +270,34 @@ impl TxQueue {
             std::ptr::copy(base.add(n), base, len - n);
             frames.set_len(len - n);
             n
+        }
+    }
+}
+
+/// Reads one port's driver counters; holds only the port id, so it never keeps a port open.
+#[derive(Debug, Clone, Copy)]
+pub struct StatsReader(u16);
+
+impl StatsReader {
+    /// The driver's counters now (all zero once the port is closed).
+    pub fn read(self) -> PortStats {
+        let mut s = ffi::rte_eth_stats::default();
+        // SAFETY: s is a valid out struct. rte_eth_stats_get validates the port id and fails
+        // (-ENODEV / -ENOTSUP) for a port that is gone; reading stats concurrently with bursts
+        // on other threads is supported by DPDK drivers.
+        let rc = unsafe { ffi::rte_eth_stats_get(self.0, &mut s) };
+        if rc != 0 {
+            return PortStats::default();
+        }
+        PortStats {
+            ipackets: s.ipackets,
+            opackets: s.opackets,
+            ibytes: s.ibytes,
+            obytes: s.obytes,
+            imissed: s.imissed,
+            ierrors: s.ierrors,
+            oerrors: s.oerrors,
+            rx_nombuf: s.rx_nombuf,
         }
     }
 }

@@ -319,6 +319,8 @@ pub struct Peer {
     dir: PathBuf,
     err: PathBuf,
     batches: usize,
+    /// Events read while waiting for another kind, oldest first.
+    pending: std::collections::VecDeque<Value>,
 }
 
 impl Peer {
@@ -362,12 +364,16 @@ impl Peer {
             dir: dir.to_path_buf(),
             err,
             batches: 0,
+            pending: std::collections::VecDeque::new(),
         };
         p.expect_event("ready");
         p
     }
 
     fn expect_event(&mut self, event: &str) -> Value {
+        if let Some(i) = self.pending.iter().position(|v| v["event"] == event) {
+            return self.pending.remove(i).expect("position is in range");
+        }
         let start = Instant::now();
         loop {
             let left = DEADLINE.saturating_sub(start.elapsed());
@@ -378,6 +384,7 @@ impl Peer {
                     if v["event"] == event {
                         return v;
                     }
+                    self.pending.push_back(v);
                 }
                 Err(_) => panic!(
                     "peer: no {event:?} event; stderr:\n{}",
@@ -402,6 +409,35 @@ impl Peer {
         self.say(&format!("send {idx} {}", path.display()));
         let v = self.expect_event("sent");
         assert_eq!(v["frames"], frames.len(), "{v}");
+    }
+
+    /// Queues `frames` on port `idx` without waiting for TX to take them (a guest that keeps
+    /// sending while epochgate pushes back); [`Peer::wait_sent`] waits for the batch.
+    pub fn send_nowait(&mut self, idx: usize, frames: &[Vec<u8>]) {
+        self.batches += 1;
+        let path = self.dir.join(format!("batch-{}.pcap", self.batches));
+        write_pcap(&path, frames);
+        self.say(&format!("send {idx} {}", path.display()));
+    }
+
+    /// Waits for the `sent` event of the oldest batch queued with [`Peer::send_nowait`]; returns
+    /// its frame count.
+    pub fn wait_sent(&mut self) -> u64 {
+        self.expect_event("sent")["frames"]
+            .as_u64()
+            .expect("frames")
+    }
+
+    /// Stops reading port `idx` (a stalled receiver: its ring fills, epochgate's TX backs up).
+    pub fn pause(&mut self, idx: usize) {
+        self.say(&format!("pause {idx}"));
+        self.expect_event("paused");
+    }
+
+    /// Reads port `idx` again.
+    pub fn resume(&mut self, idx: usize) {
+        self.say(&format!("resume {idx}"));
+        self.expect_event("resumed");
     }
 
     /// Frames received so far on each port.

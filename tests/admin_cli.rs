@@ -1,0 +1,210 @@
+//! `epochgate stats` and `epochgate vms` against a real running epochgate: a pass-through VM fed
+//! from a generated capture on a pcap port, read back through `control.admin_socket` as an
+//! operator would (by config file or by socket path, as JSON or text). A socket nobody serves is
+//! a clear error with exit status 1; a peer that is not allowed is told so.
+
+mod common;
+use common::*;
+use epochgate::frame::MacAddr;
+use epochgate::gen::{self, Stream};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn epochgate(args: &[&str], paths: &[&Path]) -> Output {
+    Command::new(EPOCHGATE)
+        .args(args)
+        .args(paths)
+        .output()
+        .expect("run epochgate")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn stats_and_vms_read_a_running_epochgate() {
+    let _g = serial();
+    let dir = tempdir();
+    let d = dir.path();
+    let frames = gen::frames(
+        &Stream {
+            id: 1,
+            src: MacAddr([0x52, 0x54, 0, 0, 0, 1]),
+            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
+            vlan: None,
+        },
+        1200,
+    );
+    let n = frames.len() as u64;
+    let input = d.join("web.pcap");
+    write_pcap(&input, &frames);
+    let empty = d.join("empty.pcap");
+    write_pcap(&empty, &[]);
+    // 0666 so that the refused-peer check below reaches the credentials check.
+    let cfg = format!(
+        "{}socket_mode = \"0666\"\n\n\
+         [egress]\nport = \"net_pcap0,rx_pcap={e},tx_pcap={d}/egress.pcap\"\n\n\
+         [[vm]]\nname = \"web\"\nport = \"net_pcap1,rx_pcap={i},tx_pcap={d}/web-in.pcap\"\n",
+        eal_and_control(d, "eg-admin-cli"),
+        e = empty.display(),
+        i = input.display(),
+        d = d.display()
+    );
+    let mut eg = Running::start(d, &cfg);
+    let config = d.join("epochgate.toml");
+    let socket = d.join("admin.sock");
+
+    // Poll `stats --json --config` until the VM has read its whole capture.
+    let start = Instant::now();
+    let snap: Value = loop {
+        let out = epochgate(&["stats", "--json", "--config"], &[&config]);
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("stats --json: {e}\n{}", text(&out.stdout)));
+            if u(vm(&v, "web"), "rx_frames") == n {
+                break v;
+            }
+        }
+        if let Ok(Some(status)) = eg.child.try_wait() {
+            panic!("epochgate exited ({status})\n{}", eg.logs());
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no snapshot with rx_frames {n} after {DEADLINE:?}; last: status {} stdout {} stderr {}\n{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr),
+            eg.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let web = vm(&snap, "web");
+    assert_eq!(web["mode"], "passthrough", "{web}");
+    assert_eq!(
+        u(web, "rx_bytes"),
+        frames.iter().map(|f| f.len() as u64).sum::<u64>(),
+        "{web}"
+    );
+    assert_eq!(snap["vms"].as_array().map(Vec::len), Some(1), "{snap}");
+    let egress = port(&snap, "egress", 0);
+    assert_eq!(egress["name"], "net_pcap0", "{egress}");
+    let vm_port = port(&snap, "vm", 0);
+    assert_eq!(vm_port["name"], "net_pcap1", "{vm_port}");
+    assert!(vm_port["driver"].is_object(), "{vm_port}");
+
+    // `vms` (text, by config): a header and the VM's row with its name and mode.
+    let out = epochgate(&["vms", "--config"], &[&config]);
+    let vms = text(&out.stdout);
+    assert!(out.status.success(), "{vms}{}", text(&out.stderr));
+    let mut lines = vms.lines();
+    let header = lines.next().unwrap_or_default();
+    for col in [
+        "NAME", "MODE", "MAC", "PORT", "EPOCH", "HELD", "LIMIT", "RATE",
+    ] {
+        assert!(header.contains(col), "no {col} in {header:?}");
+    }
+    let row = lines
+        .find(|l| l.starts_with("web "))
+        .unwrap_or_else(|| panic!("no row for web in\n{vms}"));
+    assert!(row.contains(" passthrough "), "{row}");
+
+    // `stats` (text, by socket path): the VM, its count and the ports.
+    let out = epochgate(&["stats", "--socket"], &[&socket]);
+    let stats = text(&out.stdout);
+    assert!(out.status.success(), "{stats}{}", text(&out.stderr));
+    assert!(stats.contains("vm web (passthrough)"), "{stats}");
+    assert!(stats.contains(&format!(" {n} frames")), "{stats}");
+    assert!(stats.contains("port net_pcap0 (egress)"), "{stats}");
+    assert!(stats.contains("port net_pcap1 (vm)"), "{stats}");
+    assert!(stats.contains("imissed "), "{stats}");
+
+    // `vms --json` is the same snapshot, as JSON.
+    let out = epochgate(&["vms", "--json", "--socket"], &[&socket]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("vms --json");
+    assert_eq!(u(vm(&v, "web"), "rx_frames"), n, "{v}");
+
+    refused_peer(d, &socket);
+
+    let pid = eg.child.id();
+    let _ = eg.stop(); // SIGTERM to the PID we started, then waits for a clean exit.
+    assert!(
+        !socket.exists(),
+        "epochgate (pid {pid}) exited and left {}",
+        socket.display()
+    );
+}
+
+/// A user who is not root, not epochgate's user and not allowed gets "permission denied" and
+/// exit 1. Needs root (to run the client as `nobody`) and `setpriv`; skipped otherwise.
+fn refused_peer(dir: &Path, socket: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() || Command::new("setpriv").arg("--help").output().is_err()
+    {
+        eprintln!("skipping the refused-peer check: needs root and setpriv");
+        return;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            EPOCHGATE,
+        ])
+        .args(["stats", "--socket"])
+        .arg(socket)
+        .output()
+        .expect("run setpriv");
+    let err = text(&out.stderr);
+    if err.contains("setpriv:") {
+        eprintln!("skipping the refused-peer check: {err}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("permission denied: uid 65534 is not allowed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreachable_socket_exits_1_and_says_so() {
+    for args in [
+        &["stats", "--socket", "/nonexistent/admin.sock"][..],
+        &["vms", "--json", "--socket", "/nonexistent/admin.sock"][..],
+    ] {
+        let out = epochgate(args, &[]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(
+                "cannot reach epochgate at /nonexistent/admin.sock (is it running? its config's control.admin_socket)"
+            ),
+            "{args:?}: {err}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?} printed {:?}",
+            text(&out.stdout)
+        );
+    }
+    // A config that cannot be read is named; --config and --socket exclude each other.
+    let out = epochgate(&["stats", "--config", "/nonexistent/epochgate.toml"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/epochgate.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = epochgate(&["stats", "--config", "a.toml", "--socket", "b.sock"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot be used with"),
+        "{}",
+        text(&out.stderr)
+    );
+}
