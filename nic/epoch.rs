@@ -371,6 +371,11 @@ impl<T: Weighed> EpochQueue<T> {
         self.released_seq
     }
 
+    /// Bytes ever made releasable.
+    pub fn released_total_bytes(&self) -> u64 {
+        self.released_bytes
+    }
+
     /// Frames at the front that may be popped now.
     pub fn releasable(&self) -> usize {
         self.releasable
@@ -424,6 +429,29 @@ impl<T: Weighed> EpochQueue<T> {
         // No `debug_check` here: the frames leave only when the drain does; the next change
         // checks the result.
         self.frames.drain(..n)
+    }
+
+    /// Takes a run from the front of the releasable frames, in order: frame after frame while
+    /// fewer than `max_frames` frames and fewer than `max_bytes` bytes were taken (a frame may
+    /// start below the byte budget and end above it: the scheduler's grant). Returns the frames
+    /// and what they count, computed in one pass.
+    pub fn drain_run(&mut self, max_frames: usize, max_bytes: u64) -> (Drain<'_, T>, Count) {
+        let limit = max_frames.min(self.releasable);
+        let (mut n, mut bytes) = (0usize, 0u64);
+        for frame in self.frames.range(..limit) {
+            if bytes >= max_bytes {
+                break;
+            }
+            bytes += frame.bytes();
+            n += 1;
+        }
+        self.releasable -= n;
+        self.take_releasable_bytes(bytes);
+        let count = Count {
+            frames: n as u64,
+            bytes,
+        };
+        (self.frames.drain(..n), count)
     }
 
     /// Puts a frame back at the front of the releasable region, keeping order (a frame the TX
@@ -538,6 +566,35 @@ mod tests {
 
     fn count(frames: u64, bytes: u64) -> Count {
         Count { frames, bytes }
+    }
+
+    #[test]
+    fn drain_run_takes_frames_while_below_both_budgets() {
+        let mut q = EpochQueue::new(8);
+        for (id, len) in [(1, 100), (2, 300), (3, 50), (4, 1000), (5, 60)] {
+            q.push(f(id, len));
+        }
+        q.protect();
+        q.push(f(6, 70));
+        // Bytes: 1 starts at 0 < 350, 2 at 100, 3 at 400 >= 350 stops.
+        let (run, c) = q.drain_run(10, 350);
+        assert_eq!(run.map(|x| x.id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(c, count(2, 400));
+        assert_eq!((q.releasable(), q.releasable_bytes()), (3, 1110));
+        // Frames: at most one.
+        let (run, c) = q.drain_run(1, u64::MAX);
+        assert_eq!(run.map(|x| x.id).collect::<Vec<_>>(), [3]);
+        assert_eq!(c, count(1, 50));
+        // Never past the releasable region (6 is held).
+        let (run, c) = q.drain_run(usize::MAX, u64::MAX);
+        assert_eq!(run.map(|x| x.id).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(c, count(2, 1060));
+        assert_eq!(q.releasable(), 0);
+        assert_eq!(q.held(), count(1, 70));
+        let (run, c) = q.drain_run(usize::MAX, u64::MAX);
+        assert_eq!(run.count(), 0);
+        assert_eq!(c, count(0, 0));
+        assert_eq!(q.len(), 1);
     }
 
     #[test]

@@ -173,7 +173,8 @@ pub struct VmCounters {
     pub rx_frames: Counter,
     pub rx_bytes: Counter,
     /// Frames (bytes) that became releasable: a pass-through VM's on arrival, a protected VM's
-    /// when their epoch committed (or protection ended with release).
+    /// when their epoch committed (or protection ended with release). Published by the worker
+    /// from its queue's own count.
     pub released_frames: Counter,
     pub released_bytes: Counter,
     pub tx_frames: Counter,

@@ -279,12 +279,9 @@ impl WorkerVm {
         c.held_bytes.set(held.bytes);
         c.ready_frames.set(self.queue.releasable() as u64);
         c.ready_bytes.set(self.queue.releasable_bytes());
-    }
-
-    /// Counts frames that just became releasable.
-    fn count_released(&self, frames: u64, bytes: u64) {
-        self.counters.released_frames.add(frames);
-        self.counters.released_bytes.add(bytes);
+        // The queue counts what it ever released, so no per-frame counter is needed.
+        c.released_frames.set(self.queue.released_total());
+        c.released_bytes.set(self.queue.released_total_bytes());
     }
 }
 
@@ -337,6 +334,9 @@ pub struct Worker {
     /// Latency histograms, handed to the stats side every `meter::PUBLISH_MS`.
     meter: WorkerMeter,
     next_publish: u64,
+    /// The TSC at the start of this round of the poll loop.
+    now: u64,
+    ns: Nanos,
     /// Ports reached by a broadcast (each once) and the VMs that it reaches.
     group_ports: Vec<usize>,
     group_vms: Vec<VmIdx>,
@@ -414,6 +414,8 @@ impl Worker {
             sched,
             meter,
             next_publish: now,
+            now,
+            ns: Nanos::new(opts.tsc_hz),
             group_ports: Vec::new(),
             group_vms: Vec::new(),
             quit,
@@ -459,6 +461,8 @@ impl Worker {
     /// One round of the poll loop.
     #[inline]
     pub fn poll_once(&mut self) {
+        // One clock read per round: a round takes microseconds, far below any timer here.
+        self.now = tsc();
         self.control();
         self.rx_vm_ports();
         self.rx_shared_ingress();
@@ -475,7 +479,7 @@ impl Worker {
         }
         self.fill_egress();
         self.tx_egress();
-        if tsc() >= self.next_publish {
+        if self.now >= self.next_publish {
             self.publish_meter();
         }
     }
@@ -486,7 +490,9 @@ impl Worker {
         for vm in &self.vms {
             vm.publish();
         }
-        self.next_publish = tsc().saturating_add(self.opts.tsc_hz / 1000 * meter::PUBLISH_MS);
+        self.next_publish = self
+            .now
+            .saturating_add(self.opts.tsc_hz / 1000 * meter::PUBLISH_MS);
     }
 
     fn rx_vm_ports(&mut self) {
@@ -524,7 +530,7 @@ impl Worker {
             let bytes = burst_bytes(&burst);
             count_rx(&port.counters, burst.len(), bytes);
             count_rx_vm(&vm.counters, burst.len(), bytes);
-            let now = tsc();
+            let now = self.now;
             for m in burst {
                 self.accept(vi, m, now);
             }
@@ -548,7 +554,7 @@ impl Worker {
             return;
         }
         count_rx(&port.counters, burst.len(), burst_bytes(&burst));
-        let now = tsc();
+        let now = self.now;
         for m in burst {
             match self.demux.source(m.data()) {
                 Some(vi) => {
@@ -619,7 +625,6 @@ impl Worker {
             }
         } else {
             vm.queue.push(Held { m, at: now });
-            vm.count_released(1, len);
         }
     }
 
@@ -637,7 +642,7 @@ impl Worker {
 
     /// Runs the request policies' timers that are due (deferral deadlines, postponed requests).
     fn policy_timers(&mut self) {
-        let now = tsc();
+        let now = self.now;
         if now < self.wakeup {
             return;
         }
@@ -673,18 +678,19 @@ impl Worker {
         if self.out.is_full() {
             return;
         }
-        self.sched.begin(tsc());
+        self.sched.begin(self.now);
         while !self.out.is_full() {
-            let Some(vi) = self.sched.pick(&Heads(&self.vms)) else {
+            let Some(g) = self.sched.grant(&Heads(&self.vms)) else {
                 break;
             };
-            let Some(h) = self.vms[vi].queue.pop_released() else {
-                break;
-            };
-            let len = h.m.len() as u32;
-            self.sched.sent(vi, len);
-            self.out.push(h.m);
-            self.out_owner.push((vi, len, h.at));
+            let room = self.out.remaining_capacity() as u64;
+            let max = g.frames.min(room) as usize;
+            let (run, taken) = self.vms[g.vm].queue.drain_run(max, g.bytes);
+            for h in run {
+                self.out_owner.push((g.vm, h.m.len() as u32, h.at));
+                self.out.push(h.m);
+            }
+            self.sched.sent_run(g.vm, taken.frames, taken.bytes);
         }
     }
 
@@ -699,8 +705,8 @@ impl Worker {
         }
         // Account by runs of the same VM (and, for the hold time, the same arrival burst): one
         // counter update and one histogram record per run, not per frame.
-        let now = tsc();
-        let hz = self.opts.tsc_hz;
+        let now = self.now;
+        let ns = self.ns;
         let mut total = 0u64;
         let mut i = 0;
         while i < sent {
@@ -715,7 +721,7 @@ impl Worker {
                     i += 1;
                 }
                 frames += same;
-                let hold = ticks_to_ns(now.saturating_sub(at), hz);
+                let hold = ns.of(now.saturating_sub(at));
                 meter::record(&mut self.meter.vm(vi).hold, hold, same);
             }
             total += bytes;
@@ -728,7 +734,7 @@ impl Worker {
                     break;
                 }
                 vm.commits.pop_front();
-                let ns = ticks_to_ns(now.saturating_sub(at), hz);
+                let ns = ns.of(now.saturating_sub(at));
                 meter::record(&mut self.meter.vm(vi).commit_to_wire, ns, 1);
             }
         }
@@ -882,7 +888,6 @@ impl Worker {
             Op::Commit(epoch) => match vm.queue.commit(epoch) {
                 Ok(c) => {
                     vm.counters.epochs_committed.add(1);
-                    vm.count_released(c.frames, c.bytes);
                     if c.frames > 0 {
                         vm.commits.push_back((vm.queue.released_total(), tsc()));
                     }
@@ -900,7 +905,6 @@ impl Worker {
                     let reply = match how {
                         Release::Release => {
                             let n = vm.queue.unprotect(how);
-                            vm.count_released(n.frames, n.bytes);
                             Reply::Unprotected {
                                 released: n.frames,
                                 dropped: 0,
@@ -1003,7 +1007,7 @@ impl Worker {
         if cut_short {
             vm.counters.fences_cut_short.add(1);
         }
-        let drain_ns = ticks_to_ns(tsc().saturating_sub(f.started), self.opts.tsc_hz);
+        let drain_ns = self.ns.of(tsc().saturating_sub(f.started));
         meter::record(&mut self.meter.vm(vi).fence_drain, drain_ns, 1);
         let reply = match vm.queue.fence(f.epoch) {
             Ok(s) => {
@@ -1024,7 +1028,7 @@ impl Worker {
 
     /// Fences whose drain time is up seal with what they have.
     fn fence_deadlines(&mut self) {
-        let now = tsc();
+        let now = self.now;
         for vi in 0..self.vms.len() {
             if self.vms[vi].fencing.is_some_and(|f| now > f.deadline) {
                 self.seal(vi, true);
@@ -1043,6 +1047,7 @@ impl Worker {
         }
         let deadline = tsc().saturating_add(self.opts.drain_ticks);
         loop {
+            self.now = tsc();
             if !self.notices.is_empty() {
                 self.tx_notices();
             }
@@ -1081,17 +1086,25 @@ impl Worker {
     }
 }
 
-fn ticks_to_ns(ticks: u64, hz: u64) -> u64 {
-    (u128::from(ticks) * 1_000_000_000 / u128::from(hz.max(1))) as u64
+/// TSC ticks to nanoseconds by a multiply and a shift (a division would cost more than the
+/// rest of a histogram record).
+#[derive(Debug, Clone, Copy)]
+struct Nanos {
+    /// Nanoseconds per tick, in 32.32 fixed point.
+    mult: u128,
 }
 
-fn epoch_error(e: EpochError) -> Reply {
-    let code = match e {
-        EpochError::NotProtected => ErrorCode::NotProtected,
-        EpochError::NotSealed { .. } => ErrorCode::NotSealed,
-        _ => ErrorCode::WrongEpoch,
-    };
-    Reply::error(code, e.to_string())
+impl Nanos {
+    fn new(hz: u64) -> Nanos {
+        Nanos {
+            mult: (1_000_000_000u128 << 32) / u128::from(hz.max(1)),
+        }
+    }
+
+    #[inline]
+    fn of(self, ticks: u64) -> u64 {
+        u64::try_from((u128::from(ticks) * self.mult) >> 32).unwrap_or(u64::MAX)
+    }
 }
 
 fn not_protected(mode: Mode, what: &str) -> Reply {
@@ -1168,4 +1181,39 @@ fn regulator(rate: RateLimit, hz: u64, now: u64) -> Option<Regulator> {
         (rate.bytes_per_s > 0).then(|| Bucket::new(rate.bytes_per_s, rate.burst_bytes, hz, now));
     let frames = (rate.pps > 0).then(|| Bucket::new(rate.pps, rate.burst_frames, hz, now));
     (bytes.is_some() || frames.is_some()).then_some(Regulator { bytes, frames })
+}
+
+fn epoch_error(e: EpochError) -> Reply {
+    let code = match e {
+        EpochError::NotProtected => ErrorCode::NotProtected,
+        EpochError::NotSealed { .. } => ErrorCode::NotSealed,
+        _ => ErrorCode::WrongEpoch,
+    };
+    Reply::error(code, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Nanos;
+
+    #[test]
+    fn nanos_converts_ticks_within_a_nanosecond_per_second() {
+        for hz in [
+            1_000_000_000u64,
+            2_100_000_000,
+            3_000_000_000,
+            1_234_567_891,
+        ] {
+            let n = Nanos::new(hz);
+            for ticks in [0u64, 1, 1_000, hz / 1000, hz, 3600 * hz] {
+                let exact = (u128::from(ticks) * 1_000_000_000 / u128::from(hz)) as u64;
+                let secs = ticks / hz + 1;
+                assert!(
+                    n.of(ticks).abs_diff(exact) <= secs,
+                    "hz {hz} ticks {ticks}: {} vs {exact}",
+                    n.of(ticks)
+                );
+            }
+        }
+    }
 }
