@@ -444,3 +444,61 @@ fn the_drop_policy_counts_every_frame_it_drops() {
     assert_stream(&out, 1, &a[..32], "frames VM: the first 32");
     assert_stream(&out, 2, &kept_b, "bytes VM: the frames that fit");
 }
+
+/// A pure TCP ACK from VM `src` (deferrable: the receiver does not wait for it).
+fn tcp_ack(src: MacAddr, seq: u32) -> Vec<u8> {
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src.0, GW.0)
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .tcp(40000, 80, seq, 65535)
+        .ack(1000)
+        .write(&mut f, &[])
+        .expect("build");
+    f
+}
+
+#[test]
+fn the_high_water_mark_asks_for_a_checkpoint_now() {
+    use vmm_shim::proto::{RequestReason, Urgency};
+    let _g = serial();
+    let dir = tempdir();
+    // Deferrable frames alone would wait 10 s; the buffer's high water (20 of 40) asks first.
+    let mut r = Rig::start(
+        dir.path(),
+        "eg-eg-hw",
+        "\n[classifier]\ndefer_delay_ms = 10000\nmax_defer_ms = 10000",
+        &[(
+            "prot",
+            "mode = \"protected\"\nmax_held_frames = 40\nhigh_water = 0.5",
+        )],
+    );
+    let mut c = r.client("prot");
+    let acks: Vec<Vec<u8>> = (0..19).map(|i| tcp_ack(mac(1), i * 10)).collect();
+    r.peer().send(1, &acks);
+    r.wait_vm("prot", "19 ACKs held", |v| v.held_frames == 19);
+    assert_eq!(
+        c.next_event(Some(Duration::from_millis(200)))
+            .expect("no error"),
+        None,
+        "below the high-water mark deferrable frames wait"
+    );
+    r.peer().send(1, &[tcp_ack(mac(1), 999)]);
+    let e = c
+        .next_event(Some(Duration::from_secs(5)))
+        .expect("event")
+        .expect("a request at the high-water mark");
+    assert_eq!(
+        (e.epoch, e.urgency, e.reason),
+        (1, Urgency::Now, RequestReason::HighWater)
+    );
+    assert_eq!(c.fence(1).expect("fence").frames, 20);
+    c.commit(1).expect("commit");
+    r.peer().wait_received(UPLINK, 20);
+    drop(c);
+    let (_, stats) = r.finish();
+    assert_eq!(
+        vm(&stats, "prot")["checkpoint_requests"]["high-water"],
+        1,
+        "{stats}"
+    );
+}
