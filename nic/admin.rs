@@ -676,6 +676,24 @@ pub fn render_stats(snap: &Snapshot) -> String {
             let _ = writeln!(s, "  {what:<20} {}", latency_text(l));
         }
     }
+    let e = &snap.egress;
+    let _ = writeln!(s);
+    let _ = writeln!(s, "egress scheduler");
+    let _ = writeln!(
+        s,
+        "  {:<20} {:>12} frames {:>16} bytes",
+        "released", e.released_frames, e.released_bytes
+    );
+    let _ = writeln!(
+        s,
+        "  {:<20} {:>12} frames {:>16} bytes",
+        "pass-through", e.passthrough_frames, e.passthrough_bytes
+    );
+    let _ = writeln!(
+        s,
+        "  {:<20} {:>12} frames sent while both classes waited, {} of them pass-through by the starvation guard",
+        "contended", e.contended_frames, e.guarded_frames
+    );
     for p in &snap.ports {
         let _ = writeln!(s);
         let _ = writeln!(s, "port {} ({})", p.name, p.role);
@@ -840,7 +858,7 @@ fn duration_text(ms: u64) -> String {
 mod tests {
     use super::*;
     use crate::dpdk::PortStats;
-    use crate::stats::{PortSnapshot, VmSetup};
+    use crate::stats::{EgressSnapshot, PortSnapshot, VmSetup};
     use std::sync::atomic::AtomicU64;
 
     fn sample() -> Snapshot {
@@ -970,6 +988,14 @@ mod tests {
                     rx_nombuf: 55,
                 },
             }],
+            egress: EgressSnapshot {
+                released_frames: 4100,
+                released_bytes: 410_000,
+                passthrough_frames: 1_230_190,
+                passthrough_bytes: 986_627_120,
+                contended_frames: 5000,
+                guarded_frames: 900,
+            },
         }
     }
 
@@ -1279,6 +1305,8 @@ mod tests {
     fn render_stats_shows_the_numbers() {
         let text = render_stats(&sample());
         for want in [
+            "4100 frames           410000 bytes",
+            "5000 frames sent while both classes waited, 900 of them pass-through by the starvation guard",
             "epochgate up 2m05s: 2 VM(s), 1 port(s)",
             "vm web (passthrough), mac 52:54:00:00:00:01",
             "vm ledger-primary (protected), mac not known yet",
@@ -1373,7 +1401,8 @@ mod tests {
         assert!(render_vms(&Snapshot {
             uptime_ms: 0,
             vms: vec![],
-            ports: vec![]
+            ports: vec![],
+            egress: EgressSnapshot::default(),
         })
         .contains("no VMs"));
     }

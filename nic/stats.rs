@@ -392,6 +392,46 @@ pub struct Snapshot {
     pub uptime_ms: u64,
     pub vms: Vec<VmSnapshot>,
     pub ports: Vec<PortSnapshot>,
+    /// What the egress scheduler sent, by class, and how often the starvation guard acted.
+    #[serde(default)]
+    pub egress: EgressSnapshot,
+}
+
+/// The egress scheduler's counters (published by the worker every few milliseconds).
+#[derive(Debug, Default)]
+pub struct EgressCounters {
+    pub released_frames: Counter,
+    pub released_bytes: Counter,
+    pub passthrough_frames: Counter,
+    pub passthrough_bytes: Counter,
+    /// Frames sent while both classes were waiting, and of those the pass-through frames the
+    /// starvation guard let ahead of released ones.
+    pub contended_frames: Counter,
+    pub guarded_frames: Counter,
+}
+
+/// [`EgressCounters`] at a moment.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EgressSnapshot {
+    pub released_frames: u64,
+    pub released_bytes: u64,
+    pub passthrough_frames: u64,
+    pub passthrough_bytes: u64,
+    pub contended_frames: u64,
+    pub guarded_frames: u64,
+}
+
+impl EgressSnapshot {
+    pub fn of(c: &EgressCounters) -> EgressSnapshot {
+        EgressSnapshot {
+            released_frames: c.released_frames.get(),
+            released_bytes: c.released_bytes.get(),
+            passthrough_frames: c.passthrough_frames.get(),
+            passthrough_bytes: c.passthrough_bytes.get(),
+            contended_frames: c.contended_frames.get(),
+            guarded_frames: c.guarded_frames.get(),
+        }
+    }
 }
 
 impl Snapshot {

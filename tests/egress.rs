@@ -186,8 +186,15 @@ fn released_frames_go_first_within_the_starvation_guard() {
     assert_eq!(c.commit(1).expect("commit"), 400);
     r.peer().resume(UPLINK);
     r.peer().wait_received(UPLINK, 1300);
+    std::thread::sleep(Duration::from_millis(100));
+    let e = r.live().egress;
     drop(c);
     let (out, _) = r.finish();
+    // The scheduler's own account: every released frame went while pass-through frames waited,
+    // and the pass-through frames sent meanwhile are the ones the guard let ahead.
+    assert_eq!(e.released_frames, 400, "{e:?}");
+    assert!(e.guarded_frames > 0, "{e:?}");
+    assert_eq!(e.contended_frames, 400 + e.guarded_frames, "{e:?}");
     assert_stream(&out, 1, &held, "protected VM");
     assert_stream(&out, 2, &pass, "pass-through VM");
 

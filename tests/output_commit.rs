@@ -765,6 +765,8 @@ fn unprotect_discard_and_promote_act_on_held_frames_as_documented() {
 /// The README's shell loop: a Remus-style checkpoint loop scripted with the CLI in a coproc.
 #[test]
 fn a_checkpoint_loop_scripted_in_shell_with_the_cli() {
+    // The loop as the README has it: replies read past any event line (the 30 frames below
+    // include immediate ones, whose checkpoint request may reach the session first).
     let _g = serial();
     let dir = tempdir();
     let mut g = Gate::start(dir.path(), "eg-oc-s", "");
@@ -773,11 +775,13 @@ fn a_checkpoint_loop_scripted_in_shell_with_the_cli() {
     let script = r#"
 set -eu
 coproc SHIM { "$SHIM_BIN" --socket "$SOCKET" --vm prot session; }
-read -r hello <&"${SHIM[0]}"
+reply() { local l; while read -r l <&"${SHIM[0]}"; do
+    [[ $l == *'"reply"'* ]] && { printf '%s\n' "$l"; return 0; }; done; return 1; }
+hello=$(reply)
 n=$(sed 's/.*"epoch":\([0-9]*\).*/\1/' <<<"$hello")
 for i in 1 2 3; do
-    echo "fence $n" >&"${SHIM[1]}"; read -r fenced <&"${SHIM[0]}"
-    echo "commit $n" >&"${SHIM[1]}"; read -r committed <&"${SHIM[0]}"
+    echo "fence $n" >&"${SHIM[1]}"; fenced=$(reply)
+    echo "commit $n" >&"${SHIM[1]}"; committed=$(reply)
     echo "$fenced"; echo "$committed"
     n=$((n + 1))
 done

@@ -13,7 +13,10 @@ use crate::config::{Config, PortSpec};
 use crate::control::{ControlError, ControlServer, ControlVm, Rings};
 use crate::dpdk::{self, DpdkError, Eal, LaunchHandle, Mempool, Port, PortConf, StatsReader};
 use crate::meter::MeterHub;
-use crate::stats::{PortCounters, PortSnapshot, Snapshot, VmCounters, VmSetup, VmSnapshot};
+use crate::stats::{
+    EgressCounters, EgressSnapshot, PortCounters, PortSnapshot, Snapshot, VmCounters, VmSetup,
+    VmSnapshot,
+};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +61,7 @@ pub struct StatsSource {
     vms: Vec<VmView>,
     ports: Vec<PortView>,
     meter: Arc<MeterHub>,
+    egress: Arc<EgressCounters>,
     started: Instant,
 }
 
@@ -95,6 +99,7 @@ impl StatsSource {
                     driver: p.driver.read(),
                 })
                 .collect(),
+            egress: EgressSnapshot::of(&self.egress),
         }
     }
 }
@@ -273,6 +278,7 @@ impl Appliance {
 
         let rings = Arc::new(Rings::new(vms.len()));
         let meter = MeterHub::new(vms.len());
+        let egress = Arc::new(EgressCounters::default());
         let control = ControlServer::start(
             &cfg.control,
             vms.iter()
@@ -310,12 +316,14 @@ impl Appliance {
                 rings,
                 pool,
                 meter: meter.clone(),
+                egress: egress.clone(),
             },
         );
         let stats = Arc::new(StatsSource {
             vms,
             ports: views,
             meter,
+            egress,
             started: Instant::now(),
         });
         let source = stats.clone();

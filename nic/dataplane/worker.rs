@@ -22,7 +22,7 @@ use crate::frame::{self, MacAddr};
 use crate::meter::{self, MeterHub, WorkerMeter};
 use crate::policy::{FrameKind, PolicyConfig, RequestPolicy};
 use crate::sched::{Backlog, Bucket, Class, Regulator, SchedConfig, Scheduler};
-use crate::stats::{DropReason, PortCounters, VmCounters};
+use crate::stats::{DropReason, EgressCounters, PortCounters, VmCounters};
 use arrayvec::ArrayVec;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -300,6 +300,8 @@ pub struct WorkerLinks {
     pub pool: Arc<Mempool>,
     /// Where the latency histograms go.
     pub meter: Arc<MeterHub>,
+    /// The scheduler's counters.
+    pub egress: Arc<EgressCounters>,
 }
 
 /// Times, in TSC ticks.
@@ -333,6 +335,7 @@ pub struct Worker {
     sched: Scheduler,
     /// Latency histograms, handed to the stats side every `meter::PUBLISH_MS`.
     meter: WorkerMeter,
+    egress_counters: Arc<EgressCounters>,
     next_publish: u64,
     /// The TSC at the start of this round of the poll loop.
     now: u64,
@@ -372,6 +375,7 @@ impl Worker {
             rings,
             pool,
             meter,
+            egress: egress_counters,
         } = links;
         let mut vms = vms;
         let now = tsc();
@@ -413,6 +417,7 @@ impl Worker {
             out_owner: ArrayVec::new(),
             sched,
             meter,
+            egress_counters,
             next_publish: now,
             now,
             ns: Nanos::new(opts.tsc_hz),
@@ -487,6 +492,14 @@ impl Worker {
     /// Every `meter::PUBLISH_MS`: histograms to the stats side, and the VMs' gauges.
     fn publish_meter(&mut self) {
         self.meter.publish();
+        let s = self.sched.stats();
+        let c = &self.egress_counters;
+        c.released_frames.set(s.released_frames);
+        c.released_bytes.set(s.released_bytes);
+        c.passthrough_frames.set(s.passthrough_frames);
+        c.passthrough_bytes.set(s.passthrough_bytes);
+        c.contended_frames.set(s.contended);
+        c.guarded_frames.set(s.guarded);
         for vm in &self.vms {
             vm.publish();
         }
@@ -1072,7 +1085,7 @@ impl Worker {
             vm.drop_frames(DropReason::Shutdown, n);
             vm.publish();
         }
-        self.meter.publish();
+        self.publish_meter();
         for p in &mut self.ports {
             p.counters
                 .drops
