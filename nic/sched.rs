@@ -154,6 +154,13 @@ impl Bucket {
         outcome
     }
 
+    /// Whether [`Bucket::take`] would succeed (or over-consume) at `now`: at least one whole
+    /// token. The same as `tokens(now) > 0`, without a division.
+    pub fn ready(&mut self, now: u64) -> bool {
+        self.refill(now);
+        self.level >= i128::from(self.hz)
+    }
+
     /// Whole tokens at `now` (rounded down; negative while in debt), without taking any. `take`
     /// fails exactly when this is `<= 0`.
     pub fn tokens(&mut self, now: u64) -> i64 {
@@ -205,8 +212,8 @@ impl Regulator {
     /// Whether a frame may start at `now`: every bucket holds at least one whole token. Takes
     /// nothing (but refills).
     pub fn may_send(&mut self, now: u64) -> bool {
-        self.bytes.as_mut().is_none_or(|b| b.tokens(now) > 0)
-            && self.frames.as_mut().is_none_or(|b| b.tokens(now) > 0)
+        self.bytes.as_mut().is_none_or(|b| b.ready(now))
+            && self.frames.as_mut().is_none_or(|b| b.ready(now))
     }
 
     /// Charges one frame of `len` bytes that was sent at `now` to both buckets. The result is
@@ -1473,6 +1480,7 @@ mod tests {
             for (dt, back, amount) in ops {
                 now = if back { now.saturating_sub(dt) } else { now.saturating_add(dt) };
                 let before = b.clone().tokens(now);
+                prop_assert_eq!(b.clone().ready(now), before > 0);
                 let got = b.take(now, amount);
                 prop_assert_eq!(got == Take::Fail, before <= 0);
                 if got != Take::Fail {
