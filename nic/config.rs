@@ -204,7 +204,9 @@ impl Default for EalConfig {
 pub struct ControlConfig {
     /// The socket the VMM shim uses for epoch fences and commits.
     pub socket: PathBuf,
-    /// The socket for operator commands (status, mode changes).
+    /// The socket for operator commands (`epochgate stats`, `epochgate vms`). Absent (or empty):
+    /// `admin.sock` in `socket`'s directory, so one setting moves both.
+    #[serde(default)]
     pub admin_socket: PathBuf,
     /// Permissions of the control socket file, in octal ("0660"). Connecting needs write
     /// permission on it; the peer's credentials are checked as well.
@@ -1139,14 +1141,15 @@ fn managed_option(arg: &str) -> Option<&'static str> {
     })
 }
 
-fn validate_control(control: ControlConfig) -> Result<ControlConfig, ConfigError> {
-    for (key, path) in [
-        ("control.socket", &control.socket),
-        ("control.admin_socket", &control.admin_socket),
-    ] {
-        if path.as_os_str().is_empty() {
-            return Err(invalid(key, "is empty: it must be a socket path"));
-        }
+fn validate_control(mut control: ControlConfig) -> Result<ControlConfig, ConfigError> {
+    if control.socket.as_os_str().is_empty() {
+        return Err(invalid(
+            "control.socket",
+            "is empty: it must be a socket path",
+        ));
+    }
+    if control.admin_socket.as_os_str().is_empty() {
+        control.admin_socket = control.socket.with_file_name("admin.sock");
     }
     if control.socket == control.admin_socket {
         return Err(invalid(
@@ -1800,6 +1803,27 @@ on_full = "drop"
         assert_eq!(
             names,
             ["0000:03:00.0", "net_pcap1", "net_vhost0", "0000:04:00.1"]
+        );
+    }
+
+    #[test]
+    fn the_admin_socket_defaults_to_the_control_sockets_directory() {
+        let with = |control: &str| {
+            let toml = format!("[control]\n{control}\n{MINIMAL}");
+            Config::from_toml_str(&toml).unwrap().control.admin_socket
+        };
+        assert_eq!(
+            with("socket = \"/srv/eg/ctl.sock\""),
+            Path::new("/srv/eg/admin.sock")
+        );
+        assert_eq!(with("socket = \"ctl.sock\""), Path::new("admin.sock"));
+        assert_eq!(
+            with("socket = \"/srv/eg/ctl.sock\"\nadmin_socket = \"\""),
+            Path::new("/srv/eg/admin.sock")
+        );
+        assert_eq!(
+            with("socket = \"/srv/eg/ctl.sock\"\nadmin_socket = \"/run/a.sock\""),
+            Path::new("/run/a.sock")
         );
     }
 
