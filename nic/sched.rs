@@ -386,10 +386,11 @@ impl Round {
     /// Links every member into the live ring (no allocation: capacity was reserved).
     fn rebuild(&mut self) {
         let n = self.members.len();
+        // Neighbours by comparison, not `%`: this runs once per burst.
         self.next.clear();
-        self.next.extend((1..=n).map(|i| i % n));
+        self.next.extend((1..=n).map(|i| if i == n { 0 } else { i }));
         self.prev.clear();
-        self.prev.extend((0..n).map(|i| (i + n - 1) % n));
+        self.prev.extend((0..n).map(|i| if i == 0 { n - 1 } else { i - 1 }));
         self.live = n;
         self.stale = false;
     }
