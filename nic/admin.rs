@@ -821,7 +821,8 @@ fn by_reason(m: &BTreeMap<String, u64>) -> String {
     }
 }
 
-fn latency_text(l: &Latency) -> String {
+/// A latency summary on one line: "count N p50 X p99 Y max Z" (or "none recorded").
+pub fn latency_text(l: &Latency) -> String {
     if l.count == 0 {
         return "none recorded".into();
     }

@@ -231,6 +231,25 @@ fn run_demo(duration: f64, out: &Path) -> Result<()> {
     if let Some(e) = log.error {
         println!("  the stand-in VMM stopped early: {e}");
     }
+    println!(
+        "\nlatency through epochgate (the demo plays its captures as fast as the pcap ports read, so"
+    );
+    println!("frames queue behind the egress capture writer; live, all of it: epochgate stats --config FILE):");
+    for v in &snap.vms {
+        println!(
+            "  {:<7} hold time (arrival to transmit): {}",
+            v.name,
+            epochgate::admin::latency_text(&v.hold_time)
+        );
+        if v.epochs_committed > 0 {
+            println!(
+                "  {:<7} commit to wire: {}; fence drain: {}",
+                "",
+                epochgate::admin::latency_text(&v.commit_to_wire),
+                epochgate::admin::latency_text(&v.fence_drain)
+            );
+        }
+    }
     println!("\noutput in {}:", d.dir.display());
     println!(
         "  egress.pcap (what left), web-in.pcap and shared-in.pcap (inbound delivered to VMs),"

@@ -388,9 +388,11 @@ impl Round {
         let n = self.members.len();
         // Neighbours by comparison, not `%`: this runs once per burst.
         self.next.clear();
-        self.next.extend((1..=n).map(|i| if i == n { 0 } else { i }));
+        self.next
+            .extend((1..=n).map(|i| if i == n { 0 } else { i }));
         self.prev.clear();
-        self.prev.extend((0..n).map(|i| if i == 0 { n - 1 } else { i - 1 }));
+        self.prev
+            .extend((0..n).map(|i| if i == 0 { n - 1 } else { i - 1 }));
         self.live = n;
         self.stale = false;
     }
