@@ -93,7 +93,9 @@ impl MeterHub {
             let _ = spare.push(Box::default());
         }
         Arc::new(MeterHub {
-            filled: ArrayQueue::new(slots),
+            // Room for every set in circulation (the spares and the worker's own), so a hand-over
+            // never fails for want of room, the last one included.
+            filled: ArrayQueue::new(slots + vms.max(1)),
             spare,
             totals: Mutex::new(vec![VmHistograms::default(); vms]),
         })
@@ -163,6 +165,24 @@ impl WorkerMeter {
     }
 }
 
+impl WorkerMeter {
+    /// The last hand-over (the worker is stopping): every non-empty set goes to the hub, spare or
+    /// not (a fresh set is allocated in its place), so the final counters have every sample.
+    pub fn finish(&mut self) {
+        for (vm, h) in self.local.iter_mut().enumerate() {
+            if h.is_empty() {
+                continue;
+            }
+            let fresh = self.hub.spare.pop().unwrap_or_default();
+            let full = std::mem::replace(h, fresh);
+            if let Err((_, full)) = self.hub.filled.push((vm, full)) {
+                // Unreachable: `filled` has room for every set there is.
+                *h = full;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +218,20 @@ mod tests {
         assert_eq!(hub.latency(0)[0].count, 4);
         w.publish();
         assert_eq!(hub.latency(0)[0].count, 10);
+    }
+
+    #[test]
+    fn the_last_hand_over_needs_no_spare() {
+        let hub = MeterHub::new(2);
+        let mut w = WorkerMeter::new(hub.clone(), 2);
+        for i in 0..20 {
+            record(&mut w.vm(i % 2).fence_drain, 100, 1);
+            w.publish();
+        }
+        // Nobody collected: the spares ran out long ago; samples wait in the worker.
+        w.finish();
+        assert_eq!(hub.latency(0)[2].count, 10);
+        assert_eq!(hub.latency(1)[2].count, 10);
     }
 
     #[test]

@@ -63,6 +63,21 @@ fn the_demo_runs_ends_by_itself_and_reports_what_left() {
     let ledger = vm(&stats, "ledger");
     assert!(u(ledger, "epochs_committed") > 1, "{ledger}");
     assert_eq!(u(ledger, "tx_frames"), 20_000, "{ledger}");
+    // The meter: one hold time per frame sent, one drain time per fence, commit-to-wire times.
+    for name in ["web", "db", "ledger"] {
+        let v = vm(&stats, name);
+        assert_eq!(u(&v["hold_time"], "count"), u(v, "tx_frames"), "{v}");
+    }
+    assert_eq!(
+        u(&ledger["fence_drain"], "count"),
+        u(ledger, "epochs_sealed"),
+        "{ledger}"
+    );
+    assert!(u(&ledger["commit_to_wire"], "count") >= 1, "{ledger}");
+    assert!(
+        text.contains("web     hold time (arrival to transmit): count 20000"),
+        "{text}"
+    );
     assert_eq!(
         dropped(port(&stats, "ingress", 0), "unknown-source-mac"),
         500

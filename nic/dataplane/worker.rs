@@ -1086,6 +1086,7 @@ impl Worker {
             vm.publish();
         }
         self.publish_meter();
+        self.meter.finish();
         for p in &mut self.ports {
             p.counters
                 .drops
