@@ -622,9 +622,6 @@ pub fn render_stats(snap: &Snapshot) -> String {
             v.mode,
             v.mac.as_deref().unwrap_or("not known yet")
         );
-        let fb = |s: &mut String, what: &str, frames: u64, bytes: u64| {
-            let _ = writeln!(s, "  {what:<20} {frames:>12} frames {bytes:>16} bytes");
-        };
         fb(&mut s, "rx", v.rx_frames, v.rx_bytes);
         fb(&mut s, "released", v.released_frames, v.released_bytes);
         fb(&mut s, "tx", v.tx_frames, v.tx_bytes);
@@ -679,15 +676,12 @@ pub fn render_stats(snap: &Snapshot) -> String {
     let e = &snap.egress;
     let _ = writeln!(s);
     let _ = writeln!(s, "egress scheduler");
-    let _ = writeln!(
-        s,
-        "  {:<20} {:>12} frames {:>16} bytes",
-        "released", e.released_frames, e.released_bytes
-    );
-    let _ = writeln!(
-        s,
-        "  {:<20} {:>12} frames {:>16} bytes",
-        "pass-through", e.passthrough_frames, e.passthrough_bytes
+    fb(&mut s, "released", e.released_frames, e.released_bytes);
+    fb(
+        &mut s,
+        "pass-through",
+        e.passthrough_frames,
+        e.passthrough_bytes,
     );
     let _ = writeln!(
         s,
@@ -697,16 +691,8 @@ pub fn render_stats(snap: &Snapshot) -> String {
     for p in &snap.ports {
         let _ = writeln!(s);
         let _ = writeln!(s, "port {} ({})", p.name, p.role);
-        let _ = writeln!(
-            s,
-            "  {:<20} {:>12} frames {:>16} bytes",
-            "rx", p.rx_frames, p.rx_bytes
-        );
-        let _ = writeln!(
-            s,
-            "  {:<20} {:>12} frames {:>16} bytes",
-            "tx", p.tx_frames, p.tx_bytes
-        );
+        fb(&mut s, "rx", p.rx_frames, p.rx_bytes);
+        fb(&mut s, "tx", p.tx_frames, p.tx_bytes);
         let _ = writeln!(
             s,
             "  {:<20} {:>12} frames{}",
@@ -722,6 +708,11 @@ pub fn render_stats(snap: &Snapshot) -> String {
         );
     }
     s
+}
+
+/// One "what: frames, bytes" line of `render_stats`.
+fn fb(s: &mut String, what: &str, frames: u64, bytes: u64) {
+    let _ = writeln!(s, "  {what:<20} {frames:>12} frames {bytes:>16} bytes");
 }
 
 /// `epochgate vms`: one aligned row per VM.

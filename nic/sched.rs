@@ -681,38 +681,7 @@ impl Scheduler {
     /// its regulator (at the `now` of [`Scheduler::begin`]) and, if the pick was contended, the
     /// guard balance.
     pub fn sent(&mut self, vm: usize, len: u32) {
-        let pick = self.last.take();
-        let Some(v) = self.vms.get_mut(vm) else {
-            return;
-        };
-        let bytes = i64::from(len);
-        v.deficit = v.deficit.saturating_sub(bytes);
-        if let Some(r) = v.reg.as_mut() {
-            r.charge(self.now, len);
-        }
-        let pick = pick.filter(|p| p.vm == vm);
-        let class = pick.map_or(v.class, |p| p.class);
-        let s = &mut self.stats;
-        match class {
-            Class::Released => {
-                s.released_bytes = s.released_bytes.saturating_add(u64::from(len));
-                s.released_frames = s.released_frames.saturating_add(1);
-            }
-            Class::Passthrough => {
-                s.passthrough_bytes = s.passthrough_bytes.saturating_add(u64::from(len));
-                s.passthrough_frames = s.passthrough_frames.saturating_add(1);
-            }
-        }
-        if pick.is_some_and(|p| p.contended) {
-            s.contended = s.contended.saturating_add(1);
-            self.balance = match class {
-                Class::Released => self.balance.saturating_add(self.share * bytes),
-                Class::Passthrough => {
-                    s.guarded = s.guarded.saturating_add(1);
-                    self.balance.saturating_sub((PPM - self.share) * bytes)
-                }
-            };
-        }
+        self.sent_run(vm, 1, u64::from(len));
     }
 
     /// The next run: the VM [`pick`](Self::pick) would choose, and how much it may send in a row

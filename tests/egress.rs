@@ -32,10 +32,8 @@ impl Rig {
     fn start(dir: &Path, prefix: &str, egress_extra: &str, vms: &[(&str, &str)]) -> Rig {
         let d = dir.display();
         let mut config = format!(
-            "[eal]\nlcores = \"0-1\"\nmemory_mb = 512\nhugepages = false\nfile_prefix = \"{prefix}-{pid}\"\n\n\
-             [control]\nsocket = \"{d}/control.sock\"\nadmin_socket = \"{d}/admin.sock\"\n\n\
-             [egress]\nport = \"net_vhost0,iface={d}/uplink.sock\"\n{egress_extra}\n\n",
-            pid = std::process::id(),
+            "{}[egress]\nport = \"net_vhost0,iface={d}/uplink.sock\"\n{egress_extra}\n\n",
+            eal_and_control(dir, prefix)
         );
         for (i, (name, extra)) in vms.iter().enumerate() {
             config += &format!(

@@ -711,49 +711,49 @@ impl Worker {
         if self.out.is_empty() {
             return;
         }
-        let port = &mut self.ports[self.egress];
-        let sent = port.tx.tx_burst(&mut self.out);
+        let sent = self.ports[self.egress].tx.tx_burst(&mut self.out);
         if sent == 0 {
             return;
         }
-        // Account by runs of the same VM (and, for the hold time, the same arrival burst): one
-        // counter update and one histogram record per run, not per frame.
+        // Account by runs of frames of one VM that arrived together (the usual case: a burst
+        // goes out as it came in): one counter update and one histogram record per run.
         let now = self.now;
-        let ns = self.ns;
         let mut total = 0u64;
         let mut i = 0;
         while i < sent {
-            let (vi, _, _) = self.out_owner[i];
+            let (vi, _, at) = self.out_owner[i];
             let (mut frames, mut bytes) = (0u64, 0u64);
-            while i < sent && self.out_owner[i].0 == vi {
-                let at = self.out_owner[i].2;
-                let mut same = 0;
-                while i < sent && self.out_owner[i].0 == vi && self.out_owner[i].2 == at {
-                    bytes += u64::from(self.out_owner[i].1);
-                    same += 1;
-                    i += 1;
-                }
-                frames += same;
-                let hold = ns.of(now.saturating_sub(at));
-                meter::record(&mut self.meter.vm(vi).hold, hold, same);
+            while i < sent && self.out_owner[i].0 == vi && self.out_owner[i].2 == at {
+                bytes += u64::from(self.out_owner[i].1);
+                frames += 1;
+                i += 1;
             }
             total += bytes;
-            let vm = &mut self.vms[vi];
-            count_tx_vm(&vm.counters, frames, bytes);
-            vm.publish();
-            vm.sent += frames;
-            while let Some(&(end, at)) = vm.commits.front() {
-                if vm.sent < end {
-                    break;
-                }
-                vm.commits.pop_front();
-                let ns = ns.of(now.saturating_sub(at));
-                meter::record(&mut self.meter.vm(vi).commit_to_wire, ns, 1);
-            }
+            let hold = self.ns.of(now.saturating_sub(at));
+            meter::record(&mut self.meter.vm(vi).hold, hold, frames);
+            self.transmitted(vi, frames, bytes);
         }
         self.out_owner.drain(..sent);
-        port.counters.tx_frames.add(sent as u64);
-        port.counters.tx_bytes.add(total);
+        let port = &self.ports[self.egress].counters;
+        port.tx_frames.add(sent as u64);
+        port.tx_bytes.add(total);
+    }
+
+    /// VM `vi`'s next `frames` frames (`bytes`) left: counted, and the commits whose last frame
+    /// that was get their commit-to-wire time.
+    fn transmitted(&mut self, vi: VmIdx, frames: u64, bytes: u64) {
+        let vm = &mut self.vms[vi];
+        count_tx_vm(&vm.counters, frames, bytes);
+        vm.publish();
+        vm.sent += frames;
+        while let Some(&(end, at)) = vm.commits.front() {
+            if vm.sent < end {
+                break;
+            }
+            vm.commits.pop_front();
+            let ns = self.ns.of(self.now.saturating_sub(at));
+            meter::record(&mut self.meter.vm(vi).commit_to_wire, ns, 1);
+        }
     }
 
     /// The inbound path: frames from the uplink to the port of the VM they are addressed to.
