@@ -51,6 +51,7 @@ macro_rules! drop_reasons {
 
 drop_reasons! {
     UnknownSource => "unknown-source-mac": "a frame on the shared ingress whose source MAC/VLAN belongs to no VM",
+    SpoofedSource => "spoofed-source-mac": "a frame on the shared ingress carrying the source MAC/VLAN of a VM that has its own port (only VMs attached to the shared ingress may send there)",
     Runt => "runt": "a frame shorter than an Ethernet header",
     BufferFull => "buffer-full": "the VM's buffer (max_held_frames / max_held_bytes) was full and its on_full is drop (always so on the shared ingress, which cannot push back on one VM)",
     Standby => "standby": "the VM is a standby copy: its output never leaves",

@@ -175,3 +175,76 @@ fn inbound_frames_reach_the_vm_they_are_addressed_to() {
     );
     assert_balanced(&stats);
 }
+
+/// A sender on the shared ingress cannot put frames into another VM's output: frames carrying
+/// the MAC of a VM with its own port (configured, or learned from its first frame) are spoofs,
+/// dropped and counted on the ingress port, and never held, counted or sent as that VM's.
+#[test]
+fn shared_ingress_frames_with_the_mac_of_a_vm_on_its_own_port_are_spoofs() {
+    let _g = serial();
+    let dir = tempdir();
+    let d = dir.path();
+    const L: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x1f]);
+    // p: its own port, MAC configured, protected (a spoof would be held in its epoch);
+    // l: its own port, MAC learned; a: on the shared ingress.
+    let a = gen::frames(&stream(1, A, GW, None), 10);
+    let p_own = gen::frames(&stream(2, P, GW, None), 5);
+    let l_own = gen::frames(&stream(3, L, GW, None), 5);
+    let mut shared = a.clone();
+    let mut spoofs = 0u64;
+    for q in 0..10u32 {
+        shared.push(gen::frame(&stream(20, P, GW, None), q));
+        shared.push(gen::frame(&stream(21, L, GW, None), q));
+        shared.push(gen::frame(&stream(22, P, GW, Some(7)), q)); // P's MAC on any VLAN
+        spoofs += 3;
+    }
+    let path = |n: &str| d.join(n).display().to_string();
+    write_pcap(&d.join("empty.pcap"), &[]);
+    write_pcap(&d.join("shared.pcap"), &shared);
+    write_pcap(&d.join("p.pcap"), &p_own);
+    write_pcap(&d.join("l.pcap"), &l_own);
+    // The VM ports are read before the shared ingress in every poll round, so l's MAC is
+    // learned from its own first frame before the shared capture is read.
+    let cfg = format!(
+        "{}[egress]\nport = \"net_pcap0,rx_pcap={},tx_pcap={}\"\n\n[ingress]\nport = \"net_pcap1,rx_pcap={},tx_pcap={}\"\n\n\
+         [[vm]]\nname = \"a\"\nmac = \"{A}\"\n\n\
+         [[vm]]\nname = \"p\"\nport = \"net_pcap2,rx_pcap={},tx_pcap={}\"\nmac = \"{P}\"\nmode = \"protected\"\n\n\
+         [[vm]]\nname = \"l\"\nport = \"net_pcap3,rx_pcap={},tx_pcap={}\"\n",
+        eal_and_control(d, "eg-spoof"),
+        path("empty.pcap"),
+        path("egress.pcap"),
+        path("shared.pcap"),
+        path("shared-in.pcap"),
+        path("p.pcap"),
+        path("p-in.pcap"),
+        path("l.pcap"),
+        path("l-in.pcap"),
+    );
+    let mut eg = Running::start(d, &cfg);
+    let n = shared.len() as u64;
+    eg.wait_for("the shared capture read and the VM ports read", |s| {
+        u(port(s, "ingress", 0), "rx_frames") == n
+            && u(vm(s, "a"), "tx_frames") == a.len() as u64
+            && u(vm(s, "l"), "tx_frames") >= l_own.len() as u64
+            && u(vm(s, "p"), "rx_frames") >= p_own.len() as u64
+    });
+    let stats = eg.stop();
+
+    let ing = port(&stats, "ingress", 0);
+    assert_eq!(dropped(ing, "spoofed-source-mac"), spoofs, "{ing}");
+    assert_eq!(dropped(ing, "unknown-source-mac"), 0, "{ing}");
+    assert_eq!(
+        u(vm(&stats, "p"), "rx_frames"),
+        p_own.len() as u64,
+        "only p's own port counts as p's output"
+    );
+    assert_eq!(
+        u(vm(&stats, "l"), "rx_frames"),
+        l_own.len() as u64,
+        "only l's own port counts as l's output"
+    );
+    assert_eq!(vm(&stats, "l")["mac"], L.to_string());
+    // Nothing spoofed left: a's and l's own frames only (p is protected and never committed).
+    assert_interleaving(&read_pcap(&d.join("egress.pcap")), &[&a, &l_own]);
+    assert_balanced(&stats);
+}

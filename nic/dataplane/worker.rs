@@ -12,7 +12,7 @@
 //! seen empty (the guest is paused) or the drain time is up, and only then is the epoch sealed
 //! and the answer sent.
 
-use super::demux::{Demux, Inbound, VmIdx};
+use super::demux::{Attach, Demux, Inbound, Source, VmIdx};
 use crate::classify::{Classifier, VmDefer, WindowTable};
 use crate::config::{BufferLimits, OnFull, RateLimit};
 use crate::control::{Answer, Command, Mode, Op, Release, Reply, Rings};
@@ -244,6 +244,15 @@ impl WorkerVm {
         }
     }
 
+    /// Where it sends from: its own port, or the shared ingress.
+    fn attach(&self) -> Attach {
+        if self.port.is_some() {
+            Attach::OwnPort
+        } else {
+            Attach::Shared
+        }
+    }
+
     /// Whether inbound frames are delivered to it (not to a standby copy or a failed VM).
     fn active(&self) -> bool {
         matches!(self.mode, Mode::Passthrough | Mode::Protected)
@@ -404,7 +413,7 @@ impl Worker {
         let mut demux = Demux::new();
         for (i, vm) in vms.iter().enumerate() {
             if let Some(mac) = vm.mac {
-                demux.bind(mac, vm.vlan, i);
+                demux.bind(mac, vm.vlan, i, vm.attach());
             }
         }
         let mut w = Worker {
@@ -569,20 +578,20 @@ impl Worker {
         count_rx(&port.counters, burst.len(), burst_bytes(&burst));
         let now = self.now;
         for m in burst {
-            match self.demux.source(m.data()) {
-                Some(vi) => {
+            // Only VMs attached here can send here: a frame with the address of a VM that has
+            // its own port is a spoof and never enters that VM's epochs.
+            let reason = match self.demux.source(m.data()) {
+                Source::Vm(vi) => {
                     count_rx_vm(&self.vms[vi].counters, 1, m.len() as u64);
                     self.accept(vi, m, now);
+                    continue;
                 }
-                None => {
-                    let reason = if m.data().len() < 14 {
-                        DropReason::Runt
-                    } else {
-                        DropReason::UnknownSource
-                    };
-                    self.ports[pi].counters.drops.add(reason, 1);
-                }
-            }
+                Source::Runt => DropReason::Runt,
+                Source::Unknown if m.data().len() < 14 => DropReason::Runt,
+                Source::Unknown => DropReason::UnknownSource,
+                Source::Spoofed(_) => DropReason::SpoofedSource,
+            };
+            self.ports[pi].counters.drops.add(reason, 1);
         }
         // Once per burst, not per frame: what the VMs on this port now hold.
         for vm in &self.vms {
@@ -599,7 +608,7 @@ impl Worker {
         let vm = &mut self.vms[vi];
         if vm.mac.is_none() {
             if let Some(src) = frame::src_mac(m.data()).filter(MacAddr::is_unicast) {
-                if self.demux.bind(src, vm.vlan, vi) {
+                if self.demux.bind(src, vm.vlan, vi, vm.attach()) {
                     vm.mac = Some(src);
                     vm.counters.mac.set(mac_to_u64(src));
                 }
