@@ -4,6 +4,7 @@
 //! poll loop has no lock and no syscall, and every state change of a VM happens on its worker.
 
 pub mod server;
+pub mod state;
 
 pub use server::{ControlError, ControlServer, ControlVm};
 pub use vmm_shim::proto::{Mode, Release, Reply};

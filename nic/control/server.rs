@@ -7,6 +7,7 @@
 //! read only once the answer went back. A session that closes (or goes silent past the liveness
 //! timeout) fails its VM: the worker discards what it held.
 
+use super::state::{self, Tracker};
 use super::{Answer, Command, Op, Rings, VmIdx, EVENT};
 use crate::config::ControlConfig;
 use crate::stats::VmCounters;
@@ -33,12 +34,24 @@ const BACKLOG: i32 = 64;
 pub enum ControlError {
     #[error("control.socket {path}: {why}")]
     Socket { path: String, why: String },
+    #[error(transparent)]
+    State(#[from] state::StateError),
 }
 
 /// What the control thread knows of a VM: its name and the counters its worker publishes.
 pub struct ControlVm {
     pub name: String,
     pub counters: Arc<VmCounters>,
+}
+
+/// Whether a reply says its VM changed mode, and to which.
+fn mode_after(reply: &Reply) -> Option<proto::Mode> {
+    match reply {
+        Reply::Welcome { mode, .. } | Reply::Promoted { mode, .. } => Some(*mode),
+        Reply::Protected { .. } => Some(proto::Mode::Protected),
+        Reply::Unprotected { .. } => Some(proto::Mode::Passthrough),
+        _ => None,
+    }
 }
 
 /// Who may open a session on the control or admin socket: root, the user epochgate runs as,
@@ -91,6 +104,7 @@ impl ControlServer {
         cfg: &ControlConfig,
         vms: Vec<ControlVm>,
         rings: Arc<Rings>,
+        modes: Tracker,
     ) -> Result<ControlServer, ControlError> {
         let path = cfg.socket.clone();
         let err = |why: String| ControlError::Socket {
@@ -98,6 +112,8 @@ impl ControlServer {
             why,
         };
         let listener = bind(&path, Type::SEQPACKET, cfg.mode_bits()).map_err(err)?;
+        // Only now is this process the one whose state the file records.
+        modes.write()?;
         let stop = Arc::new(AtomicBool::new(false));
         let owners = vec![None; vms.len()];
         let server = Server {
@@ -107,6 +123,7 @@ impl ControlServer {
             vms,
             owners,
             rings,
+            modes,
             outbox: VecDeque::new(),
             access: Access {
                 owner: nix::unistd::geteuid().as_raw(),
@@ -196,6 +213,8 @@ struct Server {
     /// The session that adopted each VM.
     owners: Vec<Option<u64>>,
     rings: Arc<Rings>,
+    /// Every VM's mode, persisted beside the socket for the next run.
+    modes: Tracker,
     /// Commands not yet taken by the command ring, in order: none is ever lost (a lost `Fail`
     /// would let a new controller commit the dead one's epochs).
     outbox: VecDeque<Command>,
@@ -285,6 +304,7 @@ impl Server {
             if session != EVENT {
                 s.waiting = false;
             }
+            let reply = persist(&mut self.modes, vm, reply);
             send(s, &reply);
         }
     }
@@ -479,6 +499,12 @@ impl Server {
             let s = self.sessions.swap_remove(i);
             if let Some(vm) = s.vm {
                 self.owners[vm] = None;
+                // The worker fails a protected VM when its controller goes (Op::Fail).
+                if self.modes.mode(vm) == proto::Mode::Protected {
+                    if let Err(e) = self.modes.set(vm, proto::Mode::Failed) {
+                        eprintln!("epochgate: {e}");
+                    }
+                }
                 self.command(Command {
                     vm,
                     session: s.id,
@@ -503,6 +529,27 @@ impl Server {
 struct Ready {
     listener: bool,
     sessions: Vec<(usize, PollFlags)>,
+}
+
+/// Records the mode a reply reveals before the VMM hears of it. If a change that makes the VM
+/// hold its output cannot be persisted, the VMM is told (a restart would not know it); a
+/// change the other way only logs (the next run would hold its output until adopted: safe).
+fn persist(modes: &mut Tracker, vm: VmIdx, reply: Reply) -> Reply {
+    let Some(mode) = mode_after(&reply) else {
+        return reply;
+    };
+    let was = modes.mode(vm);
+    match modes.set(vm, mode) {
+        Ok(()) => reply,
+        Err(e) if state::holds(mode) && !state::holds(was) => Reply::error(
+            ErrorCode::Internal,
+            format!("{e}: the VM is {mode} now, but a restart of epochgate would not know it"),
+        ),
+        Err(e) => {
+            eprintln!("epochgate: {e}");
+            reply
+        }
+    }
 }
 
 /// Sends a reply; a peer that cannot take it (gone, or not reading) is closed.
