@@ -628,6 +628,11 @@ pub fn render_stats(snap: &Snapshot) -> String {
         fb(&mut s, "held", v.held_frames, v.held_bytes);
         fb(&mut s, "ready", v.ready_frames, v.ready_bytes);
         fb(&mut s, "inbound", v.inbound_frames, v.inbound_bytes);
+        let _ = writeln!(
+            s,
+            "  {:<20} {:>12} frames",
+            "staged for tx", v.staged_frames
+        );
         let _ = writeln!(s, "  {:<20} {:>12} frames", "waiting", v.waiting);
         let _ = writeln!(
             s,
@@ -883,6 +888,7 @@ mod tests {
                     waiting: 7,
                     ready_frames: 5,
                     ready_bytes: 7_500,
+                    staged_frames: 2,
                     backpressure: 3,
                     inbound_frames: 4242,
                     inbound_bytes: 424_242,
@@ -928,6 +934,7 @@ mod tests {
                     waiting: 210,
                     ready_frames: 10,
                     ready_bytes: 1280,
+                    staged_frames: 0,
                     backpressure: 0,
                     inbound_frames: 0,
                     inbound_bytes: 0,

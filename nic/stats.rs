@@ -1,10 +1,16 @@
 //! Counters: written by the one worker that owns them, read by anyone (stats printer, stats
-//! file). Every frame that enters is, at any moment, exactly one of: waiting (queued or staged
-//! for TX), transmitted, or dropped under a named [`DropReason`]; `Snapshot::balanced` checks it.
+//! file, admin socket). Every frame a VM sent is, at any moment, exactly one of: held (in an
+//! epoch not yet committed), ready (released, waiting for egress or its rate), staged (in the
+//! egress TX burst), transmitted, or dropped under a named [`DropReason`]. The worker keeps
+//! that ledger in its own [`Ledger`] and publishes it with the queue's gauges as one unit
+//! ([`VmCounters::publish`], a sequence lock), so every reader sees it balance
+//! ([`VmSnapshot::balanced`]), even in the middle of a burst or with TX stalled.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    fence, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 /// A monotonically updated value with a single writer. `add` is a plain load + store (no locked
 /// read-modify-write): correct because only the owning worker writes it.
@@ -69,6 +75,55 @@ drop_reasons! {
 /// One counter per drop reason.
 #[derive(Debug, Default)]
 pub struct DropCounters([Counter; DropReason::ALL.len()]);
+
+/// A VM's ledger as its worker keeps it (plain numbers, no atomics): what it received, what
+/// left, and what was dropped by reason. What is neither is held, ready or staged, which the
+/// worker knows from its queues; [`VmCounters::publish`] makes all of it visible at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ledger {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    pub drops: [u64; DropReason::ALL.len()],
+}
+
+impl Ledger {
+    #[inline]
+    pub fn received(&mut self, frames: u64, bytes: u64) {
+        self.rx_frames += frames;
+        self.rx_bytes += bytes;
+    }
+
+    #[inline]
+    pub fn transmitted(&mut self, frames: u64, bytes: u64) {
+        self.tx_frames += frames;
+        self.tx_bytes += bytes;
+    }
+
+    #[inline]
+    pub fn dropped(&mut self, reason: DropReason, frames: u64) {
+        self.drops[reason as usize] += frames;
+    }
+
+    /// Frames received and not yet transmitted or dropped: what the queues must hold.
+    pub fn waiting(&self) -> u64 {
+        self.rx_frames - self.tx_frames - self.drops.iter().sum::<u64>()
+    }
+}
+
+/// Where a VM's frames that are neither transmitted nor dropped are, as gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waiting {
+    /// In epochs not yet committed.
+    pub held_frames: u64,
+    pub held_bytes: u64,
+    /// Released, waiting for egress or the VM's rate.
+    pub ready_frames: u64,
+    pub ready_bytes: u64,
+    /// In the egress TX burst (TX has not taken them yet).
+    pub staged_frames: u64,
+}
 
 impl DropCounters {
     #[inline]
@@ -180,8 +235,12 @@ pub struct VmCounters {
     pub released_bytes: Counter,
     pub tx_frames: Counter,
     pub tx_bytes: Counter,
-    /// Frames received and not yet transmitted or dropped (a gauge): held + ready.
+    /// Frames received and not yet transmitted or dropped (a gauge): held + ready + staged.
     pub waiting: Counter,
+    /// Frames in the egress TX burst, not yet taken by TX (a gauge).
+    pub staged_frames: Counter,
+    /// The sequence lock of [`VmCounters::publish`]: odd while the worker writes.
+    seq: AtomicU64,
     /// Released frames (bytes) not yet transmitted: waiting for egress or for the VM's rate
     /// (gauges).
     pub ready_frames: Counter,
@@ -213,6 +272,50 @@ pub struct VmCounters {
     /// What the classifier said of the protected VM's held frames, and the requests sent.
     pub verdicts: VerdictCounters,
     pub requests: RequestCounters,
+}
+
+impl VmCounters {
+    /// Publishes the ledger and where the waiting frames are, plus whatever `more` sets, as one
+    /// unit: a reader ([`VmSnapshot::of`]) sees all of it from one moment or retries. Only the
+    /// VM's worker calls this.
+    #[inline]
+    pub fn publish(&self, l: &Ledger, w: Waiting, more: impl FnOnce(&VmCounters)) {
+        let s = self.seq.load(Relaxed);
+        self.seq.store(s.wrapping_add(1), Relaxed);
+        fence(Release);
+        self.rx_frames.set(l.rx_frames);
+        self.rx_bytes.set(l.rx_bytes);
+        self.tx_frames.set(l.tx_frames);
+        self.tx_bytes.set(l.tx_bytes);
+        for (c, n) in self.drops.0.iter().zip(&l.drops) {
+            c.set(*n);
+        }
+        self.held_frames.set(w.held_frames);
+        self.held_bytes.set(w.held_bytes);
+        self.ready_frames.set(w.ready_frames);
+        self.ready_bytes.set(w.ready_bytes);
+        self.staged_frames.set(w.staged_frames);
+        self.waiting
+            .set(w.held_frames + w.ready_frames + w.staged_frames);
+        more(self);
+        self.seq.store(s.wrapping_add(2), Release);
+    }
+
+    /// `read` of the counters as of one [`VmCounters::publish`] (retried while one is under way).
+    pub fn read<T>(&self, read: impl Fn(&VmCounters) -> T) -> T {
+        loop {
+            let s1 = self.seq.load(Acquire);
+            if s1 % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let v = read(self);
+            fence(Acquire);
+            if self.seq.load(Relaxed) == s1 {
+                return v;
+            }
+        }
+    }
 }
 
 /// Counters of one port as the data plane sees it (the driver's own are in `PortStats`).
@@ -272,6 +375,9 @@ pub struct VmSnapshot {
     pub waiting: u64,
     pub ready_frames: u64,
     pub ready_bytes: u64,
+    /// In the egress TX burst, not yet taken by TX.
+    #[serde(default)]
+    pub staged_frames: u64,
     pub backpressure: u64,
     pub inbound_frames: u64,
     pub inbound_bytes: u64,
@@ -323,8 +429,12 @@ pub struct VmSetup {
 }
 
 impl VmSnapshot {
-    /// The counters of VM `name` now; its mode is what the worker last published.
+    /// The counters of VM `name` as the worker last published them, all from one moment.
     pub fn of(name: &str, c: &VmCounters) -> VmSnapshot {
+        c.read(|c| VmSnapshot::now(name, c))
+    }
+
+    fn now(name: &str, c: &VmCounters) -> VmSnapshot {
         let mode =
             vmm_shim::proto::Mode::from_u8(c.mode.get() as u8).map_or("unknown", |m| m.name());
         let mac = c.mac.get();
@@ -344,6 +454,7 @@ impl VmSnapshot {
             waiting: c.waiting.get(),
             ready_frames: c.ready_frames.get(),
             ready_bytes: c.ready_bytes.get(),
+            staged_frames: c.staged_frames.get(),
             backpressure: c.backpressure.get(),
             inbound_frames: c.inbound_frames.get(),
             inbound_bytes: c.inbound_bytes.get(),
@@ -366,10 +477,12 @@ impl VmSnapshot {
         }
     }
 
-    /// Nothing lost silently: every frame received is waiting, transmitted or dropped by reason.
+    /// Nothing lost silently: every frame received is held, ready, staged, transmitted or
+    /// dropped by reason.
     pub fn balanced(&self) -> bool {
         let dropped: u64 = self.dropped.values().sum();
-        self.rx_frames == self.tx_frames + self.waiting + dropped
+        self.waiting == self.held_frames + self.ready_frames + self.staged_frames
+            && self.rx_frames == self.tx_frames + self.waiting + dropped
     }
 }
 
@@ -494,14 +607,87 @@ mod tests {
     #[test]
     fn snapshot_balance_detects_a_lost_frame() {
         let c = VmCounters::default();
-        c.rx_frames.add(10);
-        c.tx_frames.add(6);
-        c.waiting.set(2);
-        c.drops.add(DropReason::BufferFull, 2);
+        let mut l = Ledger::default();
+        l.received(10, 640);
+        l.transmitted(6, 384);
+        l.dropped(DropReason::BufferFull, 1);
+        let w = Waiting {
+            held_frames: 1,
+            ready_frames: 1,
+            staged_frames: 1,
+            ..Waiting::default()
+        };
+        c.publish(&l, w, |_| {});
+        assert_eq!(l.waiting(), 3);
         let s = VmSnapshot::of("a", &c);
-        assert!(s.balanced());
-        c.rx_frames.add(1);
+        assert!(s.balanced(), "{s:?}");
+        assert_eq!((s.waiting, s.staged_frames), (3, 1));
+        // A frame nowhere: received, but neither waiting, transmitted nor dropped.
+        l.received(1, 64);
+        c.publish(&l, w, |_| {});
         assert!(!VmSnapshot::of("a", &c).balanced());
+        // A staged frame not counted as waiting.
+        c.waiting.set(2);
+        assert!(!VmSnapshot::of("a", &c).balanced());
+    }
+
+    /// The worker moves frames through the ledger while readers snapshot it: every snapshot
+    /// balances, even though a frame's move touches several counters.
+    #[test]
+    fn readers_never_see_a_ledger_in_the_middle_of_a_publish() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let c = Arc::new(VmCounters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (c, stop) = (c.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut l, mut w) = (Ledger::default(), Waiting::default());
+                let mut x = 1u64;
+                while !stop.load(Relaxed) {
+                    // A cheap pseudo-random walk: receive, hold, release, stage, send, drop.
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    match x % 6 {
+                        0 => {
+                            l.received(3, 192);
+                            w.held_frames += 3;
+                        }
+                        1 if w.held_frames > 0 => {
+                            w.held_frames -= 1;
+                            w.ready_frames += 1;
+                        }
+                        2 if w.ready_frames > 0 => {
+                            w.ready_frames -= 1;
+                            w.staged_frames += 1;
+                        }
+                        3 if w.staged_frames > 0 => {
+                            w.staged_frames -= 1;
+                            l.transmitted(1, 64);
+                        }
+                        4 if w.held_frames > 0 => {
+                            w.held_frames -= 1;
+                            l.dropped(DropReason::Discarded, 1);
+                        }
+                        _ => {}
+                    }
+                    c.publish(&l, w, |_| {});
+                }
+                l
+            })
+        };
+        let mut seen = 0u64;
+        let start = std::time::Instant::now();
+        while seen < 20_000 && start.elapsed() < std::time::Duration::from_secs(20) {
+            let s = VmSnapshot::of("a", &c);
+            assert!(s.balanced(), "a reader saw an unbalanced ledger: {s:?}");
+            seen += 1;
+        }
+        stop.store(true, Relaxed);
+        let l = writer.join().unwrap();
+        assert!(seen >= 1000, "only {seen} snapshots");
+        assert!(l.rx_frames > 0);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::frame::{self, MacAddr};
 use crate::meter::{self, MeterHub, WorkerMeter};
 use crate::policy::{FrameKind, PolicyConfig, RequestPolicy};
 use crate::sched::{Backlog, Bucket, Class, Regulator, SchedConfig, Scheduler};
-use crate::stats::{DropReason, EgressCounters, PortCounters, VmCounters};
+use crate::stats::{DropReason, EgressCounters, Ledger, PortCounters, VmCounters, Waiting};
 use arrayvec::ArrayVec;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -123,6 +123,10 @@ pub struct WorkerVm {
     rate: RateLimit,
     /// Backpressure is on (the port is not being read): counted once per episode.
     full: bool,
+    /// What it received, transmitted and dropped (published by [`WorkerVm::publish`]), and how
+    /// many of its frames are in the egress TX burst.
+    ledger: Ledger,
+    staged: u64,
     /// Frames of this queue transmitted (taken by the egress TX), and the commits whose last
     /// frame has not been transmitted yet: (release point after the commit, TSC of the commit).
     sent: u64,
@@ -168,6 +172,8 @@ impl WorkerVm {
             limits,
             rate: RateLimit::default(),
             full: false,
+            ledger: Ledger::default(),
+            staged: 0,
             sent: 0,
             commits: VecDeque::with_capacity(COMMITS_IN_FLIGHT),
             fencing: None,
@@ -258,9 +264,8 @@ impl WorkerVm {
         matches!(self.mode, Mode::Passthrough | Mode::Protected)
     }
 
-    fn drop_frames(&self, reason: DropReason, n: u64) {
-        self.counters.drops.add(reason, n);
-        self.counters.waiting.sub(n);
+    fn drop_frames(&mut self, reason: DropReason, n: u64) {
+        self.ledger.dropped(reason, n);
     }
 
     /// Drops everything the VM holds (sealed epochs and the open one) under `reason`; with
@@ -276,21 +281,34 @@ impl WorkerVm {
         n.frames
     }
 
-    /// Publishes mode, epochs and what is held, for stats and the control thread.
+    /// Publishes the ledger with where its waiting frames are, mode and epochs, as one unit
+    /// (for stats and the control thread). Invariant 4 is checked here in debug builds: every
+    /// frame received is held, ready, staged, transmitted or dropped by reason.
     fn publish(&self) {
-        let c = &self.counters;
         let held = self.queue.held();
-        c.mode.set(self.mode as u64);
-        c.open_epoch.set(self.queue.open_epoch().unwrap_or(0));
-        c.sealed_epoch.set(self.queue.sealed_epoch());
-        c.committed_epoch.set(self.queue.committed_epoch());
-        c.held_frames.set(held.frames);
-        c.held_bytes.set(held.bytes);
-        c.ready_frames.set(self.queue.releasable() as u64);
-        c.ready_bytes.set(self.queue.releasable_bytes());
-        // The queue counts what it ever released, so no per-frame counter is needed.
-        c.released_frames.set(self.queue.released_total());
-        c.released_bytes.set(self.queue.released_total_bytes());
+        let w = Waiting {
+            held_frames: held.frames,
+            held_bytes: held.bytes,
+            ready_frames: self.queue.releasable() as u64,
+            ready_bytes: self.queue.releasable_bytes(),
+            staged_frames: self.staged,
+        };
+        debug_assert_eq!(
+            self.ledger.waiting(),
+            w.held_frames + w.ready_frames + w.staged_frames,
+            "ledger of vm {:?}: {:?} {w:?}",
+            self.name,
+            self.ledger
+        );
+        self.counters.publish(&self.ledger, w, |c| {
+            c.mode.set(self.mode as u64);
+            c.open_epoch.set(self.queue.open_epoch().unwrap_or(0));
+            c.sealed_epoch.set(self.queue.sealed_epoch());
+            c.committed_epoch.set(self.queue.committed_epoch());
+            // The queue counts what it ever released, so no per-frame counter is needed.
+            c.released_frames.set(self.queue.released_total());
+            c.released_bytes.set(self.queue.released_total_bytes());
+        });
     }
 }
 
@@ -551,7 +569,7 @@ impl Worker {
             }
             let bytes = burst_bytes(&burst);
             count_rx(&port.counters, burst.len(), bytes);
-            count_rx_vm(&vm.counters, burst.len(), bytes);
+            vm.ledger.received(burst.len() as u64, bytes);
             let now = self.now;
             for m in burst {
                 self.accept(vi, m, now);
@@ -582,7 +600,7 @@ impl Worker {
             // its own port is a spoof and never enters that VM's epochs.
             let reason = match self.demux.source(m.data()) {
                 Source::Vm(vi) => {
-                    count_rx_vm(&self.vms[vi].counters, 1, m.len() as u64);
+                    self.vms[vi].ledger.received(1, m.len() as u64);
                     self.accept(vi, m, now);
                     continue;
                 }
@@ -712,6 +730,7 @@ impl Worker {
                 self.out_owner.push((g.vm, h.m.len() as u32, h.at));
                 self.out.push(h.m);
             }
+            self.vms[g.vm].staged += taken.frames;
             self.sched.sent_run(g.vm, taken.frames, taken.bytes);
         }
     }
@@ -752,7 +771,8 @@ impl Worker {
     /// that was get their commit-to-wire time.
     fn transmitted(&mut self, vi: VmIdx, frames: u64, bytes: u64) {
         let vm = &mut self.vms[vi];
-        count_tx_vm(&vm.counters, frames, bytes);
+        vm.ledger.transmitted(frames, bytes);
+        vm.staged -= frames;
         vm.publish();
         vm.sent += frames;
         while let Some(&(end, at)) = vm.commits.front() {
@@ -1085,6 +1105,7 @@ impl Worker {
             }
         }
         for &(vi, _, _) in &self.out_owner {
+            self.vms[vi].staged -= 1;
             self.vms[vi].drop_frames(DropReason::Shutdown, 1);
         }
         self.out.clear();
@@ -1158,21 +1179,6 @@ fn burst_bytes(burst: &Burst) -> u64 {
 fn count_rx(c: &PortCounters, frames: usize, bytes: u64) {
     c.rx_frames.add(frames as u64);
     c.rx_bytes.add(bytes);
-}
-
-/// Received from the VM: counted as received and as waiting until transmitted or dropped.
-#[inline]
-fn count_rx_vm(c: &VmCounters, frames: usize, bytes: u64) {
-    c.rx_frames.add(frames as u64);
-    c.rx_bytes.add(bytes);
-    c.waiting.add(frames as u64);
-}
-
-#[inline]
-fn count_tx_vm(c: &VmCounters, frames: u64, bytes: u64) {
-    c.tx_frames.add(frames);
-    c.tx_bytes.add(bytes);
-    c.waiting.sub(frames);
 }
 
 /// Queues an inbound frame for a port's TX, or drops it (counted) when the port is not draining.

@@ -269,7 +269,8 @@ pub fn dropped(v: &Value, reason: &str) -> u64 {
     v["dropped"][reason].as_u64().unwrap_or(0)
 }
 
-/// Every frame received is transmitted, waiting or dropped by a named reason.
+/// Every frame received is transmitted, waiting (held, ready or staged for TX) or dropped by a
+/// named reason.
 pub fn assert_balanced(stats: &Value) {
     for v in stats["vms"].as_array().expect("vms") {
         let drops: u64 = v["dropped"]
@@ -279,6 +280,11 @@ pub fn assert_balanced(stats: &Value) {
             u(v, "rx_frames"),
             u(v, "tx_frames") + u(v, "waiting") + drops,
             "counters do not add up for {v}"
+        );
+        assert_eq!(
+            u(v, "waiting"),
+            u(v, "held_frames") + u(v, "ready_frames") + u(v, "staged_frames"),
+            "waiting frames are not all held, ready or staged for {v}"
         );
     }
 }
