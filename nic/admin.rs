@@ -648,8 +648,13 @@ pub fn render_stats(snap: &Snapshot) -> String {
         );
         let _ = writeln!(
             s,
-            "  {:<20} sealed {} committed {} discarded {}; fences cut short {}",
-            "epochs", v.epochs_sealed, v.epochs_committed, v.epochs_discarded, v.fences_cut_short
+            "  {:<20} sealed {} committed {} discarded {}; fences cut short {}, unproven {}",
+            "epochs",
+            v.epochs_sealed,
+            v.epochs_committed,
+            v.epochs_discarded,
+            v.fences_cut_short,
+            v.fences_unproven
         );
         let _ = writeln!(
             s,
@@ -902,6 +907,7 @@ mod tests {
                     epochs_committed: 0,
                     epochs_discarded: 0,
                     fences_cut_short: 0,
+                    fences_unproven: 0,
                     verdicts: BTreeMap::new(),
                     checkpoint_requests: BTreeMap::new(),
                     hold_time: lat(0),
@@ -948,6 +954,7 @@ mod tests {
                     epochs_committed: 15,
                     epochs_discarded: 1,
                     fences_cut_short: 4,
+                    fences_unproven: 0,
                     verdicts: map(&[("tcp-pure-ack", 9)]),
                     checkpoint_requests: map(&[("immediate-frame", 13), ("high-water", 2)]),
                     hold_time: lat(1),
@@ -1316,7 +1323,7 @@ mod tests {
             "backpressure",
             " 3 time(s)",
             "open 17 sealed 16 committed 15",
-            "sealed 16 committed 15 discarded 1; fences cut short 4",
+            "sealed 16 committed 15 discarded 1; fences cut short 4, unproven 0",
             "15 (high-water 2, immediate-frame 13)",
             "tcp-pure-ack 9",
             "count 1000 p50 12.3 µs p99 45.6 µs max 2.50 ms",

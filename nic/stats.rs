@@ -269,6 +269,10 @@ pub struct VmCounters {
     /// `control.fence_drain_ms`, or the VM's buffer was full (frames left in the guest go to
     /// the next epoch, which is safe).
     pub fences_cut_short: Counter,
+    /// Fences that sealed once the VM's port was seen empty, on a port where that proves
+    /// nothing (a kernel or hardware port: a frame the guest sent just before it was paused
+    /// may still have been on its way; it goes to the next epoch, which is safe).
+    pub fences_unproven: Counter,
     /// What the classifier said of the protected VM's held frames, and the requests sent.
     pub verdicts: VerdictCounters,
     pub requests: RequestCounters,
@@ -391,6 +395,8 @@ pub struct VmSnapshot {
     pub epochs_committed: u64,
     pub epochs_discarded: u64,
     pub fences_cut_short: u64,
+    #[serde(default)]
+    pub fences_unproven: u64,
     pub verdicts: BTreeMap<String, u64>,
     pub checkpoint_requests: BTreeMap<String, u64>,
     /// Arrival to transmit, per frame.
@@ -468,6 +474,7 @@ impl VmSnapshot {
             epochs_committed: c.epochs_committed.get(),
             epochs_discarded: c.epochs_discarded.get(),
             fences_cut_short: c.fences_cut_short.get(),
+            fences_unproven: c.fences_unproven.get(),
             verdicts: c.verdicts.snapshot(),
             checkpoint_requests: c.requests.snapshot(),
             hold_time: Latency::default(),

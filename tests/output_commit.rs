@@ -187,6 +187,8 @@ fn fence_then_commit_releases_exactly_the_epoch_in_order() {
     assert_eq!(u(v, "tx_frames"), 100);
     assert_eq!(u(v, "epochs_sealed"), 2);
     assert_eq!(u(v, "epochs_committed"), 2);
+    // A paused guest's vhost-user ring seen empty is final: no fence is unproven.
+    assert_eq!(u(v, "fences_unproven"), 0, "{v}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 pub mod demux;
 mod worker;
 
-pub use worker::{PortRole, Worker, WorkerLinks, WorkerOptions, WorkerPort, WorkerVm};
+pub use worker::{DrainProof, PortRole, Worker, WorkerLinks, WorkerOptions, WorkerPort, WorkerVm};
 
 use crate::admin::{AdminError, AdminServer};
 use crate::config::{Config, PortSpec};
@@ -311,6 +311,12 @@ impl Appliance {
                     counters.clone(),
                 )
                 .with_rate(vm.rate)
+                .with_drain(
+                    vm.port
+                        .as_ref()
+                        .or(cfg.ingress.as_ref())
+                        .map_or(DrainProof::Unproven, DrainProof::of),
+                )
                 .with_announcements(announce)
                 .with_classification(&vm.name, vm.defer),
             );

@@ -104,7 +104,54 @@ struct Fencing {
     session: u64,
     started: u64,
     deadline: u64,
+    /// Since when the port has been seen empty without a frame since (ports whose emptiness
+    /// proves nothing must stay empty for [`SETTLE_US`]).
+    empty_since: Option<u64>,
 }
+
+/// What a VM port seen empty during a fence proves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DrainProof {
+    /// Everything the paused guest sent is in the port's ring: the ring is shared memory
+    /// between the guest and epochgate (vhost-user, memif, virtio-user) or a finite
+    /// in-process source (a pcap file, net_ring, net_null). Empty is final: the fence seals.
+    #[default]
+    Final,
+    /// A frame the guest sent before it was paused may still be in the kernel or the hardware
+    /// (net_tap, net_af_packet, a pcap port reading an interface, a PCI NIC): the fence seals
+    /// once the port stayed empty for [`SETTLE_US`], and is counted as `fences_unproven`. A
+    /// frame delayed longer goes to the next epoch, which is safe.
+    Unproven,
+}
+
+impl DrainProof {
+    /// What a port of this kind proves when seen empty.
+    pub fn of(spec: &crate::config::PortSpec) -> DrainProof {
+        use crate::config::PortSpec;
+        match spec {
+            PortSpec::Pci { .. } => DrainProof::Unproven,
+            PortSpec::Vdev { spec, name } => {
+                let kernel = name.starts_with("net_tap")
+                    || name.starts_with("net_af_packet")
+                    || (name.starts_with("net_pcap")
+                        && spec
+                            .split(',')
+                            .skip(1)
+                            .any(|kv| kv.starts_with("iface=") || kv.starts_with("rx_iface")));
+                if kernel {
+                    DrainProof::Unproven
+                } else {
+                    DrainProof::Final
+                }
+            }
+        }
+    }
+}
+
+/// How long a port whose emptiness proves nothing must stay empty before a fence seals: the
+/// time a frame the guest sent just before it was paused may spend in the kernel (a qdisc, a
+/// softirq) on a loaded host, within reason: the guest stays paused meanwhile.
+const SETTLE_US: u64 = 200;
 
 /// A VM as its worker sees it.
 pub struct WorkerVm {
@@ -132,6 +179,8 @@ pub struct WorkerVm {
     sent: u64,
     commits: VecDeque<(u64, u64)>,
     fencing: Option<Fencing>,
+    /// What its port seen empty during a fence proves.
+    drain: DrainProof,
     /// Frames that announce its addresses when it is promoted (built from the config).
     announce: Vec<Vec<u8>>,
     /// For the classifier: its name (rules may name it) and its deferral setting.
@@ -177,6 +226,7 @@ impl WorkerVm {
             sent: 0,
             commits: VecDeque::with_capacity(COMMITS_IN_FLIGHT),
             fencing: None,
+            drain: DrainProof::Final,
             announce: Vec::new(),
             name: String::new(),
             defer: VmDefer::Builtin,
@@ -189,6 +239,12 @@ impl WorkerVm {
     /// Frames sent on the VM's behalf when it is promoted.
     pub fn with_announcements(mut self, frames: Vec<Vec<u8>>) -> Self {
         self.announce = frames;
+        self
+    }
+
+    /// What its port (its own, or the shared ingress) proves when seen empty during a fence.
+    pub fn with_drain(mut self, drain: DrainProof) -> Self {
+        self.drain = drain;
         self
     }
 
@@ -563,9 +619,12 @@ impl Worker {
             if port.rx.rx_burst_upto(&mut burst, max) == 0 {
                 // Seen empty while the guest is paused: everything it sent is in the epoch.
                 if vm.fencing.is_some() {
-                    self.seal(vi, false);
+                    self.seen_empty(vi);
                 }
                 continue;
+            }
+            if let Some(f) = vm.fencing.as_mut() {
+                f.empty_since = None;
             }
             let bytes = burst_bytes(&burst);
             count_rx(&port.counters, burst.len(), bytes);
@@ -587,11 +646,18 @@ impl Worker {
                 // The shared ingress was seen empty: fences of VMs on it are complete.
                 for vi in 0..self.vms.len() {
                     if self.vms[vi].port.is_none() && self.vms[vi].fencing.is_some() {
-                        self.seal(vi, false);
+                        self.seen_empty(vi);
                     }
                 }
             }
             return;
+        }
+        if self.fencing > 0 {
+            for vm in self.vms.iter_mut().filter(|v| v.port.is_none()) {
+                if let Some(f) = vm.fencing.as_mut() {
+                    f.empty_since = None;
+                }
+            }
         }
         count_rx(&port.counters, burst.len(), burst_bytes(&burst));
         let now = self.now;
@@ -922,6 +988,7 @@ impl Worker {
                         session: cmd.session,
                         started: now,
                         deadline: now.saturating_add(self.opts.fence_drain_ticks),
+                        empty_since: None,
                     });
                     self.fencing += 1;
                     return None;
@@ -1041,6 +1108,20 @@ impl Worker {
         }
     }
 
+    /// VM `vi`'s port was seen empty during its fence: the fence seals, at once if that is
+    /// final, else once the port has stayed empty for [`SETTLE_US`].
+    fn seen_empty(&mut self, vi: VmIdx) {
+        let vm = &mut self.vms[vi];
+        let Some(f) = vm.fencing.as_mut() else { return };
+        if vm.drain == DrainProof::Unproven {
+            let since = *f.empty_since.get_or_insert(self.now);
+            if self.now.saturating_sub(since) < self.opts.tsc_hz / 1_000_000 * SETTLE_US {
+                return;
+            }
+        }
+        self.seal(vi, false);
+    }
+
     /// Ends VM `vi`'s fence: seals the open epoch and answers `Fenced`.
     fn seal(&mut self, vi: VmIdx, cut_short: bool) {
         let vm = &mut self.vms[vi];
@@ -1048,6 +1129,8 @@ impl Worker {
         self.fencing -= 1;
         if cut_short {
             vm.counters.fences_cut_short.add(1);
+        } else if vm.drain == DrainProof::Unproven {
+            vm.counters.fences_unproven.add(1);
         }
         let drain_ns = self.ns.of(tsc().saturating_sub(f.started));
         meter::record(&mut self.meter.vm(vi).fence_drain, drain_ns, 1);
@@ -1225,7 +1308,36 @@ fn epoch_error(e: EpochError) -> Reply {
 
 #[cfg(test)]
 mod tests {
-    use super::Nanos;
+    use super::{DrainProof, Nanos};
+
+    #[test]
+    fn only_shared_memory_and_in_process_ports_prove_a_drain() {
+        use crate::config::PortSpec;
+        for (spec, proof) in [
+            ("net_vhost0,iface=/tmp/a.sock", DrainProof::Final),
+            ("net_virtio_user0,path=/tmp/a.sock", DrainProof::Final),
+            ("net_memif0,role=server", DrainProof::Final),
+            (
+                "net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap",
+                DrainProof::Final,
+            ),
+            ("net_ring0", DrainProof::Final),
+            ("net_null0", DrainProof::Final),
+            ("net_tap0,iface=tap0", DrainProof::Unproven),
+            ("net_tap1", DrainProof::Unproven),
+            ("net_af_packet0,iface=veth0", DrainProof::Unproven),
+            ("net_pcap1,iface=eth1", DrainProof::Unproven),
+            (
+                "net_pcap2,rx_iface=eth1,tx_pcap=o.pcap",
+                DrainProof::Unproven,
+            ),
+            ("net_pcap3,rx_iface_in=eth1", DrainProof::Unproven),
+            ("0000:03:00.0", DrainProof::Unproven),
+        ] {
+            let p = PortSpec::parse(spec).unwrap();
+            assert_eq!(DrainProof::of(&p), proof, "{spec}");
+        }
+    }
 
     #[test]
     fn nanos_converts_ticks_within_a_nanosecond_per_second() {
