@@ -564,6 +564,7 @@ fn parse_vdev(s: &str) -> Result<String, String> {
             name.len()
         )));
     }
+    let mut seen: Vec<&str> = Vec::new();
     for item in items {
         // A bare key is allowed: some drivers take flags (net_tap's "persist").
         let (key, value) = item.split_once('=').unwrap_or((item, "x"));
@@ -579,8 +580,296 @@ fn parse_vdev(s: &str) -> Result<String, String> {
         if value.is_empty() {
             return Err(bad(format!("parameter {key:?} has an empty value")));
         }
+        if seen.contains(&key) && !repeatable(name, key) {
+            return Err(bad(format!(
+                "parameter {key:?} is given twice: the driver would use one and silently drop the other"
+            )));
+        }
+        seen.push(key);
+        if let Some(kind) = resource_kind(name, key) {
+            kind.check(value)
+                .map_err(|why| bad(format!("{key}={value:?} {why}")))?;
+        }
     }
     Ok(name.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// What each port is attached to
+// ---------------------------------------------------------------------------------------------
+
+/// What a vdev key names. Two ports on one such resource are one device seen twice: a protected
+/// VM's output could leave through the other port, so every resource must be unique.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResourceKind {
+    /// A kernel network interface (tap, af_packet, a pcap live capture).
+    Interface,
+    /// A file the port reads or writes (pcap).
+    File,
+    /// A unix socket or device path (vhost-user, virtio-user).
+    Socket,
+    /// A memif socket: one memif connection is (socket, `id=`).
+    Memif,
+    /// A `net_ring` ring: the name in `nodeaction=name:node:action`.
+    Ring,
+    /// A PCI device (the port itself).
+    Pci,
+}
+
+/// Per driver (a prefix of the device name, matched the way DPDK's vdev bus matches drivers),
+/// the keys that name a resource. A driver that is not here (net_null, ...) names none.
+/// net_af_xdp is left out on purpose: two ports on one interface with different queues
+/// (`start_queue=`) are legitimate there.
+const VDEV_RESOURCES: &[(&str, &[(&str, ResourceKind)])] = {
+    use ResourceKind::*;
+    &[
+        ("net_tap", &[("iface", Interface)]),
+        ("net_tun", &[("iface", Interface)]),
+        ("net_af_packet", &[("iface", Interface)]),
+        (
+            "net_pcap",
+            &[
+                ("iface", Interface),
+                ("rx_iface", Interface),
+                ("rx_iface_in", Interface),
+                ("tx_iface", Interface),
+                ("rx_pcap", File),
+                ("tx_pcap", File),
+            ],
+        ),
+        ("net_vhost", &[("iface", Socket)]),
+        ("net_virtio_user", &[("path", Socket), ("iface", Interface)]),
+        ("net_memif", &[("socket", Memif)]),
+        ("net_ring", &[("nodeaction", Ring)]),
+    ]
+};
+
+/// Keys a driver takes more than once (one ring per `nodeaction`, one member per `slave`).
+const REPEATABLE_KEYS: &[(&str, &str)] = &[
+    ("net_ring", "nodeaction"),
+    ("net_bonding", "slave"),
+    ("net_bonding", "member"),
+];
+
+/// memif's socket when `socket=` is absent (DPDK's ETH_MEMIF_DEFAULT_SOCKET_FILENAME).
+const MEMIF_DEFAULT_SOCKET: &str = "/run/memif.sock";
+/// Linux IFNAMSIZ is 16 with the terminating NUL.
+const IFNAME_MAX: usize = 15;
+/// `struct sockaddr_un.sun_path` is 108 bytes with the terminating NUL.
+const SUN_PATH_MAX: usize = 107;
+
+/// Net vdev drivers DPDK ships that name no resource here (see [`VDEV_RESOURCES`]).
+const OTHER_VDEV_DRIVERS: &[&str] = &[
+    "net_null",
+    "net_bonding",
+    "net_af_xdp",
+    "net_failsafe",
+    "net_vdev_netvsc",
+    "net_softnic",
+];
+
+/// Whether `device` (a vdev name such as "net_pcap0") is of a DPDK driver epochgate knows; a
+/// device of another driver may still be real (a PMD epochgate has not heard of).
+pub fn known_vdev_driver(device: &str) -> bool {
+    VDEV_RESOURCES
+        .iter()
+        .map(|(driver, _)| *driver)
+        .chain(OTHER_VDEV_DRIVERS.iter().copied())
+        .any(|driver| device.starts_with(driver))
+}
+
+fn driver_keys(device: &str) -> &'static [(&'static str, ResourceKind)] {
+    VDEV_RESOURCES
+        .iter()
+        .find(|(driver, _)| device.starts_with(driver))
+        .map_or(&[], |(_, keys)| keys)
+}
+
+fn resource_kind(device: &str, key: &str) -> Option<ResourceKind> {
+    driver_keys(device)
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, kind)| *kind)
+}
+
+fn repeatable(device: &str, key: &str) -> bool {
+    REPEATABLE_KEYS
+        .iter()
+        .any(|(driver, k)| device.starts_with(driver) && *k == key)
+}
+
+impl ResourceKind {
+    /// How the resource is called in messages.
+    fn noun(self) -> &'static str {
+        match self {
+            ResourceKind::Interface => "interface",
+            ResourceKind::File => "file",
+            ResourceKind::Socket => "socket",
+            ResourceKind::Memif => "memif socket",
+            ResourceKind::Ring => "ring",
+            ResourceKind::Pci => "PCI device",
+        }
+    }
+
+    /// Whether `value` can name such a resource at all; the error completes "key=value ...".
+    fn check(self, value: &str) -> Result<(), String> {
+        match self {
+            // The kernel's dev_valid_name(): what it refuses, "no such device" reports later.
+            ResourceKind::Interface => {
+                if value.len() > IFNAME_MAX {
+                    return Err(format!(
+                        "is {} characters long: Linux interface names have at most {IFNAME_MAX} (IFNAMSIZ - 1)",
+                        value.len()
+                    ));
+                }
+                if value == "." || value == ".." {
+                    return Err("is not an interface name Linux accepts".to_string());
+                }
+                if let Some(c) = value
+                    .chars()
+                    .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
+                {
+                    return Err(format!(
+                        "contains {c:?}: Linux interface names may not contain '/', ':' or whitespace"
+                    ));
+                }
+                Ok(())
+            }
+            ResourceKind::Socket | ResourceKind::Memif if value.len() > SUN_PATH_MAX => {
+                Err(format!(
+                    "is {} bytes long: a unix socket path has at most {SUN_PATH_MAX} (sun_path)",
+                    value.len()
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The identity of a resource: what two ports must not share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resource {
+    Interface(String),
+    /// A file or socket path, normalised lexically.
+    Path(PathBuf),
+    /// A memif socket (normalised) and the connection id on it.
+    Memif(PathBuf, u64),
+    Ring(String),
+    Pci(String),
+}
+
+impl Resource {
+    /// Two ports clash: one name, or a memif socket that is another port's file or socket.
+    fn clashes(&self, other: &Resource) -> bool {
+        match (self, other) {
+            (Resource::Memif(p, _), Resource::Path(q))
+            | (Resource::Path(p), Resource::Memif(q, _)) => p == q,
+            _ => self == other,
+        }
+    }
+}
+
+/// One resource of a port: the vdev key that names it, as written, and its identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PortResource {
+    kind: ResourceKind,
+    key: &'static str,
+    written: String,
+    id: Resource,
+}
+
+impl PortResource {
+    /// `interface "tap0"`, `memif socket "/run/memif.sock" (id 0)`.
+    fn describe(&self) -> String {
+        match &self.id {
+            Resource::Memif(_, id) => {
+                format!("{} {:?} (id {id})", self.kind.noun(), self.written)
+            }
+            _ => format!("{} {:?}", self.kind.noun(), self.written),
+        }
+    }
+}
+
+/// `p` made absolute against the working directory, without "." and "..", and with single
+/// slashes; lexical only (symlinks are not followed, the file need not exist).
+fn normalise_path(p: &str) -> PathBuf {
+    use std::path::Component;
+    let path = Path::new(p);
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map_or_else(|_| path.to_path_buf(), |d| d.join(path))
+    };
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Every resource `spec` is attached to, in the order its keys are written. A memif port
+/// without `socket=` is on memif's default socket.
+fn port_resources(spec: &PortSpec) -> Vec<PortResource> {
+    let (spec, name) = match spec {
+        PortSpec::Pci { addr } => {
+            return vec![PortResource {
+                kind: ResourceKind::Pci,
+                key: "address",
+                written: addr.clone(),
+                id: Resource::Pci(addr.clone()),
+            }]
+        }
+        PortSpec::Vdev { spec, name } => (spec, name),
+    };
+    let params: Vec<(&str, &str)> = spec
+        .split(',')
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let mut out = Vec::new();
+    for &(key, value) in &params {
+        let Some(&(key, kind)) = driver_keys(name).iter().find(|(k, _)| *k == key) else {
+            continue;
+        };
+        let id = match kind {
+            ResourceKind::Interface => Resource::Interface(value.to_string()),
+            ResourceKind::File | ResourceKind::Socket => Resource::Path(normalise_path(value)),
+            // Below, with its id; a PCI address is not a vdev key.
+            ResourceKind::Memif | ResourceKind::Pci => continue,
+            ResourceKind::Ring => Resource::Ring(value.split(':').next().unwrap_or(value).into()),
+        };
+        let written = match &id {
+            Resource::Ring(ring) => ring.clone(),
+            _ => value.to_string(),
+        };
+        out.push(PortResource {
+            kind,
+            key,
+            written,
+            id,
+        });
+    }
+    if resource_kind(name, "socket") == Some(ResourceKind::Memif) {
+        let get = |k: &str| params.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+        let socket = get("socket").unwrap_or(MEMIF_DEFAULT_SOCKET);
+        // memif's id= is a u32; an unparsable one is EAL's to refuse, and collides with nothing.
+        let id = get("id").map_or(Some(0), |v| v.parse().ok());
+        if let Some(id) = id {
+            out.push(PortResource {
+                kind: ResourceKind::Memif,
+                key: "socket",
+                written: socket.to_string(),
+                id: Resource::Memif(normalise_path(socket), id),
+            });
+        }
+    }
+    out
 }
 
 impl Config {
@@ -605,6 +894,23 @@ impl Config {
         std::iter::once(&self.egress)
             .chain(self.ingress.as_ref())
             .chain(self.vms.iter().filter_map(|vm| vm.port.as_ref()))
+            .collect()
+    }
+
+    /// Every port with the key it was configured under ("egress.port", "ingress.port",
+    /// `vm[2] ("db").port`), in [`Config::ports`] order: what errors about a port name.
+    pub fn port_keys(&self) -> Vec<(String, &PortSpec)> {
+        std::iter::once(("egress.port".to_string(), &self.egress))
+            .chain(
+                self.ingress
+                    .as_ref()
+                    .map(|p| ("ingress.port".to_string(), p)),
+            )
+            .chain(self.vms.iter().enumerate().filter_map(|(i, vm)| {
+                vm.port
+                    .as_ref()
+                    .map(|p| (format!("{}.port", vm_label(i, &vm.name)), p))
+            }))
             .collect()
     }
 
@@ -915,6 +1221,27 @@ const RING_MIN: u16 = 64;
 const RING_MAX: u16 = 4096;
 const MEMORY_MIN_MB: u32 = 64;
 const MBUFS_MIN: u32 = 1023;
+const MBUFS_MAX: u32 = (1 << 24) - 1;
+/// DPDK's RTE_MAX_LCORE (Debian's build): `-l` refuses lcore ids from here on.
+const LCORE_MAX: u32 = 128;
+/// The longest `eal.file_prefix`. EAL binds `<runtime dir>/<prefix>/dpdk_telemetry.v2` (and
+/// `mp_socket`), and a socket path has at most 107 bytes: under root's `/var/run/dpdk/` that is
+/// 107 - 14 - 18 = 75 characters (measured: 75 starts, 76 fails); 64 leaves room for a non-root
+/// user's `/run/user/<uid>/dpdk/`.
+const FILE_PREFIX_MAX: usize = 64;
+/// Pool memory per mbuf with hugepages: 2048 bytes of data room + 128 of headroom
+/// (RTE_MBUF_DEFAULT_BUF_SIZE) + 128 for struct rte_mbuf + 64 for the mempool object header
+/// (24 bytes, cache-line aligned) = 2368, + 8 to 16 for its slot in the pool's ring, rounded up
+/// to whole cache lines: 2432.
+const MBUF_BYTES_HUGE: u64 = 2432;
+/// Without hugepages EAL's memory is 4 KiB pages and a mempool object never spans two pages, so
+/// each mbuf takes a page (measured: a 64 MB --no-huge EAL holds 15 900 mbufs, not 16 000).
+const MBUF_BYTES_NO_HUGE: u64 = 4096;
+/// Memory kept for everything but the pool: EAL's own memzones (under 2 MiB measured), the
+/// ports' descriptor rings and driver queues, the mempool's per-lcore cache structures.
+const EAL_RESERVE_MB: u64 = 16;
+/// One rx/tx burst of slack in the pool beyond what the rings and caches can hold.
+const POOL_SLACK: u64 = 32;
 // RTE_MEMPOOL_CACHE_MAX_SIZE: rte_pktmbuf_pool_create refuses larger caches.
 const MBUF_CACHE_MAX: u32 = 512;
 const VM_QUEUE_MIN: u32 = 32;
@@ -1040,6 +1367,8 @@ impl RawConfig {
             passthrough_min_share_ppm,
         };
         check_devices_unique(&config)?;
+        check_pool(&config)?;
+        check_announce_unique(&config)?;
         for (i, rule) in config.classifier.rules.iter().enumerate() {
             if let Some(name) = &rule.vm {
                 if !config.vms.iter().any(|v| &v.name == name) {
@@ -1084,10 +1413,21 @@ fn validate_eal(eal: EalConfig) -> Result<EalConfig, ConfigError> {
         .chars()
         .find(|c| !(c.is_ascii_digit() || ",-@()".contains(*c)))
     {
+        // '@' and '()' pass here so that lcore_ids can say they are --lcores syntax.
         return Err(invalid(
             "eal.lcores",
             format!(
-                "{:?} contains {c:?} (allowed: digits, ',', '-', '@', '(', ')')",
+                "{:?} contains {c:?} (allowed: digits, ',' and '-')",
+                eal.lcores
+            ),
+        ));
+    }
+    let lcores = lcore_ids(&eal.lcores).map_err(|why| invalid("eal.lcores", why))?;
+    if lcores.len() < 2 {
+        return Err(invalid(
+            "eal.lcores",
+            format!(
+                "{:?} is one lcore: epochgate needs at least two (the main lcore runs control and stats, a worker runs the poll loop), e.g. \"0-1\"",
                 eal.lcores
             ),
         ));
@@ -1116,6 +1456,15 @@ fn validate_eal(eal: EalConfig) -> Result<EalConfig, ConfigError> {
             ),
         ));
     }
+    if eal.file_prefix.len() > FILE_PREFIX_MAX {
+        return Err(invalid(
+            "eal.file_prefix",
+            format!(
+                "is {} characters long (at most {FILE_PREFIX_MAX}): EAL binds the unix socket <runtime dir>/<prefix>/dpdk_telemetry.v2 (runtime dir /var/run/dpdk as root, $XDG_RUNTIME_DIR/dpdk otherwise), and a socket path holds at most {SUN_PATH_MAX} bytes (sun_path): 75 characters under /var/run/dpdk, fewer under a longer runtime dir",
+                eal.file_prefix.len()
+            ),
+        ));
+    }
     for (k, arg) in eal.args.iter().enumerate() {
         if let Some(set_by) = managed_option(arg) {
             return Err(invalid(
@@ -1139,6 +1488,43 @@ fn managed_option(arg: &str) -> Option<&'static str> {
         };
         hit.then_some(key)
     })
+}
+
+/// The lcore ids of an EAL `-l` core list ("0-1", "0,2-3"), sorted, each once. DPDK 22.11's
+/// `-l` takes only this form: the `1@(0,1)` mappings are `--lcores` syntax, which `-l` refuses.
+fn lcore_ids(list: &str) -> Result<Vec<u32>, String> {
+    let syntax = "a core list such as \"0-1\" or \"0,2-3\"";
+    if list.contains(['@', '(', ')']) {
+        return Err(format!(
+            "{list:?} is --lcores syntax (lcore@cpu): epochgate passes eal.lcores to EAL's -l, which takes {syntax}"
+        ));
+    }
+    let id = |s: &str| -> Result<u32, String> {
+        let n: u32 = s
+            .parse()
+            .map_err(|_| format!("{list:?} is not {syntax}: {s:?} is not an lcore id"))?;
+        if n >= LCORE_MAX {
+            return Err(format!(
+                "{list:?} names lcore {n}: lcore ids are 0..={} (DPDK is built with RTE_MAX_LCORE {LCORE_MAX})",
+                LCORE_MAX - 1
+            ));
+        }
+        Ok(n)
+    };
+    let mut ids = std::collections::BTreeSet::new();
+    for item in list.split(',') {
+        let (lo, hi) = match item.split_once('-') {
+            Some((lo, hi)) => (id(lo)?, id(hi)?),
+            None => (id(item)?, id(item)?),
+        };
+        if lo > hi {
+            return Err(format!(
+                "{list:?} is not {syntax}: the range {item:?} runs backwards"
+            ));
+        }
+        ids.extend(lo..=hi);
+    }
+    Ok(ids.into_iter().collect())
 }
 
 fn validate_control(mut control: ControlConfig) -> Result<ControlConfig, ConfigError> {
@@ -1186,6 +1572,16 @@ fn validate_dataplane(d: DataplaneConfig) -> Result<DataplaneConfig, ConfigError
         return Err(invalid(
             "dataplane.mbufs",
             format!("{} is too few (at least {MBUFS_MIN})", d.mbufs),
+        ));
+    }
+    if d.mbufs > MBUFS_MAX {
+        return Err(invalid(
+            "dataplane.mbufs",
+            format!(
+                "{} is too many (at most {MBUFS_MAX}, about {} GB of mbufs)",
+                d.mbufs,
+                u64::from(MBUFS_MAX) * MBUF_BYTES_HUGE / 1_000_000_000
+            ),
         ));
     }
     if d.mbuf_cache > MBUF_CACHE_MAX {
@@ -1369,6 +1765,15 @@ fn validate_vm(
         return Err(invalid(
             format!("{label}.announce"),
             "announcing addresses needs the VM's mac (vm.mac): a promoted VM may not have sent a frame yet to learn it from",
+        ));
+    }
+
+    if !announce.is_empty() && mode != Mode::Standby {
+        return Err(invalid(
+            format!("{label}.announce"),
+            format!(
+                "a {mode} VM is never promoted, so it never announces: only a standby VM can be promoted (and nothing makes a VM standby at run time); set mode = \"standby\" or remove announce"
+            ),
         ));
     }
 
@@ -1557,17 +1962,70 @@ fn validate_rate(label: &str, raw: &RawLimits) -> Result<RateLimit, ConfigError>
     Ok(rate)
 }
 
-/// Two keys naming the same device would make EAL probe it once and epochgate use it twice.
-fn check_devices_unique(cfg: &Config) -> Result<(), ConfigError> {
-    let mut keyed: Vec<(String, &PortSpec)> = vec![("egress.port".to_string(), &cfg.egress)];
-    if let Some(p) = &cfg.ingress {
-        keyed.push(("ingress.port".to_string(), p));
+/// The mbuf pool must fit in `eal.memory_mb` and be large enough to fill every port's rings.
+fn check_pool(cfg: &Config) -> Result<(), ConfigError> {
+    let d = &cfg.dataplane;
+    let mbufs = u64::from(d.mbufs);
+    let (per_mbuf, pages) = if cfg.eal.hugepages {
+        (MBUF_BYTES_HUGE, "with hugepages")
+    } else {
+        (
+            MBUF_BYTES_NO_HUGE,
+            "without hugepages (one 4 KiB page each)",
+        )
+    };
+    let mb = 1u64 << 20;
+    let need_mb = (mbufs * per_mbuf).div_ceil(mb) + EAL_RESERVE_MB;
+    let memory = u64::from(cfg.eal.memory_mb);
+    if need_mb > memory {
+        let fits = (memory.saturating_sub(EAL_RESERVE_MB) * mb) / per_mbuf;
+        return Err(invalid(
+            "dataplane.mbufs",
+            format!(
+                "{mbufs} mbufs do not fit in eal.memory_mb = {memory}: they need {need_mb} MB ({per_mbuf} bytes per mbuf {pages}, plus {EAL_RESERVE_MB} MB for EAL and the ports); lower dataplane.mbufs to at most {fits} or raise eal.memory_mb to {need_mb}"
+            ),
+        ));
     }
+    let ports = cfg.ports().len() as u64;
+    let lcores = lcore_ids(&cfg.eal.lcores).map_or(2, |l| l.len()) as u64;
+    // A per-lcore cache holds up to 1.5 x its size before it flushes (CALC_CACHE_FLUSHTHRESH).
+    let cache = u64::from(d.mbuf_cache).saturating_mul(3).div_ceil(2);
+    let (rx, tx) = (u64::from(d.rx_ring), u64::from(d.tx_ring));
+    let need = ports * (rx + tx) + lcores * cache + POOL_SLACK;
+    if mbufs < need {
+        return Err(invalid(
+            "dataplane.mbufs",
+            format!(
+                "{mbufs} cannot fill the rings: {ports} port(s) x (dataplane.rx_ring {rx} + dataplane.tx_ring {tx}) + {lcores} lcores x {cache} (1.5 x dataplane.mbuf_cache, what a per-lcore cache may hold) + {POOL_SLACK} (a burst) = {need} mbufs are needed"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An address announced by two VMs would be taken from one by the other's promotion.
+fn check_announce_unique(cfg: &Config) -> Result<(), ConfigError> {
+    let mut seen: HashMap<std::net::IpAddr, String> = HashMap::new();
     for (i, vm) in cfg.vms.iter().enumerate() {
-        if let Some(p) = &vm.port {
-            keyed.push((format!("{}.port", vm_label(i, &vm.name)), p));
+        for (j, ip) in vm.announce.iter().enumerate() {
+            let key = format!("{}.announce[{j}]", vm_label(i, &vm.name));
+            if let Some(other) = seen.get(ip) {
+                return Err(invalid(
+                    key,
+                    format!("{ip} is also {other}: one address can be announced by one VM"),
+                ));
+            }
+            seen.insert(*ip, key);
         }
     }
+    Ok(())
+}
+
+/// Two keys naming the same device would make EAL probe it once and epochgate use it twice;
+/// two ports on one underlying resource (interface, socket, file, ring, PCI device) would let a
+/// VM's output leave through the other port. Both are refused, naming both keys.
+fn check_devices_unique(cfg: &Config) -> Result<(), ConfigError> {
+    let keyed = cfg.port_keys();
     let mut seen: HashMap<&str, &str> = HashMap::new();
     for (key, p) in &keyed {
         let dev = p.device_name();
@@ -1578,6 +2036,44 @@ fn check_devices_unique(cfg: &Config) -> Result<(), ConfigError> {
             ));
         }
         seen.insert(dev, key);
+    }
+    // (port key, device name, resource) of the ports before this one.
+    let mut taken: Vec<(&str, &str, PortResource)> = Vec::new();
+    for (key, p) in &keyed {
+        let mine = port_resources(p);
+        for (j, r) in mine.iter().enumerate() {
+            let what = r.describe();
+            if let Some(twin) = mine[..j].iter().find(|o| o.id.clashes(&r.id)) {
+                let hint = if r.kind == ResourceKind::Interface
+                    && p.device_name().starts_with("net_pcap")
+                {
+                    " (iface= is one interface in both directions)"
+                } else {
+                    ""
+                };
+                return Err(invalid(
+                    key.as_str(),
+                    format!(
+                        "{what} is named by both {}= and {}=: a port may use each device once{hint}",
+                        twin.key, r.key
+                    ),
+                ));
+            }
+            if let Some((other, dev, o)) = taken.iter().find(|(_, _, o)| o.id.clashes(&r.id)) {
+                let spelled = if o.written == r.written {
+                    String::new()
+                } else {
+                    format!(", as {:?}", o.written)
+                };
+                return Err(invalid(
+                    key.as_str(),
+                    format!(
+                        "{what} is already used by {other} ({dev}{spelled}): two ports on one device would let one VM's output leave through the other"
+                    ),
+                ));
+            }
+        }
+        taken.extend(mine.into_iter().map(|r| (key.as_str(), p.device_name(), r)));
     }
     Ok(())
 }
@@ -1621,7 +2117,7 @@ fence_drain_ms = 25
 liveness_timeout_ms = 3000
 
 [dataplane]
-mbufs = 8191
+mbufs = 32767
 mbuf_cache = 128
 rx_ring = 512
 tx_ring = 2048
@@ -1722,7 +2218,7 @@ on_full = "drop"
         assert_eq!(
             c.dataplane,
             DataplaneConfig {
-                mbufs: 8191,
+                mbufs: 32767,
                 mbuf_cache: 128,
                 rx_ring: 512,
                 tx_ring: 2048,
@@ -2328,7 +2824,7 @@ on_full = "drop"
             ),
             (format!("[eal]\nlcores = \"\"\n{EGRESS}{vm}"), &["eal.lcores: is empty"]),
             (format!("[eal]\nlcores = \"0-1 \"\n{EGRESS}{vm}"), &["eal.lcores: \"0-1 \" contains ' '"]),
-            (format!("[eal]\nlcores = \"1@(0,1)\"\nmemory_mb = 32\n{EGRESS}{vm}"), &["eal.memory_mb: 32 is too small"]),
+            (format!("[eal]\nlcores = \"0,2-3\"\nmemory_mb = 32\n{EGRESS}{vm}"), &["eal.memory_mb: 32 is too small"]),
             (format!("[eal]\nfile_prefix = \"\"\n{EGRESS}{vm}"), &["eal.file_prefix: is empty"]),
             (format!("[eal]\nfile_prefix = \"a/b\"\n{EGRESS}{vm}"), &["eal.file_prefix: \"a/b\" contains '/'"]),
             (format!("[eal]\nargs = [\"-n\", \"4\", \"-l3\"]\n{EGRESS}{vm}"), &["eal.args[2]: \"-l3\" is set by epochgate from eal.lcores"]),
@@ -2588,7 +3084,7 @@ on_full = "drop"
                  rate:    unlimited\n",
                 "control:   socket /tmp/eg/control.sock (mode 0600), admin socket /tmp/eg/admin.sock, fence drain <= 25 ms, liveness 3000 ms",
                 "sessions:  uids root, owner, 1000, 1001; gids 27",
-                "dataplane: 8191 mbufs (cache 128), rx ring 512, tx ring 2048, vm queue 4096 frames, stats every 250 ms",
+                "dataplane: 32767 mbufs (cache 128), rx ring 512, tx ring 2048, vm queue 4096 frames, stats every 250 ms",
                 "classifier: defer 5 ms (at most 10 ms), min checkpoint interval 0 ms, window updates on (below 1460 bytes in 4096 flows), 0 rule(s)",
             ],
         );
@@ -2636,6 +3132,527 @@ on_full = "drop"
             Config::from_toml_str(MINIMAL).unwrap()
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // --- issue 10: one device per port; what EAL would refuse at run time ---
+
+    /// `egress` as the egress port and `vms` as VM ports (names a, b, c, ...).
+    fn ports_config(egress: &str, vms: &[&str]) -> String {
+        let mut text = format!("[egress]\nport = \"{egress}\"\n");
+        for (i, p) in vms.iter().enumerate() {
+            let name = (b'a' + i as u8) as char;
+            text.push_str(&format!("[[vm]]\nname = \"{name}\"\nport = \"{p}\"\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn the_resource_table_names_each_drivers_devices() {
+        use ResourceKind::*;
+        let cwd = std::env::current_dir().unwrap();
+        let path = |p: &str| Resource::Path(PathBuf::from(p));
+        // (spec, [(kind, key, as written, identity)])
+        type Want = Vec<(ResourceKind, &'static str, &'static str, Resource)>;
+        let cases: Vec<(&str, Want)> = vec![
+            (
+                "net_tap0,iface=tap0,persist",
+                vec![(
+                    Interface,
+                    "iface",
+                    "tap0",
+                    Resource::Interface("tap0".into()),
+                )],
+            ),
+            (
+                "net_tun0,iface=tun0",
+                vec![(
+                    Interface,
+                    "iface",
+                    "tun0",
+                    Resource::Interface("tun0".into()),
+                )],
+            ),
+            (
+                "net_af_packet0,iface=eth1,qpairs=1",
+                vec![(
+                    Interface,
+                    "iface",
+                    "eth1",
+                    Resource::Interface("eth1".into()),
+                )],
+            ),
+            (
+                "net_pcap0,iface=eth2",
+                vec![(
+                    Interface,
+                    "iface",
+                    "eth2",
+                    Resource::Interface("eth2".into()),
+                )],
+            ),
+            (
+                "net_pcap0,rx_iface=eth3,tx_iface=eth4,rx_iface_in=eth5",
+                vec![
+                    (
+                        Interface,
+                        "rx_iface",
+                        "eth3",
+                        Resource::Interface("eth3".into()),
+                    ),
+                    (
+                        Interface,
+                        "tx_iface",
+                        "eth4",
+                        Resource::Interface("eth4".into()),
+                    ),
+                    (
+                        Interface,
+                        "rx_iface_in",
+                        "eth5",
+                        Resource::Interface("eth5".into()),
+                    ),
+                ],
+            ),
+            (
+                "net_pcap0,rx_pcap=/tmp/in.pcap,tx_pcap=/tmp/x/../out.pcap",
+                vec![
+                    (File, "rx_pcap", "/tmp/in.pcap", path("/tmp/in.pcap")),
+                    (File, "tx_pcap", "/tmp/x/../out.pcap", path("/tmp/out.pcap")),
+                ],
+            ),
+            (
+                "net_pcap0,tx_pcap=rel/out.pcap",
+                vec![(
+                    File,
+                    "tx_pcap",
+                    "rel/out.pcap",
+                    Resource::Path(cwd.join("rel/out.pcap")),
+                )],
+            ),
+            (
+                "net_vhost0,iface=/tmp//./a.sock,queues=1",
+                vec![(Socket, "iface", "/tmp//./a.sock", path("/tmp/a.sock"))],
+            ),
+            (
+                "net_virtio_user0,path=/dev/vhost-net,iface=vtap0",
+                vec![
+                    (Socket, "path", "/dev/vhost-net", path("/dev/vhost-net")),
+                    (
+                        Interface,
+                        "iface",
+                        "vtap0",
+                        Resource::Interface("vtap0".into()),
+                    ),
+                ],
+            ),
+            (
+                "net_memif0",
+                vec![(
+                    Memif,
+                    "socket",
+                    "/run/memif.sock",
+                    Resource::Memif("/run/memif.sock".into(), 0),
+                )],
+            ),
+            (
+                "net_memif0,socket=/tmp/m.sock,id=7,role=client",
+                vec![(
+                    Memif,
+                    "socket",
+                    "/tmp/m.sock",
+                    Resource::Memif("/tmp/m.sock".into(), 7),
+                )],
+            ),
+            (
+                "net_ring0,nodeaction=r1:0:CREATE,nodeaction=r2:0:CREATE",
+                vec![
+                    (Ring, "nodeaction", "r1", Resource::Ring("r1".into())),
+                    (Ring, "nodeaction", "r2", Resource::Ring("r2".into())),
+                ],
+            ),
+            (
+                "0000:03:00.0",
+                vec![(
+                    Pci,
+                    "address",
+                    "0000:03:00.0",
+                    Resource::Pci("0000:03:00.0".into()),
+                )],
+            ),
+            ("net_null0,size=64", vec![]),
+            ("net_tap0", vec![]),
+        ];
+        for (spec, want) in cases {
+            let got: Vec<_> = port_resources(&PortSpec::parse(spec).unwrap())
+                .into_iter()
+                .map(|r| (r.kind, r.key, r.written, r.id))
+                .collect();
+            let want: Vec<_> = want
+                .into_iter()
+                .map(|(k, key, w, id)| (k, key, w.to_string(), id))
+                .collect();
+            assert_eq!(got, want, "{spec}");
+        }
+        assert!(known_vdev_driver("net_pcap3") && known_vdev_driver("net_null0"));
+        assert!(!known_vdev_driver("net_foo0"));
+    }
+
+    /// Every pair of resource-naming keys, on two VM ports, with one value: refused exactly when
+    /// the two name one thing (one interface namespace; one filesystem namespace for files,
+    /// sockets and memif sockets), and the error names both ports.
+    #[test]
+    fn every_pair_of_resource_keys_clashes_exactly_when_it_should() {
+        // (spec with {} for the value, namespace)
+        const IFACES: &[&str] = &[
+            "net_tap{n},iface={}",
+            "net_tun{n},iface={}",
+            "net_af_packet{n},iface={}",
+            "net_pcap{n},iface={}",
+            "net_pcap{n},rx_iface={}",
+            "net_pcap{n},rx_iface_in={}",
+            "net_pcap{n},tx_iface={}",
+            "net_virtio_user{n},path=/tmp/vu{n}.sock,iface={}",
+        ];
+        const PATHS: &[&str] = &[
+            "net_pcap{n},rx_pcap={}",
+            "net_pcap{n},tx_pcap={}",
+            "net_vhost{n},iface={}",
+            "net_virtio_user{n},path={}",
+            "net_memif{n},socket={}",
+        ];
+        const RINGS: &[&str] = &["net_ring{n},nodeaction={}:0:CREATE"];
+        let all: Vec<(&str, usize, &str)> = [(IFACES, "eg0"), (PATHS, "/tmp/eg/x"), (RINGS, "r0")]
+            .iter()
+            .enumerate()
+            .flat_map(|(ns, (specs, v))| specs.iter().map(move |s| (*s, ns, *v)))
+            .collect();
+        let spec = |t: &str, n: usize, v: &str| t.replace("{n}", &n.to_string()).replace("{}", v);
+        let mut refused = 0;
+        for &(a, ns_a, va) in &all {
+            for &(b, ns_b, vb) in &all {
+                // One value for both when they share a namespace; VM "b" spells a path its own way.
+                let vb = if ns_a == ns_b { va } else { vb };
+                let vb = if ns_b == 1 {
+                    vb.replace("/eg/", "/./eg//")
+                } else {
+                    vb.to_string()
+                };
+                let text = ports_config("net_null9", &[&spec(a, 1, va), &spec(b, 2, &vb)]);
+                match Config::from_toml_str(&text) {
+                    Ok(_) => assert_ne!(ns_a, ns_b, "accepted:\n{text}"),
+                    Err(e) => {
+                        assert_eq!(ns_a, ns_b, "{e}\n{text}");
+                        refused += 1;
+                        assert_contains(
+                            &e.to_string(),
+                            &[
+                                "vm[1] (\"b\").port: ",
+                                "is already used by vm[0] (\"a\").port (",
+                            ],
+                        );
+                    }
+                }
+            }
+        }
+        let same = |ns: usize| all.iter().filter(|(_, n, _)| *n == ns).count();
+        assert_eq!(refused, (0..3).map(|ns| same(ns) * same(ns)).sum::<usize>());
+    }
+
+    #[test]
+    fn two_ports_on_one_device_are_refused_naming_both_keys() {
+        const WHY: &str =
+            "two ports on one device would let one VM's output leave through the other";
+        let cwd = std::env::current_dir().unwrap().display().to_string();
+        let cases: Vec<(String, String)> = vec![
+            (
+                format!("{EGRESS}[[vm]]\nname = \"prot\"\nport = \"net_tap1,iface=X\"\nmode = \"protected\"\n[[vm]]\nname = \"pt\"\nport = \"net_tap2,iface=X\"\n"),
+                format!("vm[1] (\"pt\").port: interface \"X\" is already used by vm[0] (\"prot\").port (net_tap1): {WHY}"),
+            ),
+            (
+                ports_config("net_null0", &["net_vhost0,iface=/tmp/a.sock", "net_vhost1,iface=/tmp//a.sock"]),
+                format!("vm[1] (\"b\").port: socket \"/tmp//a.sock\" is already used by vm[0] (\"a\").port (net_vhost0, as \"/tmp/a.sock\"): {WHY}"),
+            ),
+            (
+                ports_config("net_null0", &["net_vhost0,iface=/tmp/./a.sock", "net_vhost1,iface=/tmp/b/../a.sock"]),
+                format!("vm[1] (\"b\").port: socket \"/tmp/b/../a.sock\" is already used by vm[0] (\"a\").port (net_vhost0, as \"/tmp/./a.sock\"): {WHY}"),
+            ),
+            (
+                ports_config("net_null0", &["net_vhost0,iface=a.sock", &format!("net_vhost1,iface={cwd}/a.sock")]),
+                format!("vm[1] (\"b\").port: socket \"{cwd}/a.sock\" is already used by vm[0] (\"a\").port (net_vhost0, as \"a.sock\"): {WHY}"),
+            ),
+            (
+                ports_config("net_pcap0,tx_pcap=/tmp/x.pcap", &["net_pcap1,rx_pcap=/tmp/x.pcap"]),
+                format!("vm[0] (\"a\").port: file \"/tmp/x.pcap\" is already used by egress.port (net_pcap0): {WHY}"),
+            ),
+            (
+                "[egress]\nport = \"net_pcap0,tx_pcap=/tmp/o.pcap\"\n[ingress]\nport = \"net_pcap1,rx_iface=veth0\"\n[[vm]]\nname = \"a\"\nport = \"net_af_packet0,iface=veth0\"\n".to_string(),
+                format!("vm[0] (\"a\").port: interface \"veth0\" is already used by ingress.port (net_pcap1): {WHY}"),
+            ),
+            (
+                ports_config("net_null0", &["net_memif0", "net_memif1,role=client"]),
+                format!("vm[1] (\"b\").port: memif socket \"/run/memif.sock\" (id 0) is already used by vm[0] (\"a\").port (net_memif0): {WHY}"),
+            ),
+            (
+                ports_config("net_null0", &["net_memif0,socket=/tmp/m.sock,id=3", "net_vhost0,iface=/tmp/m.sock"]),
+                format!("vm[1] (\"b\").port: socket \"/tmp/m.sock\" is already used by vm[0] (\"a\").port (net_memif0): {WHY}"),
+            ),
+            (
+                ports_config("net_ring0,nodeaction=r1:0:CREATE", &["net_ring1,nodeaction=r1:0:ATTACH"]),
+                format!("vm[0] (\"a\").port: ring \"r1\" is already used by egress.port (net_ring0): {WHY}"),
+            ),
+            (
+                ports_config("net_pcap0,rx_pcap=/tmp/x.pcap,tx_pcap=/tmp/x.pcap", &["net_null0"]),
+                "egress.port: file \"/tmp/x.pcap\" is named by both rx_pcap= and tx_pcap=: a port may use each device once".to_string(),
+            ),
+            (
+                ports_config("net_pcap0,rx_iface=eth0,tx_iface=eth0", &["net_null0"]),
+                "egress.port: interface \"eth0\" is named by both rx_iface= and tx_iface=: a port may use each device once (iface= is one interface in both directions)".to_string(),
+            ),
+            (
+                ports_config("net_null0", &["net_tap0,iface=a,iface=b"]),
+                "vm[0] (\"a\").port: \"net_tap0,iface=a,iface=b\" is not a valid vdev spec: parameter \"iface\" is given twice: the driver would use one and silently drop the other".to_string(),
+            ),
+            (
+                ports_config("net_null0,size=64,size=128", &["net_null1"]),
+                "egress.port: \"net_null0,size=64,size=128\" is not a valid vdev spec: parameter \"size\" is given twice: the driver would use one and silently drop the other".to_string(),
+            ),
+        ];
+        for (text, want) in &cases {
+            assert_eq!(&err(text), want, "\n---\n{text}");
+        }
+        // Different memif ids on one socket are two connections; tap ports without iface= get
+        // names of their own from the driver.
+        for ok in [
+            ports_config("net_null0", &["net_memif0", "net_memif1,id=1"]),
+            ports_config("net_null0", &["net_tap0", "net_tap1"]),
+            ports_config(
+                "net_pcap0,iface=eth0",
+                &["net_ring0,nodeaction=a:0:CREATE,nodeaction=b:0:CREATE"],
+            ),
+        ] {
+            Config::from_toml_str(&ok).unwrap_or_else(|e| panic!("{e}\n{ok}"));
+        }
+    }
+
+    #[test]
+    fn interface_names_and_socket_paths_follow_the_kernels_rules() {
+        for name in [
+            "eth0",
+            "a",
+            "abcdefghijklmno",
+            "veth-eg0",
+            "br0.10",
+            "tap%d",
+        ] {
+            let text = ports_config("net_null0", &[&format!("net_tap0,iface={name}")]);
+            Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{name:?}: {e}"));
+        }
+        let bad = |spec: &str, why: &str| {
+            let e = err(&ports_config(spec, &["net_null0"]));
+            assert_eq!(
+                e,
+                format!("egress.port: {spec:?} is not a valid vdev spec: {why}")
+            );
+        };
+        bad(
+            "net_tap0,iface=abcdefghijklmnop",
+            "iface=\"abcdefghijklmnop\" is 16 characters long: Linux interface names have at most 15 (IFNAMSIZ - 1)",
+        );
+        bad(
+            "net_af_packet0,iface=eth0:1",
+            "iface=\"eth0:1\" contains ':': Linux interface names may not contain '/', ':' or whitespace",
+        );
+        bad(
+            "net_pcap0,rx_iface=a/b",
+            "rx_iface=\"a/b\" contains '/': Linux interface names may not contain '/', ':' or whitespace",
+        );
+        bad(
+            "net_pcap0,tx_iface=a\tb",
+            "tx_iface=\"a\\tb\" contains '\\t': Linux interface names may not contain '/', ':' or whitespace",
+        );
+        bad(
+            "net_tun0,iface=..",
+            "iface=\"..\" is not an interface name Linux accepts",
+        );
+        bad(
+            "net_virtio_user0,path=/tmp/u.sock,iface=.",
+            "iface=\".\" is not an interface name Linux accepts",
+        );
+        let long = format!("/tmp/{}.sock", "s".repeat(98)); // 108 bytes
+        bad(
+            &format!("net_vhost0,iface={long}"),
+            &format!(
+                "iface={long:?} is 108 bytes long: a unix socket path has at most 107 (sun_path)"
+            ),
+        );
+        bad(
+            &format!("net_memif0,socket={long}"),
+            &format!(
+                "socket={long:?} is 108 bytes long: a unix socket path has at most 107 (sun_path)"
+            ),
+        );
+        let fits = format!("/tmp/{}.sock", "s".repeat(97));
+        Config::from_toml_str(&ports_config(
+            &format!("net_vhost0,iface={fits}"),
+            &["net_null0"],
+        ))
+        .unwrap();
+        // A file (pcap) is no socket: long paths are fine.
+        Config::from_toml_str(&ports_config(
+            &format!("net_pcap0,tx_pcap={long}"),
+            &["net_null0"],
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn lcore_lists_are_parsed_like_eals_dash_l() {
+        for (list, ids) in [
+            ("0-1", vec![0, 1]),
+            ("0,2-3", vec![0, 2, 3]),
+            ("0,0-1", vec![0, 1]),
+            ("3,1", vec![1, 3]),
+            ("126-127", vec![126, 127]),
+        ] {
+            assert_eq!(lcore_ids(list), Ok(ids), "{list}");
+        }
+        let eal = |lcores: &str| err(&format!("[eal]\nlcores = \"{lcores}\"\n{MINIMAL}"));
+        let two = "epochgate needs at least two (the main lcore runs control and stats, a worker runs the poll loop), e.g. \"0-1\"";
+        assert_eq!(eal("0"), format!("eal.lcores: \"0\" is one lcore: {two}"));
+        assert_eq!(
+            eal("1-1,1"),
+            format!("eal.lcores: \"1-1,1\" is one lcore: {two}")
+        );
+        let list = "a core list such as \"0-1\" or \"0,2-3\"";
+        assert_eq!(
+            eal("1@(0,1)"),
+            format!("eal.lcores: \"1@(0,1)\" is --lcores syntax (lcore@cpu): epochgate passes eal.lcores to EAL's -l, which takes {list}")
+        );
+        assert_eq!(
+            eal("0,128"),
+            "eal.lcores: \"0,128\" names lcore 128: lcore ids are 0..=127 (DPDK is built with RTE_MAX_LCORE 128)"
+        );
+        assert_eq!(
+            eal("3-2"),
+            format!("eal.lcores: \"3-2\" is not {list}: the range \"3-2\" runs backwards")
+        );
+        for bad in ["0,", "-1", "0--1", "0-1-2", ",0"] {
+            assert_contains(&eal(bad), &["eal.lcores:", "is not an lcore id"]);
+        }
+    }
+
+    #[test]
+    fn the_mbuf_pool_must_fit_in_memory_and_fill_every_ring() {
+        let with = |eal: &str, dataplane: &str, vms: &str| {
+            format!("[eal]\n{eal}\n[dataplane]\n{dataplane}\n{EGRESS}{vms}")
+        };
+        let vm = "[[vm]]\nname = \"a\"\nport = \"net_tap0\"\n";
+        // 64 MB without hugepages: (64 - 16) MB / 4096 = 12288 mbufs.
+        let small = "memory_mb = 64\nhugepages = false";
+        Config::from_toml_str(&with(small, "mbufs = 12288", vm)).unwrap();
+        assert_eq!(
+            err(&with(small, "mbufs = 12289", vm)),
+            "dataplane.mbufs: 12289 mbufs do not fit in eal.memory_mb = 64: they need 65 MB (4096 bytes per mbuf without hugepages (one 4 KiB page each), plus 16 MB for EAL and the ports); lower dataplane.mbufs to at most 12288 or raise eal.memory_mb to 65"
+        );
+        // The defaults (16383 mbufs, hugepages) in 64 MB: 2432 bytes each.
+        Config::from_toml_str(&with("memory_mb = 64", "", vm)).unwrap();
+        assert_eq!(
+            err(&with("", "mbufs = 4000000", vm)),
+            "dataplane.mbufs: 4000000 mbufs do not fit in eal.memory_mb = 512: they need 9294 MB (2432 bytes per mbuf with hugepages, plus 16 MB for EAL and the ports); lower dataplane.mbufs to at most 213854 or raise eal.memory_mb to 9294"
+        );
+        assert_eq!(
+            err(&with("memory_mb = 4000000", "mbufs = 16777216", vm)),
+            "dataplane.mbufs: 16777216 is too many (at most 16777215, about 40 GB of mbufs)"
+        );
+        // Rings: 2 ports x (4096 + 1024) + 2 lcores x 384 + 32 = 11040.
+        let rings = "rx_ring = 4096\nvm_queue = 512";
+        assert_eq!(
+            err(&with("", &format!("mbufs = 1023\n{rings}"), vm)),
+            "dataplane.mbufs: 1023 cannot fill the rings: 2 port(s) x (dataplane.rx_ring 4096 + dataplane.tx_ring 1024) + 2 lcores x 384 (1.5 x dataplane.mbuf_cache, what a per-lcore cache may hold) + 32 (a burst) = 11040 mbufs are needed"
+        );
+        assert_contains(
+            &err(&with("", &format!("mbufs = 11039\n{rings}"), vm)),
+            &["= 11040 mbufs are needed"],
+        );
+        Config::from_toml_str(&with("", &format!("mbufs = 11040\n{rings}"), vm)).unwrap();
+        // Every port counts (egress, ingress, VM ports) and every lcore's cache.
+        let three = format!(
+            "{INGRESS}{vm}[[vm]]\nname = \"b\"\nmac = \"52:54:00:00:00:02\"\n[[vm]]\nname = \"c\"\nport = \"net_tap1\"\n"
+        );
+        assert_contains(
+            &err(&with("lcores = \"0-3\"", "mbufs = 4095\nmbuf_cache = 100\nvm_queue = 64", &three)),
+            &["4 port(s) x (dataplane.rx_ring 1024 + dataplane.tx_ring 1024) + 4 lcores x 150 (1.5 x dataplane.mbuf_cache", "= 8824 mbufs are needed"],
+        );
+    }
+
+    #[test]
+    fn the_file_prefix_fits_eals_socket_paths() {
+        let with = |n: usize| format!("[eal]\nfile_prefix = \"{}\"\n{MINIMAL}", "p".repeat(n));
+        assert_eq!(
+            Config::from_toml_str(&with(64))
+                .unwrap()
+                .eal
+                .file_prefix
+                .len(),
+            64
+        );
+        let why = "EAL binds the unix socket <runtime dir>/<prefix>/dpdk_telemetry.v2 (runtime dir /var/run/dpdk as root, $XDG_RUNTIME_DIR/dpdk otherwise), and a socket path holds at most 107 bytes (sun_path): 75 characters under /var/run/dpdk, fewer under a longer runtime dir";
+        assert_eq!(
+            err(&with(65)),
+            format!("eal.file_prefix: is 65 characters long (at most 64): {why}")
+        );
+        assert_eq!(
+            err(&with(300)),
+            format!("eal.file_prefix: is 300 characters long (at most 64): {why}")
+        );
+    }
+
+    #[test]
+    fn only_a_standby_vm_announces_and_each_address_once() {
+        let vm = |name: &str, mac: u8, mode: &str, announce: &str| {
+            format!("[[vm]]\nname = \"{name}\"\nport = \"net_tap{mac}\"\nmac = \"52:54:00:00:00:0{mac}\"\nmode = \"{mode}\"\nannounce = [{announce}]\n")
+        };
+        for mode in ["passthrough", "protected"] {
+            assert_eq!(
+                err(&format!("{EGRESS}{}", vm("web", 1, mode, "\"10.0.0.1\""))),
+                format!("vm[0] (\"web\").announce: a {mode} VM is never promoted, so it never announces: only a standby VM can be promoted (and nothing makes a VM standby at run time); set mode = \"standby\" or remove announce")
+            );
+        }
+        let ok = format!(
+            "{EGRESS}{}{}",
+            vm("a", 1, "standby", "\"10.0.0.1\", \"fd00::1\""),
+            vm("b", 2, "standby", "\"10.0.0.2\"")
+        );
+        assert_eq!(Config::from_toml_str(&ok).unwrap().vms[0].announce.len(), 2);
+        assert_eq!(
+            err(&format!("{EGRESS}{}{}", vm("a", 1, "standby", "\"10.0.0.1\", \"fd00::1\""), vm("b", 2, "standby", "\"fd00:0::1\""))),
+            "vm[1] (\"b\").announce[0]: fd00::1 is also vm[0] (\"a\").announce[1]: one address can be announced by one VM"
+        );
+        assert_eq!(
+            err(&format!("{EGRESS}{}", vm("a", 1, "standby", "\"10.0.0.1\", \"10.0.0.1\""))),
+            "vm[0] (\"a\").announce[1]: 10.0.0.1 is also vm[0] (\"a\").announce[0]: one address can be announced by one VM"
+        );
+    }
+
+    #[test]
+    fn port_keys_follow_the_port_order() {
+        let c = Config::from_toml_str(FULL).unwrap();
+        let keys: Vec<(String, &str)> = c
+            .port_keys()
+            .into_iter()
+            .map(|(k, p)| (k, p.device_name()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("egress.port".to_string(), "0000:03:00.0"),
+                ("ingress.port".to_string(), "net_pcap1"),
+                ("vm[0] (\"web\").port".to_string(), "net_vhost0"),
+                ("vm[2] (\"cache.1\").port".to_string(), "0000:04:00.1"),
+            ]
+        );
+        let ports: Vec<&PortSpec> = c.port_keys().into_iter().map(|(_, p)| p).collect();
+        assert_eq!(ports, c.ports());
     }
 
     // --- property: any generated valid config renders to TOML that parses back to itself ---
@@ -2730,6 +3747,10 @@ on_full = "drop"
         format!("\"{s}\"")
     }
 
+    /// Enough mbufs for the largest generated rings (9 ports x (4096 + 4096)); they need 528 MB
+    /// without hugepages, the least generated memory_mb.
+    const GEN_MBUFS: u32 = 131_071;
+
     #[allow(clippy::too_many_arguments)]
     fn build(
         vms: &[GenVm],
@@ -2765,7 +3786,7 @@ on_full = "drop"
         let rx_ring = 64u16 << ring_shift.0;
         let tx_ring = 64u16 << ring_shift.1;
         text.push_str(&format!(
-            "\n[dataplane]\nrx_ring = {rx_ring}\ntx_ring = {tx_ring}\n"
+            "\n[dataplane]\nmbufs = {GEN_MBUFS}\nrx_ring = {rx_ring}\ntx_ring = {tx_ring}\n"
         ));
         let mut expected = Vec::new();
         for (i, g) in vms.iter().enumerate() {
@@ -2878,6 +3899,7 @@ on_full = "drop"
             control: ControlConfig::default(),
             classifier: ClassifierConfig::default(),
             dataplane: DataplaneConfig {
+                mbufs: GEN_MBUFS,
                 rx_ring,
                 tx_ring,
                 ..DataplaneConfig::default()
@@ -2895,8 +3917,8 @@ on_full = "drop"
             egress_pci in any::<bool>(),
             ingress in prop::option::of(any::<bool>()),
             hugepages in any::<bool>(),
-            lcores in prop_oneof![Just("0-1"), Just("2"), Just("0,2-3"), Just("1@(0,1)")],
-            memory_mb in 64u32..65536,
+            lcores in prop_oneof![Just("0-1"), Just("2-3"), Just("0,2-3"), Just("0,0-1"), Just("1,3,5-6")],
+            memory_mb in 528u32..65536,
             args in prop::collection::vec(
                 prop_oneof![Just("--log-level=lib.eal:debug"), Just("--huge-dir=/mnt/huge"), Just("-n"), Just("4"), Just("--iova-mode=va")],
                 0..4,

@@ -248,3 +248,69 @@ fn a_bad_limit_key_exits_1_with_its_message() {
         );
     }
 }
+
+/// Issue 10: ports sharing one device, and limits that EAL used to report only at run time
+/// ("cannot create 4000000 mbufs", "rx queue setup failed", "no such device", NoWorker), are
+/// refused by check-config with the key and the reason.
+#[test]
+fn shared_devices_and_run_time_limits_are_refused_by_check_config() {
+    const E: &str = "[egress]\nport = \"net_pcap0,tx_pcap=/tmp/out.pcap\"\n";
+    const V: &str = "[[vm]]\nname = \"a\"\nport = \"net_null0\"\n";
+    const SHARED: &str =
+        "two ports on one device would let one VM's output leave through the other";
+    let cases: Vec<(String, String)> = vec![
+        (
+            format!("{E}[[vm]]\nname = \"prot\"\nport = \"net_tap1,iface=X\"\nmode = \"protected\"\n[[vm]]\nname = \"pt\"\nport = \"net_tap2,iface=X\"\n"),
+            format!("vm[1] (\"pt\").port: interface \"X\" is already used by vm[0] (\"prot\").port (net_tap1): {SHARED}"),
+        ),
+        (
+            format!("{E}[[vm]]\nname = \"a\"\nport = \"net_vhost0,iface=/tmp/a.sock\"\n[[vm]]\nname = \"b\"\nport = \"net_vhost1,iface=/tmp//a.sock\"\n"),
+            format!("vm[1] (\"b\").port: socket \"/tmp//a.sock\" is already used by vm[0] (\"a\").port (net_vhost0, as \"/tmp/a.sock\"): {SHARED}"),
+        ),
+        (
+            format!("{E}[[vm]]\nname = \"a\"\nport = \"net_tap0,iface=a,iface=b\"\n"),
+            "vm[0] (\"a\").port: \"net_tap0,iface=a,iface=b\" is not a valid vdev spec: parameter \"iface\" is given twice".to_string(),
+        ),
+        (
+            format!("{E}[[vm]]\nname = \"a\"\nport = \"net_pcap1,rx_pcap=/tmp/out.pcap\"\n"),
+            format!("vm[0] (\"a\").port: file \"/tmp/out.pcap\" is already used by egress.port (net_pcap0): {SHARED}"),
+        ),
+        (
+            format!("[eal]\nlcores = \"0\"\n{E}{V}"),
+            "eal.lcores: \"0\" is one lcore: epochgate needs at least two".to_string(),
+        ),
+        (
+            format!("[dataplane]\nmbufs = 4000000\n{E}{V}"),
+            "dataplane.mbufs: 4000000 mbufs do not fit in eal.memory_mb = 512".to_string(),
+        ),
+        (
+            format!("[dataplane]\nmbufs = 1023\nrx_ring = 4096\nvm_queue = 512\n{E}{V}"),
+            "dataplane.mbufs: 1023 cannot fill the rings: 2 port(s) x (dataplane.rx_ring 4096 + dataplane.tx_ring 1024)".to_string(),
+        ),
+        (
+            format!("{E}[[vm]]\nname = \"a\"\nport = \"net_af_packet0,iface=a-very-long-name0\"\n"),
+            "vm[0] (\"a\").port: \"net_af_packet0,iface=a-very-long-name0\" is not a valid vdev spec: iface=\"a-very-long-name0\" is 17 characters long: Linux interface names have at most 15".to_string(),
+        ),
+        (
+            format!("[eal]\nfile_prefix = \"{}\"\n{E}{V}", "p".repeat(300)),
+            "eal.file_prefix: is 300 characters long (at most 64): EAL binds the unix socket".to_string(),
+        ),
+        (
+            format!("{E}[[vm]]\nname = \"web\"\nport = \"net_null0\"\nmac = \"52:54:00:00:00:01\"\nannounce = [\"10.0.0.1\"]\n"),
+            "vm[0] (\"web\").announce: a passthrough VM is never promoted".to_string(),
+        ),
+        (
+            format!("{E}[[vm]]\nname = \"a\"\nport = \"net_null0\"\nmac = \"52:54:00:00:00:01\"\nmode = \"standby\"\nannounce = [\"10.0.0.1\"]\n[[vm]]\nname = \"b\"\nport = \"net_null1\"\nmac = \"52:54:00:00:00:02\"\nmode = \"standby\"\nannounce = [\"10.0.0.1\"]\n"),
+            "vm[1] (\"b\").announce[0]: 10.0.0.1 is also vm[0] (\"a\").announce[0]".to_string(),
+        ),
+    ];
+    for (text, want) in &cases {
+        let (ok, out) = check(text);
+        assert!(!ok, "accepted\n{text}");
+        assert!(
+            out.contains(want.as_str()),
+            "{out:?} does not contain {want:?}"
+        );
+        assert!(!out.contains("EAL: Detected"), "EAL started: {out}");
+    }
+}
