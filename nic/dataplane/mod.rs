@@ -40,6 +40,22 @@ pub enum StartError {
     State(#[from] crate::control::state::StateError),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// A port EAL or its driver refused (or its vhost-user socket), named by its config key.
+    // Not `source`: the message already holds it (a source would print it twice).
+    #[error("{key}: {spec}: {error}")]
+    Port {
+        key: String,
+        spec: String,
+        error: Box<StartError>,
+    },
+    #[error("{error}: EAL has no driver for this device (is the driver name right, is its PMD installed?)")]
+    NoDriver { error: DpdkError },
+    #[error("dataplane.mbufs: {error} (eal.memory_mb is {memory_mb}{huge})", huge = if *.hugepages { "" } else { ", without hugepages" })]
+    Pool {
+        error: DpdkError,
+        memory_mb: u32,
+        hugepages: bool,
+    },
     #[error("eal.lcores: needs at least two lcores (the main lcore runs control and stats, a worker runs the poll loop); got {0:?}")]
     NoWorker(String),
 }
@@ -237,25 +253,47 @@ impl Appliance {
     pub fn start(cfg: &Config) -> Result<Appliance, StartError> {
         let (modes, tracker) = start_modes(cfg)?;
         let specs = cfg.ports();
-        for spec in &specs {
-            prepare_vhost_socket(spec)?;
+        let keys = cfg.port_keys();
+        let at_port = |i: usize, source: StartError| StartError::Port {
+            key: keys[i].0.clone(),
+            spec: specs[i].to_string(),
+            error: Box::new(source),
+        };
+        for (i, spec) in specs.iter().enumerate() {
+            prepare_vhost_socket(spec).map_err(|e| at_port(i, e))?;
         }
         let eal = dpdk::init(&crate::config::eal_args(&cfg.eal, &specs)).map_err(|source| {
-            if cfg.eal.hugepages && free_hugepages() == 0 {
-                StartError::NoHugepages { source }
-            } else {
-                StartError::Dpdk(source)
+            // ENODEV: EAL found no driver for a --vdev; name the first one of a driver we do
+            // not know either (a typo, or a PMD that is not installed).
+            let unknown = specs.iter().position(|s| {
+                matches!(s, PortSpec::Vdev { name, .. } if !crate::config::known_vdev_driver(name))
+            });
+            match unknown {
+                Some(i) if source.to_string().contains("(errno 19)") => {
+                    at_port(i, StartError::NoDriver { error: source })
+                }
+                _ if cfg.eal.hugepages && free_hugepages() == 0 => {
+                    StartError::NoHugepages { source }
+                }
+                _ => StartError::Dpdk(source),
             }
         })?;
         let lcore = *dpdk::worker_lcores(eal)
             .first()
             .ok_or_else(|| StartError::NoWorker(cfg.eal.lcores.clone()))?;
-        let pool = Arc::new(Mempool::create(
-            eal,
-            &format!("eg_pool_{}", std::process::id()),
-            cfg.dataplane.mbufs,
-            cfg.dataplane.mbuf_cache,
-        )?);
+        let pool = Arc::new(
+            Mempool::create(
+                eal,
+                &format!("eg_pool_{}", std::process::id()),
+                cfg.dataplane.mbufs,
+                cfg.dataplane.mbuf_cache,
+            )
+            .map_err(|error| StartError::Pool {
+                error,
+                memory_mb: cfg.eal.memory_mb,
+                hugepages: cfg.eal.hugepages,
+            })?,
+        );
         let conf = PortConf {
             rx_queues: 1,
             tx_queues: 1,
@@ -273,7 +311,8 @@ impl Appliance {
                 1 if cfg.ingress.is_some() => PortRole::Ingress,
                 _ => PortRole::Vm,
             };
-            let (port, mut rx, mut tx) = Port::start(eal, spec.device_name(), &pool, conf)?;
+            let (port, mut rx, mut tx) = Port::start(eal, spec.device_name(), &pool, conf)
+                .map_err(|e| at_port(i, e.into()))?;
             let counters = Arc::new(PortCounters::default());
             let (Some(rxq), Some(txq)) = (rx.pop(), tx.pop()) else {
                 unreachable!("Port::start returns the one rx and tx queue it was asked for");
