@@ -88,10 +88,20 @@ fn main() {
         } => Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|cfg| run(&cfg, duration, stats_file.as_deref(), quiet).map(|_| ())),
-        Cmd::CheckConfig { file } => Config::load(&file).map_err(anyhow::Error::from).map(|cfg| {
-            println!("{}: ok", file.display());
-            print!("{}", cfg.topology());
-        }),
+        Cmd::CheckConfig { file } => {
+            Config::load(&file)
+                .map_err(anyhow::Error::from)
+                .and_then(|cfg| {
+                    println!("{}: ok", file.display());
+                    print!("{}", cfg.topology());
+                    // How a run would start now: the state a previous run left decides too.
+                    let resumed = epochgate::control::state::resume(&cfg)?;
+                    for n in &resumed.notes {
+                        println!("state:     {n}");
+                    }
+                    Ok(())
+                })
+        }
         Cmd::Demo { duration, out } => run_demo(duration, &out),
         Cmd::Classify(args) => {
             epochgate::tools::to_stdout(|out| epochgate::tools::classify_command(&args, out))

@@ -65,6 +65,19 @@ fn protection_survives(sig: &str, prefix: &str) {
     }
     let state = std::fs::read_to_string(d.join("control.state")).unwrap_or_default();
 
+    // check-config says how the next run will start.
+    let out = std::process::Command::new(EPOCHGATE)
+        .arg("check-config")
+        .arg(d.join("epochgate.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("state:") && text.contains("\"vm\" was protected"),
+        "{text}"
+    );
+
     // The guest goes on sending while epochgate is away.
     let frames = guest(10);
     write_pcap(&d.join("guest.pcap"), &frames);

@@ -13,7 +13,7 @@
 //! by a process that did not stop cleanly is there too: then which VMs were protected is
 //! unknown, and that is an error as well.
 
-use crate::config::Mode as ConfigMode;
+use crate::config::{Config, Mode as ConfigMode};
 use crate::control::Mode;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -112,6 +112,70 @@ pub fn restored(configured: ConfigMode, previous: Option<Mode>) -> ConfigMode {
         Some(Mode::Protected | Mode::Failed) => ConfigMode::Protected,
         _ => configured,
     }
+}
+
+/// How the VMs start, from the config and the previous run's state file.
+pub struct Resumed {
+    /// The mode each VM starts in, in config order.
+    pub modes: Vec<ConfigMode>,
+    /// The record the control thread keeps (not written yet: see [`Tracker::write`]).
+    pub tracker: Tracker,
+    /// What the operator should know: VMs that start holding their output, forgotten VMs, or
+    /// that this is a first start.
+    pub notes: Vec<String>,
+}
+
+/// The mode each VM of `cfg` starts in: a restart is never less safe than the run before it,
+/// so a VM that was protected or failed comes back protected, holding its output until a
+/// controller adopts it; every other VM starts in its configured mode.
+pub fn resume(cfg: &Config) -> Result<Resumed, StateError> {
+    let path = path_for(&cfg.control.socket);
+    let previous = load(&path, &cfg.control.socket)?;
+    let mut notes = Vec::new();
+    if previous.is_none() {
+        notes.push(format!(
+            "{}: none yet (a first start): every VM starts in its configured mode",
+            path.display()
+        ));
+    }
+    let previous = previous.unwrap_or_default();
+    let modes: Vec<ConfigMode> = cfg
+        .vms
+        .iter()
+        .map(|vm| {
+            let was = previous.get(&vm.name).copied();
+            let mode = restored(vm.mode, was);
+            if let Some(was) = was.filter(|w| holds(*w)) {
+                notes.push(format!(
+                    "vm {:?} was {was} when epochgate last stopped ({}): it starts {mode}, holding its output until a controller adopts it",
+                    vm.name,
+                    path.display()
+                ));
+            }
+            mode
+        })
+        .collect();
+    for name in previous.keys() {
+        if !cfg.vms.iter().any(|vm| &vm.name == name) {
+            notes.push(format!(
+                "vm {name:?} of {} is not configured any more: forgotten",
+                path.display()
+            ));
+        }
+    }
+    let tracker = Tracker::new(
+        path,
+        cfg.vms
+            .iter()
+            .zip(&modes)
+            .map(|(vm, m)| (vm.name.clone(), wire(*m)))
+            .collect(),
+    );
+    Ok(Resumed {
+        modes,
+        tracker,
+        notes,
+    })
 }
 
 /// A configured mode as the protocol (and the state file) names it.

@@ -10,7 +10,7 @@ pub use worker::{DrainProof, PortRole, Worker, WorkerLinks, WorkerOptions, Worke
 
 use crate::admin::{AdminError, AdminServer};
 use crate::config::{Config, PortSpec};
-use crate::control::state::{self, Tracker};
+use crate::control::state;
 use crate::control::{ControlError, ControlServer, ControlVm, Rings};
 use crate::dpdk::{self, DpdkError, Eal, LaunchHandle, Mempool, Port, PortConf, StatsReader};
 use crate::meter::MeterHub;
@@ -176,47 +176,6 @@ fn prepare_vhost_socket(spec: &PortSpec) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The mode each VM starts in (a restart is never less safe than the run before it: a VM that
-/// was protected or failed comes back protected, holding its output until a controller adopts
-/// it), and the record of modes the control thread keeps, written once here.
-fn start_modes(cfg: &Config) -> Result<(Vec<crate::config::Mode>, Tracker), StartError> {
-    let path = state::path_for(&cfg.control.socket);
-    let previous = state::load(&path, &cfg.control.socket)?.unwrap_or_default();
-    let modes: Vec<_> = cfg
-        .vms
-        .iter()
-        .map(|vm| {
-            let was = previous.get(&vm.name).copied();
-            let mode = state::restored(vm.mode, was);
-            if let Some(was) = was.filter(|w| state::holds(*w)) {
-                eprintln!(
-                    "epochgate: vm {:?} was {was} when epochgate last stopped ({}): it starts {mode}, holding its output until a controller adopts it",
-                    vm.name,
-                    path.display()
-                );
-            }
-            mode
-        })
-        .collect();
-    for name in previous.keys() {
-        if !cfg.vms.iter().any(|vm| &vm.name == name) {
-            eprintln!(
-                "epochgate: vm {name:?} of {} is not configured any more; forgotten",
-                path.display()
-            );
-        }
-    }
-    let tracker = Tracker::new(
-        path,
-        cfg.vms
-            .iter()
-            .zip(&modes)
-            .map(|(vm, m)| (vm.name.clone(), state::wire(*m)))
-            .collect(),
-    );
-    Ok((modes, tracker))
-}
-
 /// The request policy runs on TSC ticks (the worker's clock): its nanoseconds converted once.
 fn policy_in_ticks(p: crate::policy::PolicyConfig, hz: u64) -> crate::policy::PolicyConfig {
     let t = |ns: u64| (u128::from(ns) * u128::from(hz) / 1_000_000_000) as u64;
@@ -251,7 +210,14 @@ pub struct Appliance {
 impl Appliance {
     /// Starts the EAL (once per process), the mempool and every port, and launches the worker.
     pub fn start(cfg: &Config) -> Result<Appliance, StartError> {
-        let (modes, tracker) = start_modes(cfg)?;
+        let state::Resumed {
+            modes,
+            tracker,
+            notes,
+        } = state::resume(cfg)?;
+        for n in &notes {
+            eprintln!("epochgate: {n}");
+        }
         let specs = cfg.ports();
         let keys = cfg.port_keys();
         let at_port = |i: usize, source: StartError| StartError::Port {
