@@ -219,8 +219,16 @@ pub struct ControlConfig {
     /// How long a fence may spend draining a paused VM's ingress before it seals anyway.
     pub fence_drain_ms: u64,
     /// A session that sends nothing (not even `Ping`) for this long is treated as a dead
-    /// controller: its VM goes to `failed`. 0 turns the check off.
+    /// controller: its VM goes to `failed`. 0 turns the check off. Time a command of the
+    /// session spends with the worker (a fence's drain) is not silence. When not 0 it must
+    /// exceed `fence_drain_ms`.
     pub liveness_timeout_ms: u64,
+    /// A session that has not adopted a VM (`Hello`) this long after connecting is told why
+    /// and closed, so that connections that never speak cannot hold sessions.
+    pub hello_timeout_ms: u64,
+    /// At most this many sessions at once (at least one per VM); a connection beyond it is
+    /// told the limit and closed.
+    pub max_sessions: usize,
 }
 
 impl Default for ControlConfig {
@@ -233,6 +241,8 @@ impl Default for ControlConfig {
             allowed_gids: Vec::new(),
             fence_drain_ms: 10,
             liveness_timeout_ms: 0,
+            hello_timeout_ms: 2000,
+            max_sessions: 64,
         }
     }
 }
@@ -975,7 +985,7 @@ impl Config {
         }
         let c = &self.control;
         line(format!(
-            "control:   socket {} (mode {}), admin socket {}, fence drain <= {} ms, liveness {}",
+            "control:   socket {} (mode {}), admin socket {}, fence drain <= {} ms, liveness {}, Hello within {} ms, at most {} sessions",
             c.socket.display(),
             c.socket_mode,
             c.admin_socket.display(),
@@ -984,7 +994,9 @@ impl Config {
                 "off".to_string()
             } else {
                 format!("{} ms", c.liveness_timeout_ms)
-            }
+            },
+            c.hello_timeout_ms,
+            c.max_sessions
         ));
         let mut uids = vec!["root".to_string(), "owner".to_string()];
         uids.extend(c.allowed_uids.iter().map(u32::to_string));
@@ -1258,6 +1270,8 @@ const BURST_DEFAULT_MIN: u64 = 3036;
 const BURST_FRAMES_DEFAULT_MIN: u64 = 8;
 const VLAN_MAX: i64 = 4094;
 const FENCE_DRAIN_MAX_MS: u64 = 1000;
+const HELLO_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+const MAX_SESSIONS_MAX: usize = 65_536;
 const ANNOUNCE_MAX: usize = 16;
 
 /// EAL options that epochgate derives from other keys; passing them again in `eal.args` would
@@ -1319,7 +1333,7 @@ impl RawConfig {
             }
         };
 
-        let control = validate_control(self.control)?;
+        let control = validate_control(self.control, self.vm.len())?;
         let dataplane = validate_dataplane(self.dataplane)?;
         let classifier = self.classifier.validate()?;
 
@@ -1527,15 +1541,28 @@ fn lcore_ids(list: &str) -> Result<Vec<u32>, String> {
     Ok(ids.into_iter().collect())
 }
 
-fn validate_control(mut control: ControlConfig) -> Result<ControlConfig, ConfigError> {
+/// `vms`: how many `[[vm]]` entries there are (each needs a session).
+fn validate_control(mut control: ControlConfig, vms: usize) -> Result<ControlConfig, ConfigError> {
     if control.socket.as_os_str().is_empty() {
         return Err(invalid(
             "control.socket",
             "is empty: it must be a socket path",
         ));
     }
-    if control.admin_socket.as_os_str().is_empty() {
+    // Empty: not written (serde leaves it empty), so the default applies.
+    let defaulted = control.admin_socket.as_os_str().is_empty();
+    if defaulted {
         control.admin_socket = control.socket.with_file_name("admin.sock");
+    }
+    if control.socket == control.admin_socket && defaulted {
+        return Err(invalid(
+            "control.socket",
+            format!(
+                "{:?} is where the admin socket goes by default (admin.sock beside control.socket): \
+                 name the control socket differently, or set control.admin_socket elsewhere",
+                control.socket
+            ),
+        ));
     }
     if control.socket == control.admin_socket {
         return Err(invalid(
@@ -1561,6 +1588,45 @@ fn validate_control(mut control: ControlConfig) -> Result<ControlConfig, ConfigE
             format!(
                 "{} is out of range 1..={FENCE_DRAIN_MAX_MS}: the guest stays paused while a fence drains",
                 control.fence_drain_ms
+            ),
+        ));
+    }
+    if control.liveness_timeout_ms != 0 && control.liveness_timeout_ms <= control.fence_drain_ms {
+        return Err(invalid(
+            "control.liveness_timeout_ms",
+            format!(
+                "{} does not exceed control.fence_drain_ms ({}): a VMM waits that long for a fence's answer, \
+                 so its controller cannot be judged by a shorter silence; make it larger (or 0: off)",
+                control.liveness_timeout_ms, control.fence_drain_ms
+            ),
+        ));
+    }
+    if !HELLO_TIMEOUT_MS.contains(&control.hello_timeout_ms) {
+        return Err(invalid(
+            "control.hello_timeout_ms",
+            format!(
+                "{} is out of range {}..={}: a new session has this long to say Hello",
+                control.hello_timeout_ms,
+                HELLO_TIMEOUT_MS.start(),
+                HELLO_TIMEOUT_MS.end()
+            ),
+        ));
+    }
+    if control.max_sessions > MAX_SESSIONS_MAX {
+        return Err(invalid(
+            "control.max_sessions",
+            format!(
+                "{} is above the maximum of {MAX_SESSIONS_MAX}",
+                control.max_sessions
+            ),
+        ));
+    }
+    if control.max_sessions < vms.max(1) {
+        return Err(invalid(
+            "control.max_sessions",
+            format!(
+                "{} is fewer than the {vms} [[vm]] entries: each VM needs a session; raise it to at least {vms}",
+                control.max_sessions
             ),
         ));
     }
@@ -2115,6 +2181,8 @@ allowed_uids = [1000, 1001]
 allowed_gids = [27]
 fence_drain_ms = 25
 liveness_timeout_ms = 3000
+hello_timeout_ms = 1500
+max_sessions = 16
 
 [dataplane]
 mbufs = 32767
@@ -2213,6 +2281,8 @@ on_full = "drop"
                 allowed_gids: vec![27],
                 fence_drain_ms: 25,
                 liveness_timeout_ms: 3000,
+                hello_timeout_ms: 1500,
+                max_sessions: 16,
             }
         );
         assert_eq!(
@@ -2846,6 +2916,13 @@ on_full = "drop"
             (format!("[control]\nsocket_mode = \"01777\"\n{EGRESS}{vm}"), &["control.socket_mode:"]),
             (format!("[control]\nsocket_mode = \"0999\"\n{EGRESS}{vm}"), &["control.socket_mode:"]),
             (format!("[control]\nfence_drain_ms = 0\n{EGRESS}{vm}"), &["control.fence_drain_ms: 0 is out of range"]),
+            (format!("[control]\nfence_drain_ms = 500\nliveness_timeout_ms = 200\n{EGRESS}{vm}"), &["control.liveness_timeout_ms: 200 does not exceed control.fence_drain_ms (500)"]),
+            (format!("[control]\nliveness_timeout_ms = 10\n{EGRESS}{vm}"), &["control.liveness_timeout_ms: 10 does not exceed control.fence_drain_ms (10)"]),
+            (format!("[control]\nhello_timeout_ms = 0\n{EGRESS}{vm}"), &["control.hello_timeout_ms: 0 is out of range 100..=60000"]),
+            (format!("[control]\nmax_sessions = 0\n{EGRESS}{vm}"), &["control.max_sessions: 0 is fewer than the 1 [[vm]] entries"]),
+            (format!("[control]\nmax_sessions = 1\n{EGRESS}{vm}[[vm]]\nname = \"b\"\nport = \"net_tap9\"\n"), &["control.max_sessions: 1 is fewer than the 2 [[vm]] entries", "at least 2"]),
+            (format!("[control]\nmax_sessions = 70000\n{EGRESS}{vm}"), &["control.max_sessions: 70000 is above the maximum of 65536"]),
+            (format!("[control]\nsocket = \"/srv/eg/admin.sock\"\n{EGRESS}{vm}"), &["control.socket: \"/srv/eg/admin.sock\" is where the admin socket goes by default", "set control.admin_socket elsewhere"]),
             (format!("[control]\nallowed_uids = [-1]\n{EGRESS}{vm}"), &["allowed_uids"]),
             (format!("[dataplane]\nmbufs = 1000\n{EGRESS}{vm}"), &["dataplane.mbufs: 1000 is too few (at least 1023)"]),
             (format!("[dataplane]\nmbufs = 1023\nmbuf_cache = 1000\n{EGRESS}{vm}"), &["dataplane.mbuf_cache: 1000 is above"]),
@@ -3082,7 +3159,7 @@ on_full = "drop"
                 "vm \"cache.1\": passthrough, port 0000:04:00.1 (PCI), mac 52:54:00:00:00:03\n  \
                  buffer:  at most 4096 frames (no byte limit), high water 3072 frames, when full: drop\n  \
                  rate:    unlimited\n",
-                "control:   socket /tmp/eg/control.sock (mode 0600), admin socket /tmp/eg/admin.sock, fence drain <= 25 ms, liveness 3000 ms",
+                "control:   socket /tmp/eg/control.sock (mode 0600), admin socket /tmp/eg/admin.sock, fence drain <= 25 ms, liveness 3000 ms, Hello within 1500 ms, at most 16 sessions",
                 "sessions:  uids root, owner, 1000, 1001; gids 27",
                 "dataplane: 32767 mbufs (cache 128), rx ring 512, tx ring 2048, vm queue 4096 frames, stats every 250 ms",
                 "classifier: defer 5 ms (at most 10 ms), min checkpoint interval 0 ms, window updates on (below 1460 bytes in 4096 flows), 0 rule(s)",
