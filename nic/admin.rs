@@ -698,6 +698,19 @@ pub fn render_stats(snap: &Snapshot) -> String {
         "  {:<20} {:>12} frames sent while both classes waited, {} of them pass-through by the starvation guard",
         "contended", e.contended_frames, e.guarded_frames
     );
+    let c = &snap.control;
+    let _ = writeln!(s);
+    let _ = writeln!(s, "control socket");
+    let _ = writeln!(
+        s,
+        "  {:<20} {} open; refused {} at control.max_sessions, {} short of file descriptors; {} accept error(s)",
+        "sessions", c.sessions, c.refused_max_sessions, c.refused_no_fds, c.accept_errors
+    );
+    let _ = writeln!(
+        s,
+        "  {:<20} {} without Hello (control.hello_timeout_ms), {} silent (control.liveness_timeout_ms)",
+        "closed", c.hello_timeouts, c.liveness_timeouts
+    );
     for p in &snap.ports {
         let _ = writeln!(s);
         let _ = writeln!(s, "port {} ({})", p.name, p.role);
@@ -860,7 +873,7 @@ fn duration_text(ms: u64) -> String {
 mod tests {
     use super::*;
     use crate::dpdk::PortStats;
-    use crate::stats::{EgressSnapshot, PortSnapshot, VmSetup};
+    use crate::stats::{ControlSnapshot, EgressSnapshot, PortSnapshot, VmSetup};
     use std::sync::atomic::AtomicU64;
 
     fn sample() -> Snapshot {
@@ -1001,6 +1014,14 @@ mod tests {
                 passthrough_bytes: 986_627_120,
                 contended_frames: 5000,
                 guarded_frames: 900,
+            },
+            control: ControlSnapshot {
+                sessions: 2,
+                refused_max_sessions: 31,
+                refused_no_fds: 7,
+                accept_errors: 3,
+                hello_timeouts: 40,
+                liveness_timeouts: 1,
             },
         }
     }
@@ -1333,6 +1354,8 @@ mod tests {
             "1234290 frames",
             "8 frames (shutdown 8)",
             "imissed 77 rx_nombuf 55 oerrors 66",
+            "2 open; refused 31 at control.max_sessions, 7 short of file descriptors; 3 accept error(s)",
+            "40 without Hello (control.hello_timeout_ms), 1 silent",
         ] {
             assert!(text.contains(want), "no {want:?} in\n{text}");
         }
@@ -1409,6 +1432,7 @@ mod tests {
             vms: vec![],
             ports: vec![],
             egress: EgressSnapshot::default(),
+            control: ControlSnapshot::default(),
         })
         .contains("no VMs"));
     }

@@ -516,6 +516,50 @@ pub struct Snapshot {
     /// What the egress scheduler sent, by class, and how often the starvation guard acted.
     #[serde(default)]
     pub egress: EgressSnapshot,
+    /// The VMM control socket's sessions and refusals.
+    #[serde(default)]
+    pub control: ControlSnapshot,
+}
+
+/// The control thread's counters (it is their only writer).
+#[derive(Debug, Default)]
+pub struct ControlCounters {
+    /// Sessions open now (a gauge).
+    pub sessions: Counter,
+    /// Connections refused because `control.max_sessions` sessions were open.
+    pub refused_max_sessions: Counter,
+    /// Connections refused because epochgate was (nearly) out of file descriptors.
+    pub refused_no_fds: Counter,
+    /// `accept` failures other than "nothing to accept" (each one starts or extends a pause).
+    pub accept_errors: Counter,
+    /// Sessions closed for saying no `Hello` within `control.hello_timeout_ms`, or for
+    /// silence past `control.liveness_timeout_ms`.
+    pub hello_timeouts: Counter,
+    pub liveness_timeouts: Counter,
+}
+
+/// [`ControlCounters`] at a moment.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ControlSnapshot {
+    pub sessions: u64,
+    pub refused_max_sessions: u64,
+    pub refused_no_fds: u64,
+    pub accept_errors: u64,
+    pub hello_timeouts: u64,
+    pub liveness_timeouts: u64,
+}
+
+impl ControlSnapshot {
+    pub fn of(c: &ControlCounters) -> ControlSnapshot {
+        ControlSnapshot {
+            sessions: c.sessions.get(),
+            refused_max_sessions: c.refused_max_sessions.get(),
+            refused_no_fds: c.refused_no_fds.get(),
+            accept_errors: c.accept_errors.get(),
+            hello_timeouts: c.hello_timeouts.get(),
+            liveness_timeouts: c.liveness_timeouts.get(),
+        }
+    }
 }
 
 /// The egress scheduler's counters (published by the worker every few milliseconds).
@@ -592,6 +636,12 @@ impl Snapshot {
                 p.driver.imissed
             );
         }
+        let c = &self.control;
+        let _ = writeln!(
+            s,
+            "  control  {} session(s), refused {} (max_sessions) {} (no fds), accept errors {}, timeouts {} hello {} liveness",
+            c.sessions, c.refused_max_sessions, c.refused_no_fds, c.accept_errors, c.hello_timeouts, c.liveness_timeouts
+        );
         s
     }
 }

@@ -6,17 +6,25 @@
 //! state. Each session has at most one command with the worker at a time; its next message is
 //! read only once the answer went back. A session that closes (or goes silent past the liveness
 //! timeout) fails its VM: the worker discards what it held.
+//!
+//! Hostile connections cannot lock VMMs out: a session that adopts no VM within
+//! `control.hello_timeout_ms` is closed, at most `control.max_sessions` are open, a connection
+//! beyond that (or one that would leave epochgate short of file descriptors) is told why and
+//! closed at once, and accept errors pause the listener instead of spinning on it; each such
+//! episode is logged once when it starts and once when it ends.
 
 use super::state::{self, Tracker};
 use super::{Answer, Command, Op, Rings, VmIdx, EVENT};
 use crate::config::ControlConfig;
-use crate::stats::VmCounters;
+use crate::stats::{ControlCounters, ControlSnapshot, VmCounters};
+use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::socket::{getsockopt, recv, sockopt::PeerCredentials, MsgFlags};
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{ErrorKind, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -28,6 +36,13 @@ use vmm_shim::proto::{self, ErrorCode, Reply, Request, VmStats, MAX_MESSAGE};
 /// worker are picked up without sleeping while a command is outstanding.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 const BACKLOG: i32 = 64;
+/// File descriptors a new session must leave free for the rest of epochgate (stats file,
+/// admin socket, vhost-user reconnections): beyond, the connection is refused.
+const FD_HEADROOM: u64 = 32;
+/// After an accept error the listener rests this long, doubling up to [`BACKOFF_MAX`]; a
+/// successful accept resets it.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Why the control server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +102,9 @@ struct Session {
     vm: Option<VmIdx>,
     /// A command of this session is with the worker.
     waiting: bool,
+    /// When it connected: it has `control.hello_timeout_ms` from here to adopt a VM.
+    opened: Instant,
+    /// Its last message, or the last answer to one (time with the worker is not silence).
     last_heard: Instant,
     closed: bool,
 }
@@ -95,6 +113,7 @@ struct Session {
 pub struct ControlServer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    counters: Arc<ControlCounters>,
 }
 
 impl ControlServer {
@@ -116,6 +135,7 @@ impl ControlServer {
         modes.write()?;
         let stop = Arc::new(AtomicBool::new(false));
         let owners = vec![None; vms.len()];
+        let counters = Arc::new(ControlCounters::default());
         let server = Server {
             listener,
             path: path.clone(),
@@ -132,6 +152,12 @@ impl ControlServer {
             },
             liveness: (cfg.liveness_timeout_ms > 0)
                 .then(|| Duration::from_millis(cfg.liveness_timeout_ms)),
+            hello_timeout: Duration::from_millis(cfg.hello_timeout_ms),
+            max_sessions: cfg.max_sessions,
+            reserve: reserve_fd(),
+            backoff: Backoff::default(),
+            trouble: None,
+            counters: counters.clone(),
             next_id: EVENT + 1,
             stop: stop.clone(),
         };
@@ -142,7 +168,13 @@ impl ControlServer {
         Ok(ControlServer {
             stop,
             thread: Some(thread),
+            counters,
         })
+    }
+
+    /// The control thread's counters (sessions, refusals, timeouts), for the stats.
+    pub fn counters(&self) -> Arc<ControlCounters> {
+        self.counters.clone()
     }
 
     /// Tells every session that epochgate is stopping, closes them and removes the socket.
@@ -220,8 +252,67 @@ struct Server {
     outbox: VecDeque<Command>,
     access: Access,
     liveness: Option<Duration>,
+    hello_timeout: Duration,
+    max_sessions: usize,
+    /// An open `/dev/null` held in reserve: when accept fails for want of a descriptor, it is
+    /// closed to accept the waiting connection, tell it why and close it, then reopened; so the
+    /// backlog is refused promptly instead of filling up.
+    reserve: Option<File>,
+    backoff: Backoff,
+    /// An episode of refused connections or accept failures, logged once when it starts and
+    /// once when it ends (at the next session let in).
+    trouble: Option<Trouble>,
+    counters: Arc<ControlCounters>,
     next_id: u64,
     stop: Arc<AtomicBool>,
+}
+
+/// How long the listener rests after an accept error.
+struct Backoff {
+    until: Option<Instant>,
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            until: None,
+            next: BACKOFF_MIN,
+        }
+    }
+}
+
+impl Backoff {
+    fn pause(&mut self, now: Instant) {
+        self.until = Some(now + self.next);
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+    }
+
+    fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+
+    /// How long the listener still rests (zero: it is polled).
+    fn left(&self, now: Instant) -> Duration {
+        self.until
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+    }
+}
+
+/// Since when connections are refused or accept fails, and the counters then.
+struct Trouble {
+    since: Instant,
+    at_start: ControlSnapshot,
+}
+
+/// Why a connection is refused right after accept.
+enum Refusal {
+    Full,
+    NoFds,
+}
+
+fn reserve_fd() -> Option<File> {
+    File::open("/dev/null").ok()
 }
 
 impl Server {
@@ -230,7 +321,14 @@ impl Server {
         while !self.stop.load(Relaxed) {
             self.flush_outbox();
             let busy = !self.outbox.is_empty() || self.sessions.iter().any(|s| s.waiting);
-            let ready = self.wait(if busy { Duration::ZERO } else { IDLE_POLL });
+            // A resting listener is polled again when its pause ends.
+            let rest = self.backoff.left(Instant::now());
+            let timeout = match (busy, rest.is_zero()) {
+                (true, _) => Duration::ZERO,
+                (false, true) => IDLE_POLL,
+                (false, false) => IDLE_POLL.min(rest).max(Duration::from_millis(1)),
+            };
+            let ready = self.wait(timeout, rest.is_zero());
             self.take_answers();
             if ready.listener {
                 self.accept_all();
@@ -238,8 +336,10 @@ impl Server {
             for (i, revents) in ready.sessions {
                 self.serve(i, revents, &mut buf);
             }
+            self.check_hello();
             self.check_liveness();
             self.reap();
+            self.counters.sessions.set(self.sessions.len() as u64);
             if busy {
                 std::thread::yield_now();
             }
@@ -247,11 +347,16 @@ impl Server {
         self.shutdown();
     }
 
-    /// Polls the listener and every session; sessions with a command in flight are watched for
-    /// hang-up only.
-    fn wait(&self, timeout: Duration) -> Ready {
+    /// Polls the listener (unless it rests after an accept error) and every session; sessions
+    /// with a command in flight are watched for hang-up only.
+    fn wait(&self, timeout: Duration, listen: bool) -> Ready {
         let mut fds = Vec::with_capacity(self.sessions.len() + 1);
-        fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        let events = if listen {
+            PollFlags::POLLIN
+        } else {
+            PollFlags::empty()
+        };
+        fds.push(PollFd::new(self.listener.as_fd(), events));
         for s in &self.sessions {
             let events = if s.waiting {
                 PollFlags::empty()
@@ -266,7 +371,7 @@ impl Server {
         }
         let revents = |fd: &PollFd| fd.revents().unwrap_or(PollFlags::empty());
         Ready {
-            listener: !revents(&fds[0]).is_empty(),
+            listener: listen && !revents(&fds[0]).is_empty(),
             sessions: fds[1..]
                 .iter()
                 .enumerate()
@@ -303,56 +408,171 @@ impl Server {
             };
             if session != EVENT {
                 s.waiting = false;
+                s.last_heard = Instant::now();
             }
             let reply = persist(&mut self.modes, vm, reply);
             send(s, &reply);
         }
     }
 
+    /// Accepts every waiting connection: each becomes a session or is told why not and closed.
+    /// Never loops without taking a connection: out of descriptors, the reserve takes the
+    /// connection (to refuse it); any other failure rests the listener.
     fn accept_all(&mut self) {
         loop {
-            let sock = match self.listener.accept() {
-                Ok((sock, _)) => sock,
+            match self.listener.accept() {
+                Ok((sock, _)) => {
+                    self.backoff.reset();
+                    if self.reserve.is_none() {
+                        self.reserve = reserve_fd();
+                    }
+                    self.admit(sock);
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // The peer gave up before it was accepted: nothing to do.
+                Err(e) if e.kind() == ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
-                    eprintln!("epochgate: control socket: accept failed: {e}");
+                    let no_fds = matches!(
+                        e.raw_os_error().map(Errno::from_raw),
+                        Some(Errno::EMFILE | Errno::ENFILE)
+                    );
+                    if no_fds {
+                        match self.shed() {
+                            Some(true) => continue,
+                            // Nothing was waiting after all.
+                            Some(false) => return,
+                            None => {}
+                        }
+                    }
+                    self.trouble(&format!("accept failed: {e}"));
+                    self.counters.accept_errors.add(1);
+                    self.backoff.pause(Instant::now());
                     return;
                 }
-            };
-            let _ = sock.set_nonblocking(true);
-            let mut session = Session {
-                id: self.next_id,
-                sock,
-                vm: None,
-                waiting: false,
-                last_heard: Instant::now(),
-                closed: false,
-            };
-            self.next_id += 1;
-            match getsockopt(&session.sock, PeerCredentials) {
-                Ok(c) if self.access.allows(c.uid(), c.gid()) => self.sessions.push(session),
-                Ok(c) => send(
-                    &mut session,
-                    &Reply::error(
-                        ErrorCode::PermissionDenied,
-                    format!(
-                        "uid {} (gid {}, pid {}) may not drive VMs: allow it in control.allowed_uids or control.allowed_gids",
-                        c.uid(),
-                        c.gid(),
-                        c.pid()
-                    ),
-                    ),
-                ),
-                Err(e) => send(
-                    &mut session,
-                    &Reply::error(
-                        ErrorCode::PermissionDenied,
-                        format!("the peer's credentials cannot be read: {e}"),
-                    ),
-                ),
             }
         }
+    }
+
+    /// Out of descriptors: closes the reserve to accept one waiting connection, refuses it and
+    /// takes the reserve again. `Some(true)`: one was refused; `Some(false)`: none was waiting;
+    /// `None`: the reserve could not help (gone, or taken by another thread meanwhile).
+    fn shed(&mut self) -> Option<bool> {
+        drop(self.reserve.take()?);
+        let got = loop {
+            match self.listener.accept() {
+                Ok((sock, _)) => break Some(sock),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break None,
+                Err(_) => {
+                    self.reserve = reserve_fd();
+                    return None;
+                }
+            }
+        };
+        let refused = got.map(|sock| self.refuse(sock, Refusal::NoFds)).is_some();
+        self.reserve = reserve_fd();
+        Some(refused)
+    }
+
+    /// A new connection: refused if the sessions are at `control.max_sessions` or epochgate is
+    /// short of descriptors, then checked against the allowed peers.
+    fn admit(&mut self, sock: Socket) {
+        if self.sessions.len() >= self.max_sessions {
+            return self.refuse(sock, Refusal::Full);
+        }
+        if fds_short(&sock) {
+            return self.refuse(sock, Refusal::NoFds);
+        }
+        let _ = sock.set_nonblocking(true);
+        let now = Instant::now();
+        let mut session = Session {
+            id: self.next_id,
+            sock,
+            vm: None,
+            waiting: false,
+            opened: now,
+            last_heard: now,
+            closed: false,
+        };
+        self.next_id += 1;
+        match getsockopt(&session.sock, PeerCredentials) {
+            Ok(c) if self.access.allows(c.uid(), c.gid()) => {
+                self.sessions.push(session);
+                self.settle();
+            }
+            Ok(c) => send(
+                &mut session,
+                &Reply::error(
+                    ErrorCode::PermissionDenied,
+                format!(
+                    "uid {} (gid {}, pid {}) may not drive VMs: allow it in control.allowed_uids or control.allowed_gids",
+                    c.uid(),
+                    c.gid(),
+                    c.pid()
+                ),
+                ),
+            ),
+            Err(e) => send(
+                &mut session,
+                &Reply::error(
+                    ErrorCode::PermissionDenied,
+                    format!("the peer's credentials cannot be read: {e}"),
+                ),
+            ),
+        }
+    }
+
+    /// Tells a connection why it is not served (if it can take it now) and closes it.
+    fn refuse(&mut self, sock: Socket, why: Refusal) {
+        let text = match why {
+            Refusal::Full => format!(
+                "epochgate already serves {} sessions, the most control.max_sessions allows; try again once one has ended",
+                self.sessions.len()
+            ),
+            Refusal::NoFds => format!(
+                "epochgate is short of file descriptors (limit {}); try again once sessions have ended",
+                fd_limit().map_or_else(|| "unknown".to_string(), |l| l.to_string())
+            ),
+        };
+        // The episode starts before this refusal is counted, so its end line counts it.
+        self.trouble(&format!("refusing connections: {text}"));
+        match why {
+            Refusal::Full => self.counters.refused_max_sessions.add(1),
+            Refusal::NoFds => self.counters.refused_no_fds.add(1),
+        }
+        let _ = sock.send_with_flags(
+            &Reply::error(ErrorCode::Busy, text).encode(),
+            nix::libc::MSG_NOSIGNAL | nix::libc::MSG_DONTWAIT,
+        );
+    }
+
+    /// Logs the start of an episode of refusals or accept failures (once).
+    fn trouble(&mut self, what: &str) {
+        if self.trouble.is_none() {
+            eprintln!(
+                "epochgate: control socket {}: {what} (logged once until a session is let in again)",
+                self.path.display()
+            );
+            self.trouble = Some(Trouble {
+                since: Instant::now(),
+                at_start: ControlSnapshot::of(&self.counters),
+            });
+        }
+    }
+
+    /// A session was let in: an episode of refusals is over; says how it went.
+    fn settle(&mut self) {
+        let Some(t) = self.trouble.take() else { return };
+        let now = ControlSnapshot::of(&self.counters);
+        eprintln!(
+            "epochgate: control socket {}: a session was let in again after {:.1} s: meanwhile {} connection(s) refused at control.max_sessions, {} for want of file descriptors, {} accept failure(s)",
+            self.path.display(),
+            t.since.elapsed().as_secs_f64(),
+            now.refused_max_sessions - t.at_start.refused_max_sessions,
+            now.refused_no_fds - t.at_start.refused_no_fds,
+            now.accept_errors - t.at_start.accept_errors,
+        );
     }
 
     /// Reads what session `i` sent (one message: it has nothing in flight) or notices it closed.
@@ -474,16 +694,36 @@ impl Server {
         });
     }
 
+    /// Closes sessions that adopted no VM within `control.hello_timeout_ms` of connecting.
+    fn check_hello(&mut self) {
+        let limit = self.hello_timeout;
+        for s in &mut self.sessions {
+            if !s.closed && s.vm.is_none() && !s.waiting && s.opened.elapsed() > limit {
+                let text = format!(
+                    "no VM adopted within {} ms of connecting (control.hello_timeout_ms): say Hello first; closing",
+                    limit.as_millis()
+                );
+                send(s, &Reply::error(ErrorCode::NotAdopted, text));
+                s.closed = true;
+                self.counters.hello_timeouts.add(1);
+            }
+        }
+    }
+
+    /// Fails sessions silent past `control.liveness_timeout_ms`. Silence counts from the last
+    /// message or answer; a message already waiting in the socket (a ping sent while a command
+    /// was with the worker) is heard, and is read in the next round.
     fn check_liveness(&mut self) {
         let Some(limit) = self.liveness else { return };
         for s in &mut self.sessions {
-            if !s.closed && !s.waiting && s.last_heard.elapsed() > limit {
+            if !s.closed && !s.waiting && s.last_heard.elapsed() > limit && !message_waiting(s) {
                 let text = format!(
                     "nothing heard for {} ms (control.liveness_timeout_ms): the VM is failed",
                     limit.as_millis()
                 );
                 send(s, &Reply::error(ErrorCode::Internal, text));
                 s.closed = true;
+                self.counters.liveness_timeouts.add(1);
             }
         }
     }
@@ -565,6 +805,28 @@ fn send(s: &mut Session, reply: &Reply) {
     }
 }
 
+/// Whether a message from the peer is waiting to be read (peeked, left in place).
+fn message_waiting(s: &Session) -> bool {
+    let mut b = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    matches!(recv(s.sock.as_raw_fd(), &mut b, flags), Ok(n) if n > 0)
+}
+
+/// The soft limit on open file descriptors.
+fn fd_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, Resource};
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
+/// Whether `sock` (just accepted) leaves fewer than [`FD_HEADROOM`] descriptors free. The
+/// kernel hands out the lowest free number, so every number below `sock`'s is in use.
+fn fds_short(sock: &Socket) -> bool {
+    let fd = u64::try_from(sock.as_raw_fd()).unwrap_or(0);
+    fd_limit().is_some_and(|limit| fd + FD_HEADROOM >= limit)
+}
+
 /// A session's view of its VM, from the counters its worker publishes.
 pub fn stats_of(c: &VmCounters) -> VmStats {
     VmStats {
@@ -577,5 +839,230 @@ pub fn stats_of(c: &VmCounters) -> VmStats {
         rx_frames: c.rx_frames.get(),
         tx_frames: c.tx_frames.get(),
         dropped: c.drops.total(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The server's session rules against a real socket and a stand-in worker (no DPDK): the
+    //! worker answers when the test says, so time with the worker is exact.
+    use super::*;
+    use crate::control::Mode;
+    use std::sync::Mutex;
+
+    /// A stand-in worker: welcomes, holds every fence for `fence`, commits; records `Fail`s.
+    struct FakeWorker {
+        quit: Arc<AtomicBool>,
+        failed: Arc<Mutex<Vec<VmIdx>>>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl FakeWorker {
+        fn start(rings: Arc<Rings>, fence: Duration) -> FakeWorker {
+            let quit = Arc::new(AtomicBool::new(false));
+            let failed = Arc::new(Mutex::new(Vec::new()));
+            let (q, f) = (quit.clone(), failed.clone());
+            let thread = std::thread::spawn(move || {
+                while !q.load(Relaxed) {
+                    let Some(cmd) = rings.commands.pop() else {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    };
+                    let reply = match cmd.op {
+                        Op::Adopt => Reply::Welcome {
+                            epoch: 1,
+                            mode: Mode::Protected,
+                        },
+                        Op::Fence(epoch) => {
+                            std::thread::sleep(fence);
+                            Reply::Fenced {
+                                epoch,
+                                frames: 0,
+                                bytes: 0,
+                                drain_ns: fence.as_nanos() as u64,
+                            }
+                        }
+                        Op::Commit(epoch) => Reply::Committed { epoch, frames: 0 },
+                        Op::Fail => {
+                            f.lock().unwrap().push(cmd.vm);
+                            continue;
+                        }
+                        _ => Reply::error(ErrorCode::Internal, "not in this test"),
+                    };
+                    let answer = Answer {
+                        vm: cmd.vm,
+                        session: cmd.session,
+                        reply,
+                    };
+                    assert!(rings.answers.push(answer).is_ok(), "answer ring full");
+                }
+            });
+            FakeWorker {
+                quit,
+                failed,
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for FakeWorker {
+        fn drop(&mut self) {
+            self.quit.store(true, Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn start(dir: &Path, cfg: ControlConfig, fence: Duration) -> (ControlServer, FakeWorker) {
+        let cfg = ControlConfig {
+            socket: dir.join("control.sock"),
+            ..cfg
+        };
+        let rings = Arc::new(Rings::new(1));
+        let vms = vec![ControlVm {
+            name: "vm".into(),
+            counters: Arc::new(VmCounters::default()),
+        }];
+        let server = ControlServer::start(&cfg, vms, rings.clone()).expect("control server");
+        (server, FakeWorker::start(rings, fence))
+    }
+
+    fn connect(dir: &Path) -> Socket {
+        let s = Socket::new(Domain::UNIX, Type::SEQPACKET, None).expect("socket");
+        s.connect(&SockAddr::unix(dir.join("control.sock")).expect("addr"))
+            .expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s
+    }
+
+    fn say(s: &Socket, req: &Request) {
+        s.send(&req.encode()).expect("send");
+    }
+
+    fn hear(s: &Socket) -> Reply {
+        let mut buf = vec![0u8; MAX_MESSAGE + 1];
+        let n = (&*s).read(&mut buf).expect("a reply");
+        proto::decode_reply(&buf[..n]).expect("a well-formed reply")
+    }
+
+    /// Issue 10, defect 5, as reported: liveness 200 ms, a fence that takes 500 ms, a VMM
+    /// pinging every 20 ms meanwhile. The fence's time is not the controller's silence, and the
+    /// pings it sent meanwhile are answered once the fence is.
+    #[test]
+    fn a_long_fence_is_not_silence_and_pings_sent_meanwhile_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ControlConfig {
+            liveness_timeout_ms: 200,
+            fence_drain_ms: 500,
+            ..ControlConfig::default()
+        };
+        let (server, worker) = start(dir.path(), cfg, Duration::from_millis(500));
+        let s = connect(dir.path());
+        say(&s, &Request::hello("vm").unwrap());
+        assert!(matches!(hear(&s), Reply::Welcome { epoch: 1, .. }));
+        say(&s, &Request::Fence { epoch: 1 });
+        let pings = 30u64;
+        for token in 1..=pings {
+            std::thread::sleep(Duration::from_millis(20));
+            say(&s, &Request::Ping { token });
+        }
+        let fenced = hear(&s);
+        assert!(
+            matches!(fenced, Reply::Fenced { epoch: 1, .. }),
+            "{fenced:?}"
+        );
+        for token in 1..=pings {
+            assert_eq!(hear(&s), Reply::Pong { token }, "pong {token} of {pings}");
+        }
+        say(&s, &Request::Commit { epoch: 1 });
+        assert_eq!(
+            hear(&s),
+            Reply::Committed {
+                epoch: 1,
+                frames: 0
+            }
+        );
+        assert!(
+            worker.failed.lock().unwrap().is_empty(),
+            "the VM was failed"
+        );
+        assert_eq!(server.counters().liveness_timeouts.get(), 0);
+        drop(s);
+        server.stop();
+    }
+
+    /// A session that really is silent still fails its VM.
+    #[test]
+    fn a_silent_session_is_still_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ControlConfig {
+            liveness_timeout_ms: 200,
+            ..ControlConfig::default()
+        };
+        let (server, worker) = start(dir.path(), cfg, Duration::ZERO);
+        let s = connect(dir.path());
+        say(&s, &Request::hello("vm").unwrap());
+        assert!(matches!(hear(&s), Reply::Welcome { .. }));
+        match hear(&s) {
+            Reply::Error { code, text } => {
+                assert_eq!(code, ErrorCode::Internal);
+                assert!(text.contains("control.liveness_timeout_ms"), "{text}");
+            }
+            other => panic!("expected the liveness error, got {other:?}"),
+        }
+        let start = Instant::now();
+        while worker.failed.lock().unwrap().is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(30), "VM never failed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(server.counters().liveness_timeouts.get(), 1);
+        server.stop();
+    }
+
+    /// A connection that never says Hello is told why and closed after the hello timeout; one
+    /// beyond `max_sessions` is refused at once, naming the limit.
+    #[test]
+    fn silent_and_excess_connections_are_closed_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ControlConfig {
+            hello_timeout_ms: 300,
+            max_sessions: 2,
+            ..ControlConfig::default()
+        };
+        let (server, _worker) = start(dir.path(), cfg, Duration::ZERO);
+        let quiet = [connect(dir.path()), connect(dir.path())];
+        let excess = connect(dir.path());
+        match hear(&excess) {
+            Reply::Error { code, text } => {
+                assert_eq!(code, ErrorCode::Busy);
+                assert!(text.contains("control.max_sessions"), "{text}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        for s in &quiet {
+            match hear(s) {
+                Reply::Error { code, text } => {
+                    assert_eq!(code, ErrorCode::NotAdopted);
+                    assert!(text.contains("control.hello_timeout_ms"), "{text}");
+                }
+                other => panic!("expected the hello timeout, got {other:?}"),
+            }
+        }
+        let c = server.counters();
+        assert_eq!(c.refused_max_sessions.get(), 1);
+        // Counted just after the error went out.
+        let start = Instant::now();
+        while c.hello_timeouts.get() < 2 {
+            assert!(start.elapsed() < Duration::from_secs(30), "not counted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(c.hello_timeouts.get(), 2);
+        // Room again: a VMM gets in.
+        let s = connect(dir.path());
+        say(&s, &Request::hello("vm").unwrap());
+        assert!(matches!(hear(&s), Reply::Welcome { .. }));
+        server.stop();
     }
 }

@@ -15,8 +15,8 @@ use crate::control::{ControlError, ControlServer, ControlVm, Rings};
 use crate::dpdk::{self, DpdkError, Eal, LaunchHandle, Mempool, Port, PortConf, StatsReader};
 use crate::meter::MeterHub;
 use crate::stats::{
-    EgressCounters, EgressSnapshot, PortCounters, PortSnapshot, Snapshot, VmCounters, VmSetup,
-    VmSnapshot,
+    ControlCounters, ControlSnapshot, EgressCounters, EgressSnapshot, PortCounters, PortSnapshot,
+    Snapshot, VmCounters, VmSetup, VmSnapshot,
 };
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -81,6 +81,7 @@ pub struct StatsSource {
     ports: Vec<PortView>,
     meter: Arc<MeterHub>,
     egress: Arc<EgressCounters>,
+    control: Arc<ControlCounters>,
     started: Instant,
 }
 
@@ -119,6 +120,7 @@ impl StatsSource {
                 })
                 .collect(),
             egress: EgressSnapshot::of(&self.egress),
+            control: ControlSnapshot::of(&self.control),
         }
     }
 }
@@ -381,6 +383,7 @@ impl Appliance {
             ports: views,
             meter,
             egress,
+            control: control.counters(),
             started: Instant::now(),
         });
         let source = stats.clone();
