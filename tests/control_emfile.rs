@@ -150,7 +150,11 @@ fn child() {
         name: "vm".into(),
         counters: Arc::new(VmCounters::default()),
     }];
-    let server = ControlServer::start(&cfg, vms, rings.clone()).expect("control server");
+    let modes = epochgate::control::state::Tracker::new(
+        dir.path().join("control.state"),
+        vec![("vm".into(), epochgate::control::Mode::Passthrough)],
+    );
+    let server = ControlServer::start(&cfg, vms, rings.clone(), modes).expect("control server");
     // The stand-in worker only welcomes.
     let quit = Arc::new(AtomicBool::new(false));
     let worker = {

@@ -924,7 +924,11 @@ mod tests {
             name: "vm".into(),
             counters: Arc::new(VmCounters::default()),
         }];
-        let server = ControlServer::start(&cfg, vms, rings.clone()).expect("control server");
+        let modes = state::Tracker::new(
+            dir.join("control.state"),
+            vec![("vm".into(), Mode::Passthrough)],
+        );
+        let server = ControlServer::start(&cfg, vms, rings.clone(), modes).expect("control server");
         (server, FakeWorker::start(rings, fence))
     }
 
