@@ -160,6 +160,7 @@ fn run(
     let interval = Duration::from_millis(cfg.dataplane.stats_interval_ms.max(50));
     let mut next_stats = started + interval;
     let deadline = duration.map(|d| started + Duration::from_secs_f64(d.max(0.0)));
+    let mut stats_failing = false;
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
         std::thread::sleep(Duration::from_millis(20));
         if Instant::now() >= next_stats {
@@ -168,8 +169,24 @@ fn run(
             if !quiet {
                 print!("{}", snap.render());
             }
+            // A stats file that cannot be written (disk full, out of descriptors) never stops
+            // the appliance: said once, retried every interval.
             if let Some(path) = stats_file {
-                write_stats(path, &snap)?;
+                match write_stats(path, &snap) {
+                    Ok(()) if stats_failing => {
+                        eprintln!("epochgate: stats file {} written again", path.display());
+                        stats_failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) if !stats_failing => {
+                        eprintln!(
+                            "epochgate: {e:#}; the data plane goes on, retrying every {} ms",
+                            interval.as_millis()
+                        );
+                        stats_failing = true;
+                    }
+                    Err(_) => {}
+                }
             }
         }
     }

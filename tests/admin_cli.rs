@@ -208,3 +208,50 @@ fn an_unreachable_socket_exits_1_and_says_so() {
         text(&out.stderr)
     );
 }
+
+/// A stats file that cannot be written (here: its directory is a regular file) never stops the
+/// appliance: the error is said once, the VM's frames all leave, and the run ends cleanly.
+#[test]
+fn an_unwritable_stats_file_does_not_stop_the_data_plane() {
+    let _g = serial();
+    let dir = tempdir();
+    let d = dir.path();
+    let frames = gen::frames(
+        &Stream {
+            id: 2,
+            src: MacAddr([0x52, 0x54, 0, 0, 0, 2]),
+            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
+            vlan: None,
+        },
+        50,
+    );
+    write_pcap(&d.join("web.pcap"), &frames);
+    write_pcap(&d.join("empty.pcap"), &[]);
+    let cfg = format!(
+        "{}[dataplane]\nstats_interval_ms = 100\n\n\
+         [egress]\nport = \"net_pcap0,rx_pcap={d}/empty.pcap,tx_pcap={d}/egress.pcap\"\n\n\
+         [[vm]]\nname = \"web\"\nport = \"net_pcap1,rx_pcap={d}/web.pcap,tx_pcap={d}/web-in.pcap\"\n",
+        eal_and_control(d, "eg-statsfail"),
+        d = d.display()
+    );
+    let config = d.join("c.toml");
+    std::fs::write(&config, cfg).unwrap();
+    std::fs::write(d.join("not-a-dir"), b"").unwrap();
+    let out = Command::new(EPOCHGATE)
+        .args(["run", "--quiet", "--duration", "1.5", "--stats-file"])
+        .arg(d.join("not-a-dir/stats.json"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        stdout.contains("stopped; final counters"),
+        "the run must end by itself, cleanly: {stdout}\n{stderr}"
+    );
+    let said = stderr.matches("the data plane goes on").count();
+    assert_eq!(said, 1, "said once, not every interval: {stderr}");
+    // The final write fails too: reported, after a clean stop.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(read_pcap(&d.join("egress.pcap")), frames);
+}
