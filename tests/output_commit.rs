@@ -914,3 +914,41 @@ fn checkpoint_requests_reach_the_vmm_by_reason() {
     assert_eq!(v["checkpoint_requests"]["deferral-expired"], 1, "{v}");
     assert_eq!(v["checkpoint_requests"]["immediate-frame"], 1, "{v}");
 }
+
+/// A measurement, not a check (run it with `cargo test --release --test output_commit --
+/// --ignored --nocapture request_latency`): how long an immediate frame's checkpoint request
+/// takes from the guest's TX to the VMM's session, over 40 epochs of an otherwise idle VM.
+#[test]
+#[ignore]
+fn request_latency() {
+    let _g = serial();
+    let dir = tempdir();
+    let mut g = Gate::start(dir.path(), "eg-oc-lat", "");
+    let mut c = g.client("prot");
+    let mut lat = Vec::new();
+    for epoch in 1..=40u64 {
+        // Varied gaps, so the frames do not keep one phase with the control thread's polls.
+        std::thread::sleep(Duration::from_micros(epoch * 7919 % 25_000));
+        g.peer().send(P_PROT, &[udp(epoch as u8)]);
+        let sent = std::time::Instant::now();
+        let e = c
+            .next_event(Some(Duration::from_secs(10)))
+            .expect("event")
+            .expect("a request for the immediate frame");
+        lat.push(sent.elapsed());
+        assert_eq!(e.epoch, epoch);
+        c.fence(epoch).expect("fence");
+        c.commit(epoch).expect("commit");
+    }
+    lat.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "immediate frame -> checkpoint request at the VMM: p50 {:.2} ms, p90 {:.2} ms, max {:.2} ms (n {})",
+        ms(lat[lat.len() / 2]),
+        ms(lat[lat.len() * 9 / 10]),
+        ms(lat[lat.len() - 1]),
+        lat.len()
+    );
+    drop(c);
+    g.finish();
+}

@@ -33,8 +33,11 @@ use std::time::{Duration, Instant};
 use vmm_shim::proto::{self, ErrorCode, Reply, Request, VmStats, MAX_MESSAGE};
 
 /// How long the control thread sleeps in `poll` when nothing is in flight. Answers from the
-/// worker are picked up without sleeping while a command is outstanding.
-const IDLE_POLL: Duration = Duration::from_millis(20);
+/// worker are picked up without sleeping while a command is outstanding. Events (checkpoint
+/// requests) cannot wake the thread (the worker makes no syscalls), so this bounds how late a
+/// request reaches its VMM: 1 ms, well inside `defer_delay_ms`, for about 1000 wakeups a second
+/// (measured idle: about 2.3% of one core, against 0.1% at 20 ms).
+const IDLE_POLL: Duration = Duration::from_millis(1);
 const BACKLOG: i32 = 64;
 /// File descriptors a new session must leave free for the rest of epochgate (stats file,
 /// admin socket, vhost-user reconnections): beyond, the connection is refused.
