@@ -52,10 +52,8 @@ fn fences_on_a_tap_port_are_counted_unproven_and_lose_nothing() {
         &["tuntap", "add", "dev", &tap, "mode", "tap", "multi_queue"],
     );
     let _del = Cleanup(tap.clone());
-    sh(
-        "sysctl",
-        &["-q", "-w", &format!("net.ipv6.conf.{tap}.disable_ipv6=1")],
-    );
+    std::fs::write(format!("/proc/sys/net/ipv6/conf/{tap}/disable_ipv6"), "1")
+        .expect("disable IPv6 on the tap");
     write_pcap(&d.join("empty.pcap"), &[]);
     let cfg = format!(
         "{}[egress]\nport = \"net_pcap0,rx_pcap={d}/empty.pcap,tx_pcap={d}/egress.pcap\"\n\n\
