@@ -652,13 +652,6 @@ impl Worker {
             }
             return;
         }
-        if self.fencing > 0 {
-            for vm in self.vms.iter_mut().filter(|v| v.port.is_none()) {
-                if let Some(f) = vm.fencing.as_mut() {
-                    f.empty_since = None;
-                }
-            }
-        }
         count_rx(&port.counters, burst.len(), burst_bytes(&burst));
         let now = self.now;
         for m in burst {
@@ -666,6 +659,10 @@ impl Worker {
             // its own port is a spoof and never enters that VM's epochs.
             let reason = match self.demux.source(m.data()) {
                 Source::Vm(vi) => {
+                    // Only its own frames restart a fencing VM's wait for an empty port.
+                    if let Some(f) = self.vms[vi].fencing.as_mut() {
+                        f.empty_since = None;
+                    }
                     self.vms[vi].ledger.received(1, m.len() as u64);
                     self.accept(vi, m, now);
                     continue;
