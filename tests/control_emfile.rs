@@ -8,6 +8,8 @@
 //! way one line is logged when the trouble starts and one when a session is let in again, and a
 //! VMM gets in once descriptors are back.
 
+mod common;
+
 use epochgate::config::ControlConfig;
 use epochgate::control::{Answer, ControlServer, ControlVm, Mode, Op, Reply, Rings};
 use epochgate::stats::VmCounters;
@@ -62,37 +64,6 @@ fn accept_out_of_descriptors_neither_spins_nor_floods_the_log() {
 
 fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd").expect("fds").count() as u64
-}
-
-fn control_cpu() -> f64 {
-    let hz: f64 = String::from_utf8(
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .expect("getconf")
-            .stdout,
-    )
-    .expect("utf8")
-    .trim()
-    .parse()
-    .expect("CLK_TCK");
-    for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
-        let dir = task.expect("task").path();
-        if std::fs::read_to_string(dir.join("comm"))
-            .unwrap_or_default()
-            .trim()
-            != "eg-control"
-        {
-            continue;
-        }
-        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
-        let rest: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
-            .split(' ')
-            .collect();
-        return (rest[11].parse::<f64>().expect("utime") + rest[12].parse::<f64>().expect("stime"))
-            / hz;
-    }
-    panic!("no eg-control thread");
 }
 
 /// Connects `socks` (created beforehand: creating one needs a descriptor) without blocking on
@@ -211,13 +182,13 @@ fn child() {
     let socks: Vec<Socket> = (0..30)
         .map(|_| Socket::new(Domain::UNIX, Type::SEQPACKET, None).expect("socket"))
         .collect();
-    let cpu_before = control_cpu();
+    let cpu_before = common::thread_cpu_seconds(std::process::id(), "eg-control");
     let wall = Instant::now();
     set_fd_limit(3);
     let n = connect_all(&socks, &socket);
     std::thread::sleep(Duration::from_secs(1));
     set_fd_limit(hard);
-    let cpu = control_cpu() - cpu_before;
+    let cpu = common::thread_cpu_seconds(std::process::id(), "eg-control") - cpu_before;
     let share = cpu / wall.elapsed().as_secs_f64();
     let errors = counters.accept_errors.get();
     println!(

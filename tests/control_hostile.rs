@@ -96,37 +96,6 @@ fn told(s: &Socket) -> Option<(ErrorCode, String)> {
     }
 }
 
-/// The `eg-control` thread's CPU time (user + system) in seconds.
-fn control_cpu(pid: u32) -> f64 {
-    let hz: f64 = String::from_utf8(
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .expect("getconf")
-            .stdout,
-    )
-    .expect("utf8")
-    .trim()
-    .parse()
-    .expect("CLK_TCK");
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
-        let dir = task.expect("task").path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if comm.trim() != "eg-control" {
-            continue;
-        }
-        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
-        // Fields after "(comm)": state is field 3, utime 14 and stime 15.
-        let rest: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
-            .split(' ')
-            .collect();
-        let ticks: f64 =
-            rest[11].parse::<f64>().expect("utime") + rest[12].parse::<f64>().expect("stime");
-        return ticks / hz;
-    }
-    panic!("no eg-control thread in process {pid}");
-}
-
 fn stderr_of(eg: &Running) -> String {
     std::fs::read_to_string(eg.dir.join("epochgate.err")).unwrap_or_default()
 }
@@ -164,7 +133,7 @@ fn silent_connections_under_a_low_fd_limit_neither_spin_nor_lock_the_vmm_out() {
     assert!(ok, "prlimit failed");
     let fds_before = open_fds(pid);
     let lines_before = stderr_of(&eg).lines().count();
-    let cpu_before = control_cpu(pid);
+    let cpu_before = thread_cpu_seconds(pid, "eg-control");
     let wall = Instant::now();
 
     let socket = d.join("control.sock");
@@ -179,7 +148,7 @@ fn silent_connections_under_a_low_fd_limit_neither_spin_nor_lock_the_vmm_out() {
             tail(&stderr_of(&eg))
         );
     }
-    let cpu = control_cpu(pid) - cpu_before;
+    let cpu = thread_cpu_seconds(pid, "eg-control") - cpu_before;
     let share = cpu / wall.elapsed().as_secs_f64();
     let during = stderr_of(&eg);
     let new_lines = during.lines().count() - lines_before;

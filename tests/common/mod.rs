@@ -487,3 +487,35 @@ impl Peer {
 pub fn virtio_user(n: u32, socket: &Path) -> String {
     format!("net_virtio_user{n},path={}", socket.display())
 }
+
+/// The CPU time (user + system, in seconds) of the thread named `thread` (its `comm`, e.g.
+/// "eg-control") of process `pid`, from /proc.
+pub fn thread_cpu_seconds(pid: u32, thread: &str) -> f64 {
+    let hz: f64 = String::from_utf8(
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .expect("getconf")
+            .stdout,
+    )
+    .expect("utf8")
+    .trim()
+    .parse()
+    .expect("CLK_TCK");
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let dir = task.expect("task").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != thread {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+        // Fields after "(comm)": state is field 3, utime 14 and stime 15.
+        let rest: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+            .split(' ')
+            .collect();
+        let ticks: f64 =
+            rest[11].parse::<f64>().expect("utime") + rest[12].parse::<f64>().expect("stime");
+        return ticks / hz;
+    }
+    panic!("no {thread} thread in process {pid}");
+}
