@@ -2141,6 +2141,46 @@ fn check_devices_unique(cfg: &Config) -> Result<(), ConfigError> {
         }
         taken.extend(mine.into_iter().map(|r| (key.as_str(), p.device_name(), r)));
     }
+    check_default_tap_names(&keyed)
+}
+
+/// A `net_tap` (`net_tun`) port without `iface=` gets an interface named `dtap<N>` (`dtun<N>`)
+/// by the driver, N counting such ports in creation order; an explicit `iface=` with that
+/// prefix could then name the same interface, so it is refused while any port leaves its name
+/// to the driver.
+fn check_default_tap_names(keyed: &[(String, &PortSpec)]) -> Result<(), ConfigError> {
+    for (driver, prefix) in [("net_tap", "dtap"), ("net_tun", "dtun")] {
+        let unnamed = keyed.iter().find(|(_, p)| match p {
+            PortSpec::Vdev { spec, name } => {
+                name.starts_with(driver)
+                    && !spec.split(',').skip(1).any(|kv| kv.starts_with("iface="))
+            }
+            PortSpec::Pci { .. } => false,
+        });
+        let Some((unnamed_key, _)) = unnamed else {
+            continue;
+        };
+        for (key, p) in keyed {
+            let PortSpec::Vdev { spec, .. } = p else {
+                continue;
+            };
+            if let Some(iface) = spec
+                .split(',')
+                .skip(1)
+                .filter_map(|kv| kv.split_once('='))
+                .filter(|(k, _)| k.contains("iface") || *k == "remote")
+                .map(|(_, v)| v)
+                .find(|v| v.starts_with(prefix))
+            {
+                return Err(invalid(
+                    key.as_str(),
+                    format!(
+                        "interface {iface:?} may be the one the driver names for {unnamed_key}, which has no iface= ({prefix}N is its default): give {unnamed_key} an iface= of its own, or name this one otherwise"
+                    ),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -2148,6 +2188,32 @@ fn check_devices_unique(cfg: &Config) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_explicit_interface_cannot_take_the_name_a_tap_driver_picks() {
+        let cfg = |a: &str, b: &str| {
+            format!(
+                "[egress]\nport = \"net_pcap0,tx_pcap=o.pcap\"\n[[vm]]\nname = \"a\"\nport = \"{a}\"\n[[vm]]\nname = \"b\"\nport = \"{b}\"\n"
+            )
+        };
+        let e = Config::from_toml_str(&cfg("net_tap0", "net_tap1,iface=dtap0"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("vm[1] (\"b\").port:")
+                && e.contains("vm[0] (\"a\").port")
+                && e.contains("dtap"),
+            "{e}"
+        );
+        let e = Config::from_toml_str(&cfg("net_tap0", "net_af_packet0,iface=dtap1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dtap1"), "{e}");
+        // Both named, or both left to the driver: fine.
+        Config::from_toml_str(&cfg("net_tap0,iface=dtap5", "net_tap1,iface=t1")).unwrap();
+        Config::from_toml_str(&cfg("net_tap0", "net_tap1")).unwrap();
+        Config::from_toml_str(&cfg("net_tap0", "net_pcap1,rx_pcap=dtap.pcap")).unwrap();
+    }
 
     const MINIMAL: &str = r#"
 [egress]
