@@ -137,6 +137,7 @@ fn start_with(
         access,
         clients: Vec::new(),
         accept_paused_until: None,
+        accept_failures: 0,
         stop: stop.clone(),
     };
     // If the spawn fails the server is dropped here, which removes the socket file.
@@ -184,6 +185,8 @@ struct Server {
     /// Set after an accept error other than "nothing to accept" (say, out of file
     /// descriptors): the listener is left alone for a moment instead of spinning on it.
     accept_paused_until: Option<Instant>,
+    /// Accept failures in the current episode (0: none).
+    accept_failures: u64,
     stop: Arc<AtomicBool>,
 }
 
@@ -259,14 +262,27 @@ impl Server {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    eprintln!(
-                        "epochgate: control.admin_socket {}: accept failed: {e}",
-                        self.path.display()
-                    );
+                    // Logged once per episode (out of descriptors under attack would otherwise
+                    // be a line every pause); the episode ends at the next accepted client.
+                    if self.accept_failures == 0 {
+                        eprintln!(
+                            "epochgate: control.admin_socket {}: accept failed: {e}; pausing the listener, said once until a client is accepted again",
+                            self.path.display()
+                        );
+                    }
+                    self.accept_failures += 1;
                     self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
                     return;
                 }
             };
+            if self.accept_failures > 0 {
+                eprintln!(
+                    "epochgate: control.admin_socket {}: accepting again after {} failed attempt(s)",
+                    self.path.display(),
+                    self.accept_failures
+                );
+                self.accept_failures = 0;
+            }
             if sock.set_nonblocking(true).is_err() {
                 continue; // dropped: the client sees its connection closed.
             }
