@@ -184,6 +184,27 @@ impl Running {
     }
 }
 
+/// A test that fails (panics) before stopping its epochgate must not leave it spinning a core:
+/// the process it started is killed.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Likewise for a peer left behind by a failing test.
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Sends a signal to a process we started (by PID), with the system's `kill`.
 pub fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
