@@ -70,6 +70,8 @@ impl FromStr for MacAddr {
 const ETH_HDR: usize = 14;
 const TPID_8021Q: u16 = 0x8100;
 const TPID_8021AD: u16 = 0x88a8;
+/// The pre-standard QinQ outer tag, still sent by some switches (the classifier walks it too).
+const TPID_QINQ_OLD: u16 = 0x9100;
 
 /// Destination MAC of a frame, or `None` for a runt shorter than an Ethernet header.
 #[inline]
@@ -107,7 +109,7 @@ pub fn outer_vlan(frame: &[u8]) -> Option<u16> {
         return None;
     }
     let tpid = u16::from_be_bytes([frame[12], frame[13]]);
-    if tpid == TPID_8021Q || tpid == TPID_8021AD {
+    if tpid == TPID_8021Q || tpid == TPID_8021AD || tpid == TPID_QINQ_OLD {
         Some(u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff)
     } else {
         None
@@ -117,6 +119,18 @@ pub fn outer_vlan(frame: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outer_vlan_of_every_tag_the_classifier_walks() {
+        for tpid in [0x8100u16, 0x88a8, 0x9100] {
+            let mut f = vec![0u8; 12];
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&0x200au16.to_be_bytes()); // PCP 1, VID 10
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            f.resize(60, 0);
+            assert_eq!(outer_vlan(&f), Some(10), "TPID {tpid:#06x}");
+        }
+    }
 
     #[test]
     fn parses_and_prints_mac() {

@@ -63,7 +63,7 @@ fn protection_survives(sig: &str, prefix: &str) {
             first.stop();
         }
     }
-    let state = std::fs::read_to_string(d.join("control.state")).unwrap_or_default();
+    let state = std::fs::read_to_string(d.join("control.sock.state")).unwrap_or_default();
 
     // check-config says how the next run will start.
     let out = std::process::Command::new(EPOCHGATE)
@@ -154,11 +154,11 @@ fn unprotect_is_remembered_too() {
         eg.wait_for_path(&d.join("control.sock"));
         let mut vmm = Client::connect(d.join("control.sock"), "vm").expect("hello");
         vmm.protect().expect("protect");
-        let state = std::fs::read_to_string(d.join("control.state")).unwrap();
+        let state = std::fs::read_to_string(d.join("control.sock.state")).unwrap();
         assert!(state.contains("vm = \"protected\""), "{state}");
         vmm.unprotect(vmm_shim::proto::Release::Release)
             .expect("unprotect");
-        let state = std::fs::read_to_string(d.join("control.state")).unwrap();
+        let state = std::fs::read_to_string(d.join("control.sock.state")).unwrap();
         assert!(state.contains("vm = \"passthrough\""), "{state}");
         drop(vmm);
         eg.stop();
@@ -193,18 +193,18 @@ fn an_untrustworthy_state_file_stops_epochgate_naming_it() {
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
     };
-    let state = d.join("control.state");
+    let state = d.join("control.sock.state");
     std::fs::write(&state, "version = 1\n[vms]\nvm = \"maybe\"\n").unwrap();
     let (code, err) = run();
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("control.state") && err.contains("corrupt") && err.contains("maybe"),
+        err.contains("control.sock.state") && err.contains("corrupt") && err.contains("maybe"),
         "{err}"
     );
     std::fs::write(&state, "").unwrap();
     let (code, err) = run();
     assert_eq!(code, Some(1), "an empty file is corrupt too: {err}");
-    assert!(err.contains("control.state"), "{err}");
+    assert!(err.contains("control.sock.state"), "{err}");
 
     // No state file, but a control socket left by a process that was killed.
     std::fs::remove_file(&state).unwrap();
@@ -213,7 +213,9 @@ fn an_untrustworthy_state_file_stops_epochgate_naming_it() {
     let (code, err) = run();
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("control.state") && err.contains("missing") && err.contains("control.sock"),
+        err.contains("control.sock.state")
+            && err.contains("missing")
+            && err.contains("control.sock"),
         "{err}"
     );
     // A first start (no state, no socket) runs, and leaves a state file for the next one.
@@ -222,4 +224,44 @@ fn an_untrustworthy_state_file_stops_epochgate_naming_it() {
     assert_eq!(code, Some(0), "{err}");
     let text = std::fs::read_to_string(&state).unwrap();
     assert!(text.contains("vm = \"passthrough\""), "{text}");
+}
+
+/// A state file deleted after a clean stop is not a first start: the control socket file the
+/// run left says a run was there, so epochgate refuses to guess (the VM was protected).
+#[test]
+fn a_state_file_deleted_after_a_clean_stop_stops_epochgate() {
+    let _g = serial();
+    let dir = tempdir();
+    let d = dir.path();
+    write_pcap(&d.join("empty.pcap"), &[]);
+    write_pcap(&d.join("guest.pcap"), &[]);
+    let mut eg = Running::start(d, &config(d, "eg-state-del1", 1));
+    eg.wait_for_path(&d.join("control.sock"));
+    {
+        let mut vmm = Client::connect(d.join("control.sock"), "vm").expect("hello");
+        vmm.protect().expect("protect");
+    }
+    eg.stop();
+    std::fs::remove_file(d.join("control.sock.state")).expect("the state file was there");
+    write_pcap(&d.join("guest.pcap"), &guest(5));
+    let cfg = d.join("again.toml");
+    std::fs::write(&cfg, config(d, "eg-state-del2", 2)).unwrap();
+    let out = std::process::Command::new(EPOCHGATE)
+        .args(["run", "--duration", "1", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("missing") && err.contains("control.sock"),
+        "{err}"
+    );
+    let sent = d.join("egress-2.pcap");
+    assert!(
+        !sent.exists()
+            || std::fs::metadata(&sent).unwrap().len() == 0
+            || read_pcap(&sent).is_empty(),
+        "nothing may leave"
+    );
 }

@@ -180,7 +180,8 @@ impl ControlServer {
         self.counters.clone()
     }
 
-    /// Tells every session that epochgate is stopping, closes them and removes the socket.
+    /// Tells every session that epochgate is stopping and closes them. The socket file is left
+    /// (see [`state`]): a start that finds it but no state file refuses to guess.
     /// Commands still queued for the worker are processed by it before it stops.
     pub fn stop(mut self) {
         self.stop.store(true, Relaxed);
@@ -764,7 +765,8 @@ impl Server {
             send(s, &Reply::error(ErrorCode::ShuttingDown, text));
         }
         self.sessions.clear();
-        let _ = std::fs::remove_file(&self.path);
+        // The socket file stays (nobody serves it; the next start replaces it): with it, a
+        // later start can tell a state file that was deleted from a first start.
     }
 }
 

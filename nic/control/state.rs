@@ -2,16 +2,16 @@
 //!
 //! Each VM's mode as the VMMs left it (a VM configured `passthrough` may have been protected by
 //! its VMM) is kept in a small file beside the control socket (`control.sock` ->
-//! `control.state`). The control thread rewrites it atomically (temporary file, fsync, rename,
+//! `control.sock.state`). The control thread rewrites it atomically (temporary file, fsync, rename,
 //! fsync of the directory) whenever a VM's mode changes, and before the VMM is told of a change
 //! that makes the VM safer; the data plane never waits for it. On start, a VM that was
 //! `protected` or `failed` comes back `protected` in a new open epoch, holding its output until a
 //! controller adopts it, whatever the config says; any other VM starts in its configured mode.
 //!
 //! A state file that cannot be read or parsed is an error naming it (epochgate does not start:
-//! guessing could leak). A missing file means a first start, unless a control socket file left
-//! by a process that did not stop cleanly is there too: then which VMs were protected is
-//! unknown, and that is an error as well.
+//! guessing could leak). A missing file means a first start, unless the control socket file of
+//! an earlier run is there too (epochgate leaves it when it stops, cleanly or not): then the file
+//! was deleted, which VMs were protected is unknown, and that is an error as well.
 
 use crate::config::{Config, Mode as ConfigMode};
 use crate::control::Mode;
@@ -33,7 +33,7 @@ pub enum StateError {
     },
     #[error("state file {}: corrupt: {why}; epochgate will not guess which VMs were protected (fix or remove it once no protected guest runs)", .path.display())]
     Corrupt { path: PathBuf, why: String },
-    #[error("state file {} is missing, but control.socket {} was left by an epochgate that did not stop cleanly: which VMs were protected is unknown; remove the stale socket once no protected guest runs, or restore the state file", .path.display(), .socket.display())]
+    #[error("state file {} is missing, but control.socket {} was left by an earlier epochgate: which VMs were protected is unknown (epochgate never deletes its state file); remove the stale socket once no protected guest runs, or restore the state file", .path.display(), .socket.display())]
     MissingAfterCrash { path: PathBuf, socket: PathBuf },
     #[error("state file {}: cannot write it: {why}", .path.display())]
     Write { path: PathBuf, why: String },
@@ -48,17 +48,13 @@ struct File {
     vms: BTreeMap<String, String>,
 }
 
-/// Where the state of the epochgate serving `socket` lives: beside it, `.state` for its
-/// extension (a socket already named `*.state` gets `.state` appended).
+/// Where the state of the epochgate serving `socket` lives: beside it, the socket's own file
+/// name with `.state` appended (`control.sock` -> `control.sock.state`), so two sockets never
+/// share a state file.
 pub fn path_for(socket: &Path) -> PathBuf {
-    let p = socket.with_extension("state");
-    if p == socket {
-        let mut s = socket.as_os_str().to_owned();
-        s.push(".state");
-        PathBuf::from(s)
-    } else {
-        p
-    }
+    let mut s = socket.as_os_str().to_owned();
+    s.push(".state");
+    PathBuf::from(s)
 }
 
 /// The runtime modes of the previous run, by VM name: `None` on a first start (no file and no
@@ -292,13 +288,14 @@ mod tests {
     fn the_state_lives_beside_the_control_socket() {
         assert_eq!(
             path_for(Path::new("/run/epochgate/control.sock")),
-            Path::new("/run/epochgate/control.state")
+            Path::new("/run/epochgate/control.sock.state")
+        );
+        // Sockets that differ only in their extension have different state files.
+        assert_ne!(
+            path_for(Path::new("/run/eg.sock")),
+            path_for(Path::new("/run/eg.ctl"))
         );
         assert_eq!(path_for(Path::new("/run/eg1")), Path::new("/run/eg1.state"));
-        assert_eq!(
-            path_for(Path::new("/run/x.state")),
-            Path::new("/run/x.state.state")
-        );
     }
 
     #[test]

@@ -118,7 +118,8 @@ pub enum DrainProof {
     #[default]
     Final,
     /// A frame the guest sent before it was paused may still be in the kernel or the hardware
-    /// (net_tap, net_af_packet, a pcap port reading an interface, a PCI NIC): the fence seals
+    /// (net_tap, net_tun, net_af_packet, net_af_xdp, a pcap port reading an interface,
+    /// virtio-user on the kernel's vhost-net, a bond, a PCI NIC): the fence seals
     /// once the port stayed empty for [`SETTLE_US`], and is counted as `fences_unproven`. A
     /// frame delayed longer goes to the next epoch, which is safe.
     Unproven,
@@ -131,13 +132,22 @@ impl DrainProof {
         match spec {
             PortSpec::Pci { .. } => DrainProof::Unproven,
             PortSpec::Vdev { spec, name } => {
-                let kernel = name.starts_with("net_tap")
-                    || name.starts_with("net_af_packet")
+                let kv = || spec.split(',').skip(1);
+                // The kernel (tap/tun, af_packet, af_xdp, a pcap interface, vhost-net behind
+                // virtio-user) or other ports behind it (bonding) may still hold a frame.
+                let kernel = [
+                    "net_tap",
+                    "net_tun",
+                    "net_af_packet",
+                    "net_af_xdp",
+                    "net_bonding",
+                ]
+                .iter()
+                .any(|d| name.starts_with(d))
                     || (name.starts_with("net_pcap")
-                        && spec
-                            .split(',')
-                            .skip(1)
-                            .any(|kv| kv.starts_with("iface=") || kv.starts_with("rx_iface")));
+                        && kv().any(|kv| kv.starts_with("iface=") || kv.starts_with("rx_iface")))
+                    || (name.starts_with("net_virtio_user")
+                        && kv().any(|kv| kv.starts_with("path=/dev/")));
                 if kernel {
                     DrainProof::Unproven
                 } else {
@@ -1322,6 +1332,13 @@ mod tests {
             ("net_null0", DrainProof::Final),
             ("net_tap0,iface=tap0", DrainProof::Unproven),
             ("net_tap1", DrainProof::Unproven),
+            ("net_tun0,iface=tun0", DrainProof::Unproven),
+            ("net_af_xdp0,iface=eth0", DrainProof::Unproven),
+            ("net_bonding0,mode=0,slave=net_tap1", DrainProof::Unproven),
+            (
+                "net_virtio_user1,path=/dev/vhost-net,iface=t0",
+                DrainProof::Unproven,
+            ),
             ("net_af_packet0,iface=veth0", DrainProof::Unproven),
             ("net_pcap1,iface=eth1", DrainProof::Unproven),
             (
