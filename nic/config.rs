@@ -624,16 +624,18 @@ enum ResourceKind {
     Ring,
     /// A PCI device (the port itself).
     Pci,
+    /// Another port, by its device name (a bond's members).
+    Port,
 }
 
 /// Per driver (a prefix of the device name, matched the way DPDK's vdev bus matches drivers),
 /// the keys that name a resource. A driver that is not here (net_null, ...) names none.
-/// net_af_xdp is left out on purpose: two ports on one interface with different queues
-/// (`start_queue=`) are legitimate there.
+/// net_af_xdp is included although two of its ports on one interface with different queues
+/// could be legitimate: conservatively, an interface is one port's.
 const VDEV_RESOURCES: &[(&str, &[(&str, ResourceKind)])] = {
     use ResourceKind::*;
     &[
-        ("net_tap", &[("iface", Interface)]),
+        ("net_tap", &[("iface", Interface), ("remote", Interface)]),
         ("net_tun", &[("iface", Interface)]),
         ("net_af_packet", &[("iface", Interface)]),
         (
@@ -651,6 +653,8 @@ const VDEV_RESOURCES: &[(&str, &[(&str, ResourceKind)])] = {
         ("net_virtio_user", &[("path", Socket), ("iface", Interface)]),
         ("net_memif", &[("socket", Memif)]),
         ("net_ring", &[("nodeaction", Ring)]),
+        ("net_af_xdp", &[("iface", Interface)]),
+        ("net_bonding", &[("slave", Port), ("member", Port)]),
     ]
 };
 
@@ -669,14 +673,7 @@ const IFNAME_MAX: usize = 15;
 const SUN_PATH_MAX: usize = 107;
 
 /// Net vdev drivers DPDK ships that name no resource here (see [`VDEV_RESOURCES`]).
-const OTHER_VDEV_DRIVERS: &[&str] = &[
-    "net_null",
-    "net_bonding",
-    "net_af_xdp",
-    "net_failsafe",
-    "net_vdev_netvsc",
-    "net_softnic",
-];
+const OTHER_VDEV_DRIVERS: &[&str] = &["net_null", "net_failsafe", "net_vdev_netvsc", "net_softnic"];
 
 /// Whether `device` (a vdev name such as "net_pcap0") is of a DPDK driver epochgate knows; a
 /// device of another driver may still be real (a PMD epochgate has not heard of).
@@ -718,6 +715,7 @@ impl ResourceKind {
             ResourceKind::Memif => "memif socket",
             ResourceKind::Ring => "ring",
             ResourceKind::Pci => "PCI device",
+            ResourceKind::Port => "port",
         }
     }
 
@@ -734,6 +732,11 @@ impl ResourceKind {
                 }
                 if value == "." || value == ".." {
                     return Err("is not an interface name Linux accepts".to_string());
+                }
+                if value.contains('%') {
+                    return Err(
+                        "contains '%': the kernel would pick the name (\"tap%d\" becomes tap0, tap1, ...), so it could be another port's interface; name it exactly".to_string(),
+                    );
                 }
                 if let Some(c) = value
                     .chars()
@@ -766,6 +769,10 @@ enum Resource {
     Memif(PathBuf, u64),
     Ring(String),
     Pci(String),
+    /// An existing file, by device and inode: hard links and symlinks are one file.
+    Inode(u64, u64),
+    /// A port, by device name (a bond member, or the port itself).
+    Port(String),
 }
 
 impl Resource {
@@ -774,6 +781,8 @@ impl Resource {
         match (self, other) {
             (Resource::Memif(p, _), Resource::Path(q))
             | (Resource::Path(p), Resource::Memif(q, _)) => p == q,
+            // pcap's "any" captures every interface.
+            (Resource::Interface(a), Resource::Interface(b)) => a == b || a == "any" || b == "any",
             _ => self == other,
         }
     }
@@ -800,9 +809,32 @@ impl PortResource {
     }
 }
 
+/// `p` made absolute, with symlinks resolved as far as the path exists (a file that does not
+/// exist yet, such as a pcap to write, is resolved through its directory), else lexically.
+fn normalise_path(p: &str) -> PathBuf {
+    let lexical = lexical_path(p);
+    if let Ok(real) = std::fs::canonicalize(&lexical) {
+        return real;
+    }
+    match (lexical.parent(), lexical.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|d| d.join(name))
+            .unwrap_or(lexical),
+        _ => lexical,
+    }
+}
+
+/// The identity of an existing file (device, inode), so hard links are seen as one file.
+fn inode(p: &Path) -> Option<Resource> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| Resource::Inode(m.dev(), m.ino()))
+}
+
 /// `p` made absolute against the working directory, without "." and "..", and with single
 /// slashes; lexical only (symlinks are not followed, the file need not exist).
-fn normalise_path(p: &str) -> PathBuf {
+fn lexical_path(p: &str) -> PathBuf {
     use std::path::Component;
     let path = Path::new(p);
     let abs = if path.is_absolute() {
@@ -853,7 +885,19 @@ fn port_resources(spec: &PortSpec) -> Vec<PortResource> {
             // Below, with its id; a PCI address is not a vdev key.
             ResourceKind::Memif | ResourceKind::Pci => continue,
             ResourceKind::Ring => Resource::Ring(value.split(':').next().unwrap_or(value).into()),
+            ResourceKind::Port => Resource::Port(value.to_string()),
         };
+        // An existing file or socket is also known by its inode (a hard link is the same file).
+        if let Resource::Path(path) = &id {
+            if let Some(ino) = inode(path) {
+                out.push(PortResource {
+                    kind,
+                    key,
+                    written: value.to_string(),
+                    id: ino,
+                });
+            }
+        }
         let written = match &id {
             Resource::Ring(ring) => ring.clone(),
             _ => value.to_string(),
@@ -863,6 +907,22 @@ fn port_resources(spec: &PortSpec) -> Vec<PortResource> {
             key,
             written,
             id,
+        });
+    }
+    // Every port is itself a resource a bond may name; a ring port without nodeaction= makes a
+    // ring named after the device, which another ring port's nodeaction= may attach to.
+    out.push(PortResource {
+        kind: ResourceKind::Port,
+        key: "device",
+        written: name.clone(),
+        id: Resource::Port(name.clone()),
+    });
+    if name.starts_with("net_ring") && !params.iter().any(|(k, _)| *k == "nodeaction") {
+        out.push(PortResource {
+            kind: ResourceKind::Ring,
+            key: "device",
+            written: name.clone(),
+            id: Resource::Ring(name.clone()),
         });
     }
     if resource_kind(name, "socket") == Some(ResourceKind::Memif) {
@@ -2092,6 +2152,33 @@ fn check_announce_unique(cfg: &Config) -> Result<(), ConfigError> {
 /// VM's output leave through the other port. Both are refused, naming both keys.
 fn check_devices_unique(cfg: &Config) -> Result<(), ConfigError> {
     let keyed = cfg.port_keys();
+    // epochgate's own files (the sockets, and the state file beside the control socket) are
+    // not a port's: a capture written over the state file would lose both.
+    let state = crate::control::state::path_for(&cfg.control.socket);
+    let own = [
+        ("control.socket", cfg.control.socket.clone()),
+        ("control.admin_socket", cfg.control.admin_socket.clone()),
+        ("control.socket's state file", state),
+    ];
+    for (key, p) in &keyed {
+        for r in port_resources(p) {
+            let Resource::Path(path) = &r.id else {
+                continue;
+            };
+            if let Some((what, _)) = own
+                .iter()
+                .find(|(_, f)| normalise_path(&f.to_string_lossy()) == *path)
+            {
+                return Err(invalid(
+                    key.as_str(),
+                    format!(
+                        "{}= {:?} is {what}: a port may not use epochgate's own files",
+                        r.key, r.written
+                    ),
+                ));
+            }
+        }
+    }
     let mut seen: HashMap<&str, &str> = HashMap::new();
     for (key, p) in &keyed {
         let dev = p.device_name();
@@ -3426,8 +3513,10 @@ on_full = "drop"
             ("net_tap0", vec![]),
         ];
         for (spec, want) in cases {
+            // (Every port is also a "device" resource a bond may name: checked below.)
             let got: Vec<_> = port_resources(&PortSpec::parse(spec).unwrap())
                 .into_iter()
+                .filter(|r| r.key != "device")
                 .map(|r| (r.kind, r.key, r.written, r.id))
                 .collect();
             let want: Vec<_> = want
@@ -3436,6 +3525,19 @@ on_full = "drop"
                 .collect();
             assert_eq!(got, want, "{spec}");
         }
+        let of = |spec: &str| -> Vec<Resource> {
+            port_resources(&PortSpec::parse(spec).unwrap())
+                .into_iter()
+                .map(|r| r.id)
+                .collect()
+        };
+        assert!(
+            of("net_bonding0,mode=0,slave=net_tap1").contains(&Resource::Port("net_tap1".into()))
+        );
+        assert!(of("net_tap1,iface=t1").contains(&Resource::Port("net_tap1".into())));
+        assert!(of("net_ring0").contains(&Resource::Ring("net_ring0".into())));
+        assert!(of("net_tap0,iface=a,remote=b").contains(&Resource::Interface("b".into())));
+        assert!(of("net_af_xdp0,iface=x").contains(&Resource::Interface("x".into())));
         assert!(known_vdev_driver("net_pcap3") && known_vdev_driver("net_null0"));
         assert!(!known_vdev_driver("net_foo0"));
     }
@@ -3579,17 +3681,13 @@ on_full = "drop"
 
     #[test]
     fn interface_names_and_socket_paths_follow_the_kernels_rules() {
-        for name in [
-            "eth0",
-            "a",
-            "abcdefghijklmno",
-            "veth-eg0",
-            "br0.10",
-            "tap%d",
-        ] {
+        for name in ["eth0", "a", "abcdefghijklmno", "veth-eg0", "br0.10"] {
             let text = ports_config("net_null0", &[&format!("net_tap0,iface={name}")]);
             Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{name:?}: {e}"));
         }
+        // A name the kernel picks ("tap%d") could be another port's interface.
+        let e = err(&ports_config("net_null0", &["net_tap0,iface=tap%d"]));
+        assert!(e.contains("'%'"), "{e}");
         let bad = |spec: &str, why: &str| {
             let e = err(&ports_config(spec, &["net_null0"]));
             assert_eq!(

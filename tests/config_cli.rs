@@ -314,3 +314,53 @@ fn shared_devices_and_run_time_limits_are_refused_by_check_config() {
         assert!(!out.contains("EAL: Detected"), "EAL started: {out}");
     }
 }
+
+/// One device reached two ways is still one device: a symlinked or hard-linked capture file, a
+/// bond whose member is another VM's port, pcap's "any" interface beside a tap, a tap's remote=.
+#[test]
+fn one_device_spelled_two_ways_is_refused() {
+    let dir = tempdir();
+    let d = dir.path();
+    std::fs::create_dir(d.join("real")).unwrap();
+    std::fs::write(d.join("real/a.pcap"), b"").unwrap();
+    std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+    std::fs::hard_link(d.join("real/a.pcap"), d.join("real/hard.pcap")).unwrap();
+    let cfg = |a: &str, b: &str| {
+        format!(
+            "[egress]\nport = \"net_pcap0,tx_pcap={d}/out.pcap\"\n\
+             [[vm]]\nname = \"v0\"\nport = \"{a}\"\nmode = \"protected\"\n\
+             [[vm]]\nname = \"v1\"\nport = \"{b}\"\n",
+            d = d.display()
+        )
+    };
+    let p = |rel: &str| d.join(rel).display().to_string();
+    for (a, b) in [
+        (
+            format!("net_pcap1,rx_pcap={}", p("real/a.pcap")),
+            format!("net_pcap2,rx_pcap={}", p("link/a.pcap")),
+        ),
+        (
+            format!("net_pcap1,rx_pcap={}", p("real/a.pcap")),
+            format!("net_pcap2,rx_pcap={}", p("real/hard.pcap")),
+        ),
+        (
+            "net_tap1,iface=rvb0".to_string(),
+            "net_bonding0,mode=0,slave=net_tap1".to_string(),
+        ),
+        (
+            "net_tap1,iface=rvz".to_string(),
+            "net_pcap2,rx_iface=any".to_string(),
+        ),
+        (
+            "net_tap1,iface=rvz".to_string(),
+            "net_tap2,iface=rvy,remote=rvz".to_string(),
+        ),
+    ] {
+        let (ok, out) = check(&cfg(&a, &b));
+        assert!(!ok, "accepted {a} beside {b}\n{out}");
+        assert!(
+            out.contains("vm[1] (\"v1\").port") && out.contains("vm[0] (\"v0\").port"),
+            "{a} / {b}: {out}"
+        );
+    }
+}
