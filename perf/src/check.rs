@@ -33,8 +33,11 @@ pub struct VmLog {
     pub received: u64,
     /// Frames skipped by jumps in the sequence numbers.
     pub gaps: u64,
-    /// Frames sealed by all fences so far.
+    /// Frames sealed by all fences so far, and after each fence.
     sealed: u64,
+    sealed_cum: Vec<u64>,
+    /// The epoch epochgate sealed the last frame received into (by the seal counts).
+    sealed_cursor: usize,
     /// Fences after which fewer frames were sealed, in all, than had been sent before them
     /// (the rest went into a later epoch: a fence cut short).
     pub short_fences: u64,
@@ -172,6 +175,7 @@ impl Checker {
         let prev = log.fences.last().copied().unwrap_or(0);
         log.fences.push(last_sent.max(prev));
         log.sealed += sealed;
+        log.sealed_cum.push(log.sealed);
         let sent = u64::from(last_sent.max(prev));
         if log.sealed < sent {
             log.short_fences += 1;
@@ -237,26 +241,42 @@ impl Checker {
                         commit_tsc: Some(c),
                     });
                 }
-                Some(&c) => {
-                    let log = &mut self.vms[usize::from(vm)];
-                    log.cursor = e;
-                    match &mut log.releasing {
-                        Some((re, _, l)) if *re == e => *l = seen_tsc,
-                        r => {
-                            if let Some((re, first, l)) = r.take() {
-                                let c0 = log.commits[re];
-                                log.release.push((first - c0, l - c0));
-                            }
-                            *r = Some((e, seen_tsc, seen_tsc));
-                        }
-                    }
-                    let _ = c;
+                Some(_) => {
+                    self.vms[usize::from(vm)].cursor = e;
+                    self.time_release(vm, seq, seen_tsc);
                 }
             }
         }
         self.checked += 1;
         self.advance(vm, seq);
         Seen::Ok
+    }
+
+    /// Release timing goes by what epochgate sealed, not by what was sent before each fence:
+    /// a fence cut short leaves frames for the next epoch, and they are released at its
+    /// commit. Frames are sealed in order, so epoch e holds the frames numbered
+    /// `(sealed_cum[e-1], sealed_cum[e]]` (while the VM loses none).
+    fn time_release(&mut self, vm: u16, seq: u32, seen_tsc: u64) {
+        let log = &mut self.vms[usize::from(vm)];
+        let mut e = log.sealed_cursor;
+        while e < log.sealed_cum.len() && u64::from(seq) > log.sealed_cum[e] {
+            e += 1;
+        }
+        log.sealed_cursor = e;
+        if e >= log.commits.len() {
+            return;
+        }
+        match &mut log.releasing {
+            Some((re, _, l)) if *re == e => *l = seen_tsc,
+            r => {
+                if let Some((re, first, l)) = r.take() {
+                    let c0 = log.commits[re];
+                    log.release
+                        .push((first.saturating_sub(c0), l.saturating_sub(c0)));
+                }
+                *r = Some((e, seen_tsc, seen_tsc));
+            }
+        }
     }
 
     fn advance(&mut self, vm: u16, seq: u32) {
@@ -284,7 +304,8 @@ impl Checker {
         for log in &mut self.vms {
             if let Some((e, first, last)) = log.releasing.take() {
                 let c = log.commits[e];
-                log.release.push((first - c, last - c));
+                log.release
+                    .push((first.saturating_sub(c), last.saturating_sub(c)));
             }
         }
     }

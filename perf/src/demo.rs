@@ -18,10 +18,11 @@ fn sim() -> SimPlan {
         epoch_ms: 25.0,
         transfer_ms: 5.0,
         honour_requests: true,
+        early_release: false,
     }
 }
 
-pub fn setup(seconds: f64) -> Setup {
+pub fn setup(seconds: f64, early_release: bool) -> Setup {
     let mut batch = VmSpec::new("batch", Profile::Udp { size: 1518 }).rate(12_000.0);
     batch.rate_mbps = Some(50.0);
     // A small buffer: what exceeds the rate is pushed back to the guest, not queued for seconds.
@@ -30,7 +31,10 @@ pub fn setup(seconds: f64) -> Setup {
         vec![
             VmSpec::new("db", Profile::Imix)
                 .rate(40_000.0)
-                .protected(sim()),
+                .protected(SimPlan {
+                    early_release,
+                    ..sim()
+                }),
             VmSpec::new("ledger", Profile::Mix)
                 .rate(20_000.0)
                 .protected(sim()),
@@ -112,8 +116,8 @@ fn view(snap: Option<&Snapshot>, progress: &Value, names: &[String], mbps: &[f64
     out
 }
 
-pub fn run(env: &Env, seconds: f64) -> Result<bool> {
-    let setup = setup(seconds);
+pub fn run(env: &Env, seconds: f64, early_release: bool) -> Result<bool> {
+    let setup = setup(seconds, early_release);
     let names: Vec<String> = setup.vms.iter().map(|v| v.name.clone()).collect();
     let tty = std::io::stdout().is_terminal();
     println!(

@@ -22,6 +22,9 @@ use clap::{Parser, Subcommand};
 use scenarios::{write_report, Runner, Scale};
 use std::path::PathBuf;
 
+/// Ctrl-C was pressed: the measurement running ends early and cleanly, no other starts.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The lcore layout, as the report states it.
 pub const LAYOUT: &str = "Layout: the system under test (epochgate or dpdk-testpmd) runs with -l 0-1: its main \
 thread on core 0, its worker (epochgate) or forwarding core (testpmd) on core 1. The traffic process (generator, \
@@ -64,7 +67,38 @@ enum Cmd {
     /// Protected throughput and release latency over the epoch length.
     SweepEpochs(Common),
     /// The live demo: epochgate with 4 VMs fed by the harness (about 20 s; Ctrl-C ends it).
-    Demo(Common),
+    Demo {
+        #[command(flatten)]
+        common: Common,
+        /// Inject a fault: the VMM of `db` sends each commit 2 ms before it records it, so the
+        /// checker must report frames released before their commit (and the run must fail).
+        #[arg(long)]
+        inject_early_release: bool,
+    },
+    /// One measurement of your own: N VMs of one profile, some protected, against testpmd.
+    Custom {
+        #[command(flatten)]
+        common: Common,
+        /// Simulated VMs, each on its own port.
+        #[arg(long, default_value_t = 2)]
+        vms: usize,
+        /// udpN (N = 64..1518), imix, acks, fragN or mix.
+        #[arg(long, default_value = "udp64", value_parser = wire::Profile::parse)]
+        profile: wire::Profile,
+        /// How many of the VMs are protected (the first ones).
+        #[arg(long, default_value_t = 0)]
+        protected: usize,
+        #[arg(long, default_value_t = 25.0)]
+        epoch_ms: f64,
+        #[arg(long, default_value_t = 5.0)]
+        transfer_ms: f64,
+        /// Frames per second per VM (default: as fast as possible).
+        #[arg(long)]
+        rate_pps: Option<f64>,
+        /// dataplane.vm_queue of epochgate (frames held per VM).
+        #[arg(long, default_value_t = 4096)]
+        vm_queue: u64,
+    },
     /// epochgate's pass-through loop vs testpmd on net_null ports (no harness traffic).
     Passthrough {
         #[arg(long, default_value_t = 5.0)]
@@ -205,6 +239,17 @@ fn scenarios(c: &Common, which: &[Which], quick: bool) -> Result<bool> {
 fn main() {
     let Cli { cmd } = Cli::parse();
     use Which::*;
+    // The children run in their own process groups, so a terminal's Ctrl-C reaches only this
+    // process, which ends the running measurement through its traffic process.
+    let flag: &'static std::sync::atomic::AtomicBool = match cmd {
+        Cmd::Traffic { .. } => &traffic::EARLY_STOP,
+        _ => &INTERRUPTED,
+    };
+    if let Err(e) =
+        ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
+    {
+        eprintln!("epochgate-perf: cannot handle Ctrl-C: {e}");
+    }
     let r = match cmd {
         Cmd::Quick(c) => scenarios(&c, &[Throughput, Latency, Vms, Epochs], true),
         Cmd::Full(c) => scenarios(&c, &[Throughput, Latency, Vms, Epochs], false),
@@ -212,10 +257,31 @@ fn main() {
         Cmd::Latency(c) => scenarios(&c, &[Latency], false),
         Cmd::SweepVms(c) => scenarios(&c, &[Vms], false),
         Cmd::SweepEpochs(c) => scenarios(&c, &[Throughput, Epochs], false),
-        Cmd::Demo(c) => {
-            let secs = c.seconds.unwrap_or(20.0);
-            env(&c).and_then(|e| demo::run(&e, secs))
+        Cmd::Demo {
+            common,
+            inject_early_release,
+        } => {
+            let secs = common.seconds.unwrap_or(20.0);
+            env(&common).and_then(|e| demo::run(&e, secs, inject_early_release))
         }
+        Cmd::Custom {
+            common,
+            vms,
+            profile,
+            protected,
+            epoch_ms,
+            transfer_ms,
+            rate_pps,
+            vm_queue,
+        } => custom(
+            &common,
+            vms,
+            profile,
+            protected,
+            (epoch_ms, transfer_ms),
+            rate_pps,
+            vm_queue,
+        ),
         Cmd::Passthrough {
             seconds,
             rounds,
@@ -233,6 +299,61 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+fn custom(
+    c: &Common,
+    n: usize,
+    profile: wire::Profile,
+    protected: usize,
+    (epoch_ms, transfer_ms): (f64, f64),
+    rate_pps: Option<f64>,
+    vm_queue: u64,
+) -> Result<bool> {
+    if n == 0 || n > 15 {
+        bail!("--vms {n}: 1..=15 (testpmd needs two ports per VM, DPDK allows 32)");
+    }
+    if protected > n {
+        bail!("--protected {protected}: more than --vms {n}");
+    }
+    let env = env(c)?;
+    let seconds = c.seconds.unwrap_or(5.0);
+    let vms = (0..n)
+        .map(|i| {
+            let mut v = sut::VmSpec::new(&format!("vm{i}"), profile);
+            v.rate_pps = rate_pps;
+            if i < protected {
+                v.sim = Some(plan::SimPlan {
+                    epoch_ms,
+                    transfer_ms,
+                    honour_requests: false,
+                    early_release: false,
+                });
+            }
+            v
+        })
+        .collect();
+    let setup = sut::Setup::new(vms, seconds);
+    let tp = sut::testpmd(&env, "custom-testpmd", &setup)?;
+    let eg = sut::epochgate(&env, "custom-epochgate", &setup, vm_queue, &mut |_, _| {})?;
+    let pps = |m: &sut::Measured| m.traffic.vms.iter().map(|v| v.rx_pps).sum::<f64>();
+    println!(
+        "{n} VMs ({protected} protected), {}: epochgate {:.3} Mpps, testpmd {:.3} Mpps, ratio {:.3}; {} frames checked, {} violations",
+        profile.name(),
+        pps(&eg) / 1e6,
+        pps(&tp) / 1e6,
+        pps(&eg) / pps(&tp).max(1.0),
+        eg.traffic.checked,
+        eg.traffic.violation_count
+    );
+    for p in eg.problems() {
+        println!("  VIOLATION: {p}");
+    }
+    std::fs::write(
+        env.out.join("custom.json"),
+        serde_json::to_vec_pretty(&serde_json::json!({"epochgate": eg, "testpmd": tp}))?,
+    )?;
+    Ok(eg.problems().is_empty())
 }
 
 fn traffic_main(plan: &std::path::Path) -> Result<()> {

@@ -49,6 +49,11 @@ pub struct SimPlan {
     pub transfer_ms: f64,
     /// Take the next checkpoint at once when epochgate asks for one.
     pub honour_requests: bool,
+    /// Fault injection, to prove the checker catches a broken release end to end: the VMM
+    /// sends each commit 2 ms before it tells the checker, so frames released by that commit
+    /// look released before it (`epochgate-perf demo --inject-early-release`).
+    #[serde(default)]
+    pub early_release: bool,
 }
 
 /// Latency percentiles in nanoseconds, plus points of the distribution for CDF plots.
@@ -143,4 +148,9 @@ pub struct TrafficResult {
     /// Frames received without a harness stamp.
     pub foreign: u64,
     pub timeline: Option<Timeline>,
+    /// Time the traffic loop did not run (descheduled for more than 1 ms at a time), and the
+    /// longest such gap: other load on core 0. Over a few % of the window, the run's rates and
+    /// latencies say more about the machine than about the system under test.
+    pub stalled_ms: f64,
+    pub max_stall_ms: f64,
 }

@@ -49,6 +49,9 @@ pub struct Row {
     /// Per VM: frames epochgate may keep, and that as time at the VM's offered rate (ms).
     pub hold_budget: Vec<Value>,
     pub timeline: Option<crate::plan::Timeline>,
+    /// The traffic loop was descheduled this long (other load on core 0), of `window_s`.
+    pub stalled_ms: f64,
+    pub window_s: f64,
 }
 
 impl Row {
@@ -92,6 +95,8 @@ impl Row {
             epochgate,
             hold_budget,
             timeline: t.timeline.clone(),
+            stalled_ms: t.stalled_ms,
+            window_s: t.window_s,
         }
     }
 }
@@ -105,11 +110,19 @@ pub struct Runner<'a> {
     pub bar: &'a indicatif::ProgressBar,
 }
 
+fn interrupted() -> Result<()> {
+    if crate::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!("interrupted (Ctrl-C): the report holds the measurements made so far");
+    }
+    Ok(())
+}
+
 fn sim40() -> SimPlan {
     SimPlan {
         epoch_ms: 25.0,
         transfer_ms: 5.0,
         honour_requests: false,
+        early_release: false,
     }
 }
 
@@ -124,6 +137,7 @@ fn budget(epochs: f64, epoch_ms: f64, pps: f64) -> u64 {
 
 impl Runner<'_> {
     fn eg(&mut self, scenario: &str, name: &str, setup: &Setup, vm_queue: u64) -> Result<Row> {
+        interrupted()?;
         self.bar.set_message(format!("{name}: epochgate"));
         let m = sut::epochgate(&self.env, name, setup, vm_queue, &mut |_, _| {})?;
         self.bar.inc(1);
@@ -141,6 +155,7 @@ impl Runner<'_> {
     }
 
     fn tp(&mut self, scenario: &str, name: &str, setup: &Setup) -> Result<Row> {
+        interrupted()?;
         self.bar.set_message(format!("{name}: dpdk-testpmd"));
         let m = sut::testpmd(&self.env, name, setup)?;
         self.bar.inc(1);
@@ -265,6 +280,7 @@ impl Runner<'_> {
                 epoch_ms: 10_000.0,
                 transfer_ms: 0.5,
                 honour_requests: true,
+                early_release: false,
             })],
             s,
         );
@@ -432,6 +448,7 @@ impl Runner<'_> {
                 epoch_ms: ms,
                 transfer_ms: 1.0,
                 honour_requests: false,
+                early_release: false,
             };
             let vms = vec![
                 VmSpec::new("vm0", udp(1518)).protected(sim),
@@ -492,8 +509,10 @@ pub fn write_report(dir: &std::path::Path, r: &Runner, meta: Value) -> Result<St
         "\n## Runs\n\nLatencies are p50 / p99 in microseconds. `latency` is TX stamp to receiver; \
          `commit->first/last` are from the commit sent to the epoch's first/last frame seen; \
          `hold` is epochgate's arrival-to-transmit meter.\n\n\
-         | run | target | Mpps | Gb/s | checked | violations | latency | fence rtt | commit->first | commit->last | request | hold (epochgate) | hold budget |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|"
+         `stalled` is how long the harness's loop was descheduled by other load (over 5% of the \
+         run marks the row: its numbers say more about the machine).\n\n\
+         | run | target | Mpps | Gb/s | checked | violations | latency | fence rtt | commit->first | commit->last | request | hold (epochgate) | hold budget | stalled ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for row in &r.rows {
         let worst = |f: &dyn Fn(&VmResult) -> &Dist| {
@@ -527,10 +546,12 @@ pub fn write_report(dir: &std::path::Path, r: &Runner, meta: Value) -> Result<St
                 )
             })
             .unwrap_or_else(|| "-".into());
-        let _ = writeln!(
+        let _ =
+            writeln!(
             md,
-            "| {} | {} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {}{} | {} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
             row.name,
+            if row.stalled_ms > 0.05 * row.window_s * 1e3 { " (starved)" } else { "" },
             row.target,
             row.rx_pps / 1e6,
             row.rx_bps / 1e9,
@@ -542,7 +563,8 @@ pub fn write_report(dir: &std::path::Path, r: &Runner, meta: Value) -> Result<St
             worst(&|v| &v.commit_last),
             worst(&|v| &v.request_latency),
             hold,
-            budget
+            budget,
+            row.stalled_ms
         );
     }
     let _ = writeln!(

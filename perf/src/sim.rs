@@ -196,6 +196,11 @@ impl Sim {
                     .context("waiting for events")?;
                 asked |= self.request(ev, open);
             }
+            if self.plan.early_release {
+                // The injected fault: the commit goes out before the checker hears of it.
+                client.commit(epoch).context("commit")?;
+                std::thread::sleep(Duration::from_millis(2));
+            }
             self.shared.pending_commit.store(index as u64 + 1, SeqCst);
             fence(SeqCst);
             let c = tsc();
@@ -204,7 +209,9 @@ impl Sim {
                 epoch: index,
                 tsc: c,
             });
-            client.commit(epoch).context("commit")?;
+            if !self.plan.early_release {
+                client.commit(epoch).context("commit")?;
+            }
             index += 1;
             epoch = open;
             next = if asked && self.plan.honour_requests {

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use epochgate::stats::Snapshot;
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -219,6 +220,7 @@ fn traffic(
         Command::new(&env.me)
             .arg("traffic")
             .arg(&plan_path)
+            .process_group(0)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
@@ -227,8 +229,14 @@ fn traffic(
     );
     let stdout = kid.0.stdout.take().context("traffic stdout")?;
     let mut result = None;
+    let mut told = false;
     for line in BufReader::new(stdout).lines() {
         let line = line?;
+        if !told && crate::INTERRUPTED.load(Ordering::SeqCst) {
+            told = true;
+            let pid = nix::unistd::Pid::from_raw(kid.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        }
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
@@ -293,12 +301,13 @@ pub fn epochgate(
     let mut cfg = format!(
         "[eal]\nlcores = \"0-1\"\nmemory_mb = {memory_mb}\nhugepages = false\nfile_prefix = \"egp-eg-{pid}-{name}\"\n\n\
          [egress]\nport = \"net_vhost0,iface={eg}\"\n\n\
-         [control]\nsocket = \"{s}/c.sock\"\nadmin_socket = \"{s}/a.sock\"\n\n\
+         [control]\nsocket = \"{s}/c.sock\"\nadmin_socket = \"{s}/a.sock\"\nmax_sessions = {sessions}\n\n\
          [dataplane]\nmbufs = {mbufs}\nvm_queue = {vm_queue}\nrx_ring = {ring}\ntx_ring = {ring}\nstats_interval_ms = 250\n\n",
         pid = std::process::id(),
         eg = egress_sock.display(),
         s = s.display(),
         ring = setup.ring,
+        sessions = setup.vms.len().max(64),
     );
     let mut socks = vec![egress_sock.clone()];
     if setup.shared_ingress {
@@ -343,6 +352,7 @@ pub fn epochgate(
     let mut kid = Kid(
         Command::new(&env.epochgate)
             .args(["run", "--quiet", "--config"])
+            .process_group(0)
             .arg(&cfg_path)
             .arg("--stats-file")
             .arg(&stats_path)
@@ -463,6 +473,7 @@ pub fn testpmd(env: &Env, name: &str, setup: &Setup) -> Result<Measured> {
     let mut kid = Kid(
         Command::new("dpdk-testpmd")
             .args(&args)
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(std::fs::File::create(&log)?)
             .stderr(Stdio::null())
