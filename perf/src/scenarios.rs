@@ -225,14 +225,6 @@ impl Runner<'_> {
                         p.rx_pps / tp.rx_pps >= 0.90,
                         &from,
                     );
-                    let first = p.vms.iter().map(|v| v.commit_first.p99).max().unwrap_or(0);
-                    self.target(
-                        "commit -> first frame of the epoch at the receiver, p99 (us)",
-                        first as f64 / 1e3,
-                        "<= 10",
-                        first > 0 && first <= 10_000,
-                        "protected-1518, all VMs",
-                    );
                 }
                 self.extra.insert(
                     format!("ratios-{size}"),
@@ -255,7 +247,7 @@ impl Runner<'_> {
     }
 
     pub fn latency_runs(&self) -> u64 {
-        4
+        5
     }
 
     /// Fence round trip of an idle VM; immediate frame -> checkpoint request at the shim;
@@ -292,6 +284,30 @@ impl Runner<'_> {
             "<= 20",
             r.vms[0].request_latency.count > 0 && p99 <= 20_000,
             "request",
+        );
+        // Release latency where the egress is not the bottleneck (at saturation, every release
+        // waits behind the ones before it and the figure is the queue, not epochgate).
+        let vms = vec![
+            VmSpec::new("p0", udp(1518))
+                .rate(50_000.0)
+                .protected(sim40()),
+            VmSpec::new("p1", udp(1518))
+                .rate(50_000.0)
+                .protected(sim40()),
+        ];
+        let r = self.eg(
+            "latency",
+            "commit-latency",
+            &Setup::new(vms, s),
+            budget(2.0, 25.0, 50_000.0),
+        )?;
+        let first = r.vms.iter().map(|v| v.commit_first.p99).max().unwrap_or(0);
+        self.target(
+            "commit -> first frame of the epoch at the receiver, p99 (us)",
+            first as f64 / 1e3,
+            "<= 10",
+            r.vms.iter().all(|v| v.commit_first.count > 0) && first <= 10_000,
+            "commit-latency (2 protected VMs, 50k frames/s each, 1518 B)",
         );
         let pt = || VmSpec::new("pt", udp(64)).rate(20_000.0);
         let alone = self.eg(
