@@ -29,7 +29,9 @@ pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 pub const LAYOUT: &str = "Layout: the system under test (epochgate or dpdk-testpmd) runs with -l 0-1: its main \
 thread on core 0, its worker (epochgate) or forwarding core (testpmd) on core 1. The traffic process (generator, \
 receiver and checker) runs on core 0 (-l 0) with the simulated VMMs as its threads; epochgate's control thread \
-is on core 0 too. All DPDK processes use --no-huge; VM ports and egress are net_vhost (system under test) <- \
+is on core 0 too. The generator/receiver thread runs SCHED_IDLE (unless --harness-priority normal), so the control \
+thread and the VMMs preempt it as if they had cores of their own; each run reports how long the harness was \
+descheduled (stalled ms). All DPDK processes use --no-huge; VM ports and egress are net_vhost (system under test) <- \
 net_virtio_user (harness), queue size 1024. testpmd pairs ports, so in the baseline each VM port has its own egress port.";
 
 #[derive(Parser)]
@@ -50,6 +52,11 @@ struct Common {
     /// The epochgate binary (default: next to this one).
     #[arg(long)]
     epochgate: Option<PathBuf>,
+    /// `idle`: the harness's generator runs SCHED_IDLE so epochgate's control thread and the
+    /// simulated VMMs preempt it (faithful latencies; starves under other load on core 0);
+    /// `normal`: robust under load, but latencies include the generator's time slices.
+    #[arg(long, default_value = "idle", value_parser = ["idle", "normal"])]
+    harness_priority: String,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +136,7 @@ fn env(c: &Common) -> Result<sut::Env> {
         epochgate,
         me: std::env::current_exe()?,
         out: std::fs::canonicalize(&c.out)?,
+        idle_priority: c.harness_priority == "idle",
     })
 }
 
@@ -201,6 +209,7 @@ fn scenarios(c: &Common, which: &[Which], quick: bool) -> Result<bool> {
         "layout": LAYOUT,
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "seconds_per_measurement": scale.seconds,
+        "harness_priority": c.harness_priority,
         "elapsed_s": started.elapsed().as_secs_f64(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "dpdk": std::process::Command::new("pkg-config").args(["--modversion", "libdpdk"]).output()

@@ -26,6 +26,9 @@ pub struct Plan {
     pub progress_ms: u64,
     /// mbufs of the traffic process's pool.
     pub mbufs: u32,
+    /// Run the generator/receiver thread SCHED_IDLE (see sut.rs).
+    #[serde(default)]
+    pub idle_priority: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

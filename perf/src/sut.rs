@@ -26,6 +26,10 @@ pub struct Env {
     /// This binary (it runs the traffic process as `traffic PLAN`).
     pub me: PathBuf,
     pub out: PathBuf,
+    /// The harness's generator thread runs SCHED_IDLE (default), so that epochgate's control
+    /// thread and the simulated VMMs on its core preempt it; `--harness-priority normal` for a
+    /// machine with other load on core 0 (then latencies include the harness's time slices).
+    pub idle_priority: bool,
 }
 
 /// A simulated VM of a measurement.
@@ -384,6 +388,7 @@ pub fn epochgate(
         timeline_vm: setup.timeline_vm,
         progress_ms: 250,
         mbufs: 16383,
+        idle_priority: env.idle_priority,
     };
     let admin = s.join("a.sock");
     let r = traffic(env, &plan, &dir, &mut |v| progress(v, Some(&admin)));
@@ -509,6 +514,7 @@ pub fn testpmd(env: &Env, name: &str, setup: &Setup) -> Result<Measured> {
         timeline_vm: None,
         progress_ms: 250,
         mbufs: 16383,
+        idle_priority: env.idle_priority,
     };
     let r = traffic(env, &plan, &dir, &mut |_| {});
     let _ = stdin.write_all(b"\n");

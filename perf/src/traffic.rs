@@ -210,7 +210,9 @@ pub fn run(plan: &Plan) -> Result<TrafficResult> {
     // The generator spins; on a machine where it shares core 0 with epochgate's control thread
     // and the simulated VMMs, it must not delay them: this thread (only) runs SCHED_IDLE, so
     // every other thread on the core preempts it at once.
-    lower_priority();
+    if plan.idle_priority {
+        lower_priority();
+    }
     let protected: Vec<bool> = plan.vms.iter().map(|v| v.sim.is_some()).collect();
     let mut checker = Checker::new(&protected);
     let mut commit_lists: Vec<Vec<u64>> = vec![Vec::new(); plan.vms.len()];
