@@ -7,7 +7,7 @@
 //! histogram to give (nobody read the stats for a while), the worker keeps recording into its
 //! own: nothing is lost, it is only published later.
 
-use crate::stats::Latency;
+use crate::stats::{Buckets, Latency, VmHistogramBuckets};
 use crossbeam::queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use std::sync::{Arc, Mutex};
@@ -115,11 +115,26 @@ impl MeterHub {
 
     /// VM `vm`'s distributions so far (what the worker handed over up to now).
     pub fn latency(&self, vm: usize) -> [Latency; 3] {
+        self.summary(vm).0
+    }
+
+    /// VM `vm`'s distributions so far, summarised and as cumulative buckets.
+    pub fn summary(&self, vm: usize) -> ([Latency; 3], VmHistogramBuckets) {
         self.collect();
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        totals
-            .get(vm)
-            .map_or([Latency::default(); 3], VmHistograms::latency)
+        totals.get(vm).map_or_else(
+            || ([Latency::default(); 3], VmHistogramBuckets::default()),
+            |h| {
+                (
+                    h.latency(),
+                    VmHistogramBuckets {
+                        hold_time: Buckets::of(&h.hold),
+                        commit_to_wire: Buckets::of(&h.commit_to_wire),
+                        fence_drain: Buckets::of(&h.fence_drain),
+                    },
+                )
+            },
+        )
     }
 }
 

@@ -665,6 +665,7 @@ impl Server {
                     );
                 }
                 self.owners[vi] = Some(id);
+                self.vms[vi].counters.controller.set(1);
                 self.sessions[i].vm = Some(vi);
                 Op::Adopt
             }
@@ -743,6 +744,7 @@ impl Server {
             let s = self.sessions.swap_remove(i);
             if let Some(vm) = s.vm {
                 self.owners[vm] = None;
+                self.vms[vm].counters.controller.set(0);
                 // The worker fails a protected VM when its controller goes (Op::Fail).
                 if self.modes.mode(vm) == proto::Mode::Protected {
                     if let Err(e) = self.modes.set(vm, proto::Mode::Failed) {
