@@ -222,6 +222,35 @@ mod tests {
     }
 
     #[test]
+    fn buckets_are_cumulative_and_add_up_to_the_count() {
+        let hub = MeterHub::new(1);
+        let mut w = WorkerMeter::new(hub.clone(), 1);
+        record(&mut w.vm(0).hold, 800, 2); // <= 1 µs
+        record(&mut w.vm(0).hold, 40_000, 3); // <= 50 µs
+        record(&mut w.vm(0).hold, 20_000_000_000, 1); // beyond the last bound (10 s)
+        w.publish();
+        let (_, b) = hub.summary(0);
+        let h = &b.hold_time;
+        assert_eq!(h.le_ns, Buckets::BOUNDS_NS.to_vec());
+        assert_eq!(h.count, 6);
+        let at = |le: u64| h.cumulative[h.le_ns.iter().position(|x| *x == le).unwrap()];
+        assert_eq!(at(1_000), 2);
+        assert_eq!(at(25_000), 2);
+        assert_eq!(at(50_000), 5);
+        assert_eq!(at(10_000_000_000), 5, "the 20 s sample is only in +Inf");
+        assert!(h.cumulative.windows(2).all(|w| w[0] <= w[1]));
+        // The sum is the mean times the count, to the histogram's precision (1%).
+        let exact = 2 * 800 + 3 * 40_000 + 20_000_000_000u64;
+        assert!(
+            h.sum_ns.abs_diff(exact) <= exact / 100,
+            "{} vs {exact}",
+            h.sum_ns
+        );
+        assert_eq!(b.fence_drain.count, 0);
+        assert!(b.fence_drain.cumulative.iter().all(|c| *c == 0));
+    }
+
+    #[test]
     fn nothing_is_lost_when_the_hub_has_no_spare() {
         let hub = MeterHub::new(1);
         let mut w = WorkerMeter::new(hub.clone(), 1);

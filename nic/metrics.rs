@@ -424,7 +424,7 @@ pub fn render(snap: &Snapshot) -> String {
         (
             "epochgate_vm_frames_total",
             "Frames of the VM: received from it, transmitted to the uplink, inbound from the uplink to it.",
-            [v_rx_frames as fn(&crate::stats::VmSnapshot) -> u64, v_tx_frames, v_in_frames],
+            [v_rx_frames as VmField, v_tx_frames, v_in_frames],
         ),
         (
             "epochgate_vm_bytes_total",
@@ -454,7 +454,7 @@ pub fn render(snap: &Snapshot) -> String {
             );
         }
     }
-    let gauges: [(&str, &str, fn(&crate::stats::VmSnapshot) -> u64); 8] = [
+    let gauges: [(&str, &str, VmField); 8] = [
         (
             "epochgate_vm_held_frames",
             "Frames held in epochs not yet committed.",
@@ -560,7 +560,7 @@ pub fn render(snap: &Snapshot) -> String {
         (
             "epochgate_vm_fences_cut_short_total",
             "Fences that sealed before the VM's ingress was seen empty (drain time up, or buffer full).",
-            (|v| v.fences_cut_short) as fn(&crate::stats::VmSnapshot) -> u64,
+            (|v| v.fences_cut_short) as VmField,
         ),
         (
             "epochgate_vm_fences_unproven_total",
@@ -882,6 +882,9 @@ pub fn render(snap: &Snapshot) -> String {
     o.text
 }
 
+/// Reads one number of a VM's snapshot.
+type VmField = fn(&crate::stats::VmSnapshot) -> u64;
+
 fn v_rx_frames(v: &crate::stats::VmSnapshot) -> u64 {
     v.rx_frames
 }
@@ -899,4 +902,287 @@ fn v_tx_bytes(v: &crate::stats::VmSnapshot) -> u64 {
 }
 fn v_in_bytes(v: &crate::stats::VmSnapshot) -> u64 {
     v.inbound_bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::tests::sample;
+    use std::sync::atomic::AtomicU64;
+
+    fn value(text: &str, series: &str) -> String {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    #[test]
+    fn the_sample_is_rendered_with_conventional_names_and_labels() {
+        let t = render(&sample());
+        for (series, want) in [
+            ("epochgate_uptime_seconds", "125.5"),
+            (
+                r#"epochgate_vm_frames_total{vm="web",direction="received"}"#,
+                "1234567",
+            ),
+            (
+                r#"epochgate_vm_frames_total{vm="web",direction="transmitted"}"#,
+                "1234000",
+            ),
+            (
+                r#"epochgate_vm_frames_total{vm="web",direction="inbound"}"#,
+                "4242",
+            ),
+            (
+                r#"epochgate_vm_dropped_frames_total{vm="web",reason="buffer-full"}"#,
+                "11",
+            ),
+            (
+                r#"epochgate_vm_dropped_frames_total{vm="web",reason="controller-lost"}"#,
+                "0",
+            ),
+            (r#"epochgate_vm_held_frames{vm="ledger-primary"}"#, "200"),
+            (r#"epochgate_vm_held_bytes{vm="ledger-primary"}"#, "25600"),
+            (r#"epochgate_vm_open_epoch{vm="ledger-primary"}"#, "17"),
+            (r#"epochgate_vm_sealed_epoch{vm="ledger-primary"}"#, "16"),
+            (r#"epochgate_vm_committed_epoch{vm="ledger-primary"}"#, "15"),
+            (
+                r#"epochgate_vm_epoch_age_seconds{vm="ledger-primary"}"#,
+                "0.0025",
+            ),
+            (
+                r#"epochgate_vm_mode{vm="ledger-primary",mode="protected"}"#,
+                "1",
+            ),
+            (
+                r#"epochgate_vm_mode{vm="ledger-primary",mode="standby"}"#,
+                "0",
+            ),
+            (
+                r#"epochgate_vm_controller_attached{vm="ledger-primary"}"#,
+                "1",
+            ),
+            (
+                r#"epochgate_vm_checkpoint_requests_total{vm="ledger-primary",reason="immediate-frame"}"#,
+                "13",
+            ),
+            (
+                r#"epochgate_vm_checkpoint_requests_total{vm="ledger-primary",reason="deferral-expired"}"#,
+                "0",
+            ),
+            (
+                r#"epochgate_vm_verdicts_total{vm="ledger-primary",reason="tcp-pure-ack"}"#,
+                "9",
+            ),
+            (
+                r#"epochgate_vm_hold_time_seconds_bucket{vm="ledger-primary",le="0.000001"}"#,
+                "3",
+            ),
+            (
+                r#"epochgate_vm_hold_time_seconds_bucket{vm="ledger-primary",le="0.00005"}"#,
+                "7",
+            ),
+            (
+                r#"epochgate_vm_hold_time_seconds_bucket{vm="ledger-primary",le="+Inf"}"#,
+                "9",
+            ),
+            (
+                r#"epochgate_vm_hold_time_seconds_sum{vm="ledger-primary"}"#,
+                "2",
+            ),
+            (
+                r#"epochgate_vm_hold_time_seconds_count{vm="ledger-primary"}"#,
+                "9",
+            ),
+            (
+                r#"epochgate_port_driver_errors_total{port="net_pcap0",role="egress",kind="imissed"}"#,
+                "77",
+            ),
+            (r#"epochgate_egress_frames_total{class="released"}"#, "4100"),
+            (
+                r#"epochgate_control_refused_total{reason="max_sessions"}"#,
+                "31",
+            ),
+            (
+                r#"epochgate_worker_rounds_total{lcore="1",state="busy"}"#,
+                "250",
+            ),
+            (
+                r#"epochgate_worker_rounds_total{lcore="1",state="idle"}"#,
+                "750",
+            ),
+            (
+                r#"epochgate_worker_cycles_total{lcore="1",state="idle"}"#,
+                "1400",
+            ),
+            (
+                r#"epochgate_worker_frames_total{lcore="1",direction="tx"}"#,
+                "3000",
+            ),
+        ] {
+            assert_eq!(value(&t, series), want, "{series}");
+        }
+        // Every family is declared once, with help and type, before its samples.
+        let mut declared = std::collections::BTreeSet::new();
+        for l in t.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(declared.insert(name.to_string()), "{name} declared twice");
+            } else if !l.starts_with('#') {
+                let name = l.split(['{', ' ']).next().unwrap();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| declared.contains(*f)))
+                    .unwrap_or(name);
+                assert!(declared.contains(family), "{name} before its # TYPE");
+            }
+        }
+    }
+
+    #[test]
+    fn seconds_are_exact_and_label_values_escaped() {
+        assert_eq!(seconds(0), "0");
+        assert_eq!(seconds(2_500), "0.0000025");
+        assert_eq!(seconds(10_000_000_000), "10");
+        assert_eq!(seconds(1_234_567_891), "1.234567891");
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    fn start(calls: Arc<AtomicU64>) -> MetricsServer {
+        MetricsServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(move || {
+                if calls.fetch_add(1, Relaxed) == 1 {
+                    panic!("test: the source fails once");
+                }
+                sample()
+            }),
+        )
+        .expect("start")
+    }
+
+    fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(request).expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read the answer");
+        out
+    }
+
+    fn status(answer: &str) -> &str {
+        answer.split(' ').nth(1).unwrap_or("")
+    }
+
+    #[test]
+    fn get_metrics_is_served_and_bad_requests_get_a_4xx() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let server = start(calls.clone());
+        let addr = server.local_addr();
+        let ok = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(
+            ok.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")),
+            "{ok}"
+        );
+        let (head, body) = ok.split_once("\r\n\r\n").unwrap();
+        let len: usize = value(head, "Content-Length:").parse().unwrap();
+        assert_eq!(body.len(), len);
+        assert_eq!(body, render(&sample()));
+        // The source panics on the second call: a 500, and the server goes on.
+        let e = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert_eq!(status(&e), "500", "{e}");
+        for (req, code, why) in [
+            (
+                &b"GET / HTTP/1.1\r\n\r\n"[..],
+                "404",
+                "metrics are at /metrics",
+            ),
+            (
+                b"GET /metricsx?a=1 HTTP/1.1\r\n\r\n",
+                "404",
+                "no such path \"/metricsx\"",
+            ),
+            (
+                b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+                "405",
+                "use GET",
+            ),
+            (
+                b"DELETE /metrics HTTP/1.0\r\n\r\n",
+                "405",
+                "Allow: GET, HEAD",
+            ),
+            (b"hello\r\n\r\n", "400", "is not an HTTP request line"),
+            (
+                b"GET /metrics SPDY/3\r\n\r\n",
+                "400",
+                "speaks HTTP/1.0 and HTTP/1.1",
+            ),
+            (b"GET /metrics HTTP/2.0\r\n\r\n", "505", "speaks HTTP/1.0"),
+            (b"\xff\xfe\r\n\r\n", "400", "not text"),
+        ] {
+            let a = exchange(addr, req);
+            assert_eq!(status(&a), code, "{:?}: {a}", String::from_utf8_lossy(req));
+            assert!(a.contains(why), "{:?}: {a}", String::from_utf8_lossy(req));
+        }
+        // Too long a head, with or without an end.
+        let mut long = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        long.extend(std::iter::repeat_n(b'a', MAX_REQUEST + 100));
+        let a = exchange(addr, &long);
+        assert_eq!(status(&a), "431", "{a}");
+        // HEAD: the headers, no body; a query string is fine.
+        let h = exchange(addr, b"HEAD /metrics?x=1 HTTP/1.1\r\n\r\n");
+        assert!(
+            h.starts_with("HTTP/1.1 200 OK") && h.ends_with("\r\n\r\n"),
+            "{h}"
+        );
+        // A client that says nothing gets a 408 when its time is up, and meanwhile (one at a
+        // time) the next client waits, then is served.
+        let mut closed = TcpStream::connect(addr).unwrap();
+        closed.shutdown(Shutdown::Write).unwrap();
+        let mut a = String::new();
+        closed.read_to_string(&mut a).unwrap();
+        assert_eq!(status(&a), "400", "{a}");
+        let mut silent = TcpStream::connect(addr).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut out = String::new();
+        silent.read_to_string(&mut out).unwrap();
+        assert_eq!(status(&out), "408", "{out}");
+        assert!(exchange(addr, b"GET /metrics HTTP/1.0\n\n").starts_with("HTTP/1.1 200 OK"));
+        server.stop();
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "still listening after stop"
+        );
+    }
+
+    #[test]
+    fn a_port_in_use_is_named() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = MetricsServer::start(addr, Arc::new(sample))
+            .err()
+            .expect("the port is taken")
+            .to_string();
+        assert!(
+            e.starts_with(&format!("admin.metrics_listen {addr}: cannot listen: ")),
+            "{e}"
+        );
+        assert!(e.contains("another process"), "{e}");
+        let e = MetricsServer::start("192.0.2.1:9716".parse().unwrap(), Arc::new(sample))
+            .err()
+            .expect("not this host's address")
+            .to_string();
+        assert!(
+            e.contains("no interface of this host has that address"),
+            "{e}"
+        );
+    }
 }
