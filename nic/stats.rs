@@ -69,6 +69,7 @@ drop_reasons! {
     UnprotectDrop => "unprotect-drop": "held output dropped by the VMM's Unprotect{drop}",
     ControllerLost => "controller-lost": "held output of a VM whose controller session went away (the VM failed)",
     Failed => "failed": "output of a failed VM (no controller), which may not leave until a session adopts it",
+    Demoted => "demoted": "held or waiting output of a VM returned to standby (Demote): its output now leaves from another host",
     NoticeLost => "announcement-lost": "an announcement of a promoted VM that found no mbuf or no room in the egress stage",
 }
 

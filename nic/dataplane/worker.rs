@@ -1131,6 +1131,30 @@ impl Worker {
                     }
                 }
             }
+            Op::Demote => {
+                if vm.mode == Mode::Standby {
+                    return Some(Reply::Demoted { dropped: 0 });
+                }
+                // (No fence can be draining: the session waits for a fence's answer before it
+                // sends anything else. Cleared anyway, as for Fail.)
+                if vm.fencing.take().is_some() {
+                    self.fencing -= 1;
+                }
+                let vm = &mut self.vms[cmd.vm];
+                let mut dropped = 0;
+                if vm.mode == Mode::Protected {
+                    // Its epochs end here; none of them may leave from this host any more.
+                    dropped += vm.drop_held(DropReason::Demoted, true);
+                }
+                // Released frames still waiting go too: the VM's output is the other host's
+                // now. (Frames already in the TX burst were released; they may still leave.)
+                let n = vm.queue.drain_released(usize::MAX).count() as u64;
+                vm.drop_frames(DropReason::Demoted, n);
+                dropped += n;
+                vm.mode = Mode::Standby;
+                self.refresh_group_targets();
+                Reply::Demoted { dropped }
+            }
             Op::Fail => {
                 if vm.fencing.take().is_some() {
                     self.fencing -= 1;
