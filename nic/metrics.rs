@@ -190,9 +190,8 @@ fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, Answer> {
             }
             // A client that shut down its side after the request line: take what it sent.
             Ok(0) => return Ok(head),
-            Ok(n) => {
-                head.extend_from_slice(&buf[..n.min(MAX_REQUEST + 4 - head.len().min(MAX_REQUEST))])
-            }
+            // At most MAX_REQUEST + one read: the length check above ends it the next round.
+            Ok(n) => head.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => return Err(Answer::error(400, "the request could not be read")),

@@ -5,7 +5,9 @@
 //! its session is refused and says why (the agent never claims the output moved when it did
 //! not), demote returns it to standby (nothing more leaves), a VM epochgate does not know and a
 //! bad name are configuration errors, and an epochgate that went away is a failure of a started
-//! instance but simply "not running" for a stopped one.
+//! instance but simply "not running" for a stopped one. And the control protocol's `demote`
+//! under it: what a protected VM held is dropped and counted, nothing leaves, and a restart
+//! keeps the VM standby.
 
 mod common;
 use common::*;
@@ -248,4 +250,94 @@ fn ocf_tester_passes_and_the_agent_moves_the_output_as_pacemaker_would() {
         "a standby VM's frame left"
     );
     let _ = std::io::stdout().flush();
+}
+
+/// `demote` itself, on the data plane: a protected VM holding frames goes to standby, what it
+/// held is dropped and counted (`demoted`), nothing of it leaves, and a restart keeps it a
+/// standby copy although its config says protected.
+#[test]
+fn demote_drops_what_was_held_and_is_remembered_across_a_restart() {
+    let _g = serial();
+    let dir = tempdir();
+    let d = dir.path();
+    let frames = gen::frames(
+        &Stream {
+            id: 4,
+            src: MacAddr([0x52, 0x54, 0, 0, 0, 4]),
+            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
+            vlan: None,
+        },
+        30,
+    );
+    let n = frames.len() as u64;
+    write_pcap(&d.join("ledger.pcap"), &frames);
+    write_pcap(&d.join("empty.pcap"), &[]);
+    let cfg = format!(
+        "{}[egress]\nport = \"net_pcap0,rx_pcap={d}/empty.pcap,tx_pcap={d}/egress.pcap\"\n\n\
+         [[vm]]\nname = \"ledger\"\nmode = \"protected\"\n\
+         port = \"net_pcap1,rx_pcap={d}/ledger.pcap,tx_pcap={d}/ledger-in.pcap\"\n",
+        eal_and_control(d, "eg-demote"),
+        d = d.display()
+    );
+    let shim = shim_bin();
+    let session = |commands: &str| -> Vec<String> {
+        let mut c = Command::new(&shim)
+            .arg("--socket")
+            .arg(d.join("control.sock"))
+            .args(["--vm", "ledger", "session"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(commands.as_bytes())
+            .unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stdout));
+        text(&out.stdout).lines().map(str::to_string).collect()
+    };
+
+    let mut eg = Running::start(d, &cfg);
+    eg.wait_for("ledger's frames held", |s| {
+        u(vm(s, "ledger"), "held_frames") == n
+    });
+    let lines = session("demote\ndemote\n");
+    assert!(lines[0].contains("\"mode\":\"protected\""), "{lines:?}");
+    assert_eq!(
+        lines[1],
+        format!("{{\"reply\":\"demoted\",\"dropped\":{n}}}")
+    );
+    assert_eq!(
+        lines[2], "{\"reply\":\"demoted\",\"dropped\":0}",
+        "a standby VM"
+    );
+    let s = eg.wait_for("ledger in standby", |s| {
+        vm(s, "ledger")["mode"] == "standby"
+    });
+    let v = vm(&s, "ledger");
+    assert_eq!(dropped(v, "demoted"), n, "{v}");
+    assert_eq!(u(v, "held_frames"), 0, "{v}");
+    assert_eq!(u(v, "open_epoch"), 0, "{v}");
+    assert_balanced(&s);
+    let last = eg.stop();
+    assert_eq!(dropped(vm(&last, "ledger"), "uncommitted-at-exit"), 0);
+    assert!(
+        read_pcap(&d.join("egress.pcap")).is_empty(),
+        "a demoted VM's frame left"
+    );
+
+    // The restart keeps it standby (the config says protected): its frames are dropped as a
+    // standby copy's, and promote is what makes it live again.
+    let mut eg = Running::start(d, &cfg);
+    let s = eg.wait_for("ledger's frames dropped in standby", |s| {
+        dropped(vm(s, "ledger"), "standby") == n
+    });
+    assert_eq!(vm(&s, "ledger")["mode"], "standby", "{s}");
+    let lines = session("promote passthrough\n");
+    assert!(lines[0].contains("\"mode\":\"standby\""), "{lines:?}");
+    assert!(lines[1].contains("\"reply\":\"promoted\""), "{lines:?}");
+    let _ = eg.stop();
+    assert!(read_pcap(&d.join("egress.pcap")).is_empty());
 }
