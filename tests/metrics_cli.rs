@@ -199,7 +199,20 @@ fn metrics_of_a_running_epochgate_over_the_socket_and_http() {
             r#"epochgate_vm_frames_total{vm="web",direction="transmitted"}"#,
         );
         let held = series(&m, r#"epochgate_vm_held_frames{vm="ledger"}"#);
-        if tx == Some(n_web) && held == Some(n_ledger) {
+        // The histograms and the worker's own figures are handed over every 10 ms, after the
+        // VM's counters: wait for them too.
+        let hold = series(&m, r#"epochgate_vm_hold_time_seconds_count{vm="web"}"#);
+        let wrx = series(
+            &m,
+            r#"epochgate_worker_frames_total{lcore="1",direction="rx"}"#,
+        );
+        let age = series(&m, r#"epochgate_vm_epoch_age_seconds{vm="ledger"}"#);
+        if tx == Some(n_web)
+            && held == Some(n_ledger)
+            && hold == Some(n_web)
+            && wrx == Some(n_web + n_ledger)
+            && age.is_some_and(|a| a > 0.0)
+        {
             break m;
         }
         assert!(
