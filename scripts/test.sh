@@ -8,6 +8,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Test binaries run one after another (each integration test file is its own process with its
 # own EAL); tests inside a file serialise themselves.
+# The binaries first: the harness's tests (perf/tests) run epochgate next to epochgate-perf.
+cargo build --workspace --bins
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"

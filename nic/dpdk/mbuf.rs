@@ -48,6 +48,25 @@ impl Mbuf {
         Some(m)
     }
 
+    /// A new single-segment mbuf of `len` bytes that `fill` writes in place (a generator stamps
+    /// a template this way with one copy); `None` if the pool is empty or `len` does not fit.
+    pub fn from_fn(pool: &Mempool, len: usize, fill: impl FnOnce(&mut [u8])) -> Option<Mbuf> {
+        let m = pool.alloc()?;
+        let n = u16::try_from(len).ok()?;
+        // SAFETY: m is a fresh mbuf we own exclusively (refcnt 1); append returns null if n does
+        // not fit the tailroom.
+        let dst = unsafe { ffi::eg_pktmbuf_append(m.0.as_ptr(), n) };
+        if dst.is_null() {
+            return None;
+        }
+        // SAFETY: dst points to `len` bytes inside m's data room that only we can reach (m is
+        // not shared yet); the slice lives only for the call to `fill`. The bytes may hold old
+        // data, never uninitialised memory (the pool's data rooms are allocated zeroed).
+        let buf = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), len) };
+        fill(buf);
+        Some(m)
+    }
+
     /// The frame's bytes in its first segment (all of it for single-segment frames).
     #[inline]
     pub fn data(&self) -> &[u8] {

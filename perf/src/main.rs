@@ -1,19 +1,36 @@
-//! epochgate's performance harness. `passthrough` compares epochgate's pass-through poll loop
-//! with `dpdk-testpmd --forward-mode=io` on the same vdev topology, back to back in one run,
-//! and reports the ratio (absolute rates vary with the machine's load; the ratio is the result).
+//! epochgate's performance harness (see perf/README.md).
 //!
-//! Topology for both: a `net_null` source port (the VM side) forwarded to a `net_null` sink with
-//! `no-rx=1` (the egress side), one worker lcore. The null PMD costs almost nothing, so this
-//! measures the forwarding loop itself. The VM's MAC is configured, as operators do: the null
-//! PMD's frames have an all-zero source MAC, from which epochgate would otherwise try to learn
-//! on every frame (a real VM is learned from its first frame).
+//! `epochgate-perf <scenario>` runs measurements, each one epochgate (or `dpdk-testpmd` in io
+//! mode, the baseline) with `net_vhost` ports and a traffic process (`epochgate-perf traffic`,
+//! one DPDK process on core 0) that generates every simulated VM's frames on virtio-user ports,
+//! checkpoints the protected ones through the real shim library, receives the egress and checks
+//! every frame against its epoch's commit. A run with any violation exits non-zero.
+
+mod check;
+mod demo;
+mod passthrough;
+mod plan;
+mod scenarios;
+mod sim;
+mod sut;
+mod svg;
+mod traffic;
+mod wire;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use scenarios::{write_report, Runner, Scale};
+use std::path::PathBuf;
+
+/// Ctrl-C was pressed: the measurement running ends early and cleanly, no other starts.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The lcore layout, as the report states it.
+pub const LAYOUT: &str = "Layout: the system under test (epochgate or dpdk-testpmd) runs with -l 0-1: its main \
+thread on core 0, its worker (epochgate) or forwarding core (testpmd) on core 1. The traffic process (generator, \
+receiver and checker) runs on core 0 (-l 0) with the simulated VMMs as its threads; epochgate's control thread \
+is on core 0 too. All DPDK processes use --no-huge; VM ports and egress are net_vhost (system under test) <- \
+net_virtio_user (harness), queue size 1024. testpmd pairs ports, so in the baseline each VM port has its own egress port.";
 
 #[derive(Parser)]
 #[command(name = "epochgate-perf", about = "epochgate performance harness")]
@@ -22,239 +39,334 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Where the report, plots and per-run configs and logs go.
+    #[arg(long, default_value = "perf-out")]
+    out: PathBuf,
+    /// Seconds per measurement.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// The epochgate binary (default: next to this one).
+    #[arg(long)]
+    epochgate: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// epochgate pass-through vs dpdk-testpmd io forwarding, same vdevs, alternating rounds.
+    /// Every scenario, briefly (a few minutes in all): DIR/report.json, report.md and plots.
+    Quick(Common),
+    /// Every scenario at full length and with the full sweeps (about 15 minutes).
+    Full(Common),
+    /// Throughput unprotected / protected at 40 Hz / mixed, against testpmd, over frame sizes.
+    Throughput(Common),
+    /// Fence round trip, checkpoint request latency, pass-through latency idle and under bursts.
+    Latency(Common),
+    /// Cost per frame over the number of VMs (own ports and shared ingress).
+    SweepVms(Common),
+    /// Protected throughput and release latency over the epoch length.
+    SweepEpochs(Common),
+    /// The live demo: epochgate with 4 VMs fed by the harness (about 20 s; Ctrl-C ends it).
+    Demo {
+        #[command(flatten)]
+        common: Common,
+        /// Inject a fault: the VMM of `db` sends each commit 2 ms before it records it, so the
+        /// checker must report frames released before their commit (and the run must fail).
+        #[arg(long)]
+        inject_early_release: bool,
+    },
+    /// One measurement of your own: N VMs of one profile, some protected, against testpmd.
+    Custom {
+        #[command(flatten)]
+        common: Common,
+        /// Simulated VMs, each on its own port.
+        #[arg(long, default_value_t = 2)]
+        vms: usize,
+        /// udpN (N = 64..1518), imix, acks, fragN or mix.
+        #[arg(long, default_value = "udp64", value_parser = wire::Profile::parse)]
+        profile: wire::Profile,
+        /// How many of the VMs are protected (the first ones).
+        #[arg(long, default_value_t = 0)]
+        protected: usize,
+        #[arg(long, default_value_t = 25.0)]
+        epoch_ms: f64,
+        #[arg(long, default_value_t = 5.0)]
+        transfer_ms: f64,
+        /// Frames per second per VM (default: as fast as possible).
+        #[arg(long)]
+        rate_pps: Option<f64>,
+        /// dataplane.vm_queue of epochgate (frames held per VM).
+        #[arg(long, default_value_t = 4096)]
+        vm_queue: u64,
+    },
+    /// epochgate's pass-through loop vs testpmd on net_null ports (no harness traffic).
     Passthrough {
-        /// Seconds per measurement.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
         /// Rounds of (epochgate, testpmd); the median ratio is reported.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Frame size the null source generates.
         #[arg(long, default_value_t = 64)]
         size: u32,
-        /// The epochgate binary (default: next to this one).
         #[arg(long)]
         epochgate: Option<PathBuf>,
-        /// Where configs, logs and the JSON result go.
         #[arg(long, default_value = "perf-out")]
         out: PathBuf,
     },
+    /// (internal) The traffic process of one measurement: reads PLAN, prints progress lines and
+    /// one result line as JSON.
+    #[command(hide = true)]
+    Traffic { plan: PathBuf },
+}
+
+fn env(c: &Common) -> Result<sut::Env> {
+    let epochgate = match &c.epochgate {
+        Some(p) => p.clone(),
+        None => passthrough::sibling("epochgate")?,
+    };
+    std::fs::create_dir_all(&c.out).with_context(|| format!("creating {}", c.out.display()))?;
+    Ok(sut::Env {
+        epochgate,
+        me: std::env::current_exe()?,
+        out: std::fs::canonicalize(&c.out)?,
+    })
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Which {
+    Throughput,
+    Latency,
+    Vms,
+    Epochs,
+}
+
+fn scenarios(c: &Common, which: &[Which], quick: bool) -> Result<bool> {
+    let env = env(c)?;
+    let scale = Scale {
+        seconds: c.seconds.unwrap_or(if quick { 2.0 } else { 8.0 }),
+        quick,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut r = Runner {
+        env,
+        scale,
+        rows: Vec::new(),
+        targets: Vec::new(),
+        extra: serde_json::Map::new(),
+        bar: &bar,
+    };
+    let mut total = 0;
+    for w in which {
+        total += match w {
+            Which::Throughput => r.throughput_runs(),
+            Which::Latency => r.latency_runs(),
+            Which::Vms => {
+                let (a, b) = r.vm_counts();
+                (a.len() + b.len()) as u64
+            }
+            Which::Epochs => r.epoch_lengths().len() as u64,
+        };
+    }
+    bar.set_length(total);
+    let eta = total as f64 * (scale.seconds + 3.0);
+    bar.println(format!(
+        "epochgate-perf: {total} measurements of {} s each (about {:.0} min); results in {}",
+        scale.seconds,
+        eta / 60.0,
+        c.out.display()
+    ));
+    let started = std::time::Instant::now();
+    let mut failed = None;
+    for w in which {
+        let res = match w {
+            Which::Throughput => r.throughput(),
+            Which::Latency => r.latency(),
+            Which::Vms => r.sweep_vms(),
+            Which::Epochs => r.sweep_epochs(),
+        };
+        if let Err(e) = res {
+            failed = Some(e);
+            break;
+        }
+        if *w == Which::Throughput {
+            r.classify_share()?;
+        }
+    }
+    bar.finish_and_clear();
+    let meta = serde_json::json!({
+        "layout": LAYOUT,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "seconds_per_measurement": scale.seconds,
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "dpdk": std::process::Command::new("pkg-config").args(["--modversion", "libdpdk"]).output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default(),
+    });
+    let md = write_report(&r.env.out, &r, meta)?;
+    println!("{md}");
+    println!(
+        "report: {}/report.json, report.md and *.svg",
+        r.env.out.display()
+    );
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let bad: Vec<String> = r
+        .rows
+        .iter()
+        .flat_map(|row| {
+            row.problems
+                .iter()
+                .map(move |p| format!("{}: {p}", row.name))
+        })
+        .collect();
+    if !bad.is_empty() {
+        eprintln!("epochgate-perf: VIOLATIONS ({}):", bad.len());
+        for b in &bad {
+            eprintln!("  {b}");
+        }
+        return Ok(false);
+    }
+    let checked: u64 = r.rows.iter().map(|x| x.checked).sum();
+    println!("every frame checked: {checked} frames, 0 violations, every loss accounted for");
+    Ok(true)
 }
 
 fn main() {
     let Cli { cmd } = Cli::parse();
+    use Which::*;
+    // The children run in their own process groups, so a terminal's Ctrl-C reaches only this
+    // process, which ends the running measurement through its traffic process.
+    let flag: &'static std::sync::atomic::AtomicBool = match cmd {
+        Cmd::Traffic { .. } => &traffic::EARLY_STOP,
+        _ => &INTERRUPTED,
+    };
+    if let Err(e) =
+        ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
+    {
+        eprintln!("epochgate-perf: cannot handle Ctrl-C: {e}");
+    }
     let r = match cmd {
+        Cmd::Quick(c) => scenarios(&c, &[Throughput, Latency, Vms, Epochs], true),
+        Cmd::Full(c) => scenarios(&c, &[Throughput, Latency, Vms, Epochs], false),
+        Cmd::Throughput(c) => scenarios(&c, &[Throughput], false),
+        Cmd::Latency(c) => scenarios(&c, &[Latency], false),
+        Cmd::SweepVms(c) => scenarios(&c, &[Vms], false),
+        Cmd::SweepEpochs(c) => scenarios(&c, &[Throughput, Epochs], false),
+        Cmd::Demo {
+            common,
+            inject_early_release,
+        } => {
+            let secs = common.seconds.unwrap_or(20.0);
+            env(&common).and_then(|e| demo::run(&e, secs, inject_early_release))
+        }
+        Cmd::Custom {
+            common,
+            vms,
+            profile,
+            protected,
+            epoch_ms,
+            transfer_ms,
+            rate_pps,
+            vm_queue,
+        } => custom(
+            &common,
+            vms,
+            profile,
+            protected,
+            (epoch_ms, transfer_ms),
+            rate_pps,
+            vm_queue,
+        ),
         Cmd::Passthrough {
             seconds,
             rounds,
             size,
             epochgate,
             out,
-        } => passthrough(seconds, rounds.max(1), size, epochgate, &out),
+        } => passthrough::run(seconds, rounds.max(1), size, epochgate, &out).map(|()| true),
+        Cmd::Traffic { plan } => traffic_main(&plan).map(|()| true),
     };
-    if let Err(e) = r {
-        eprintln!("epochgate-perf: {e:#}");
-        std::process::exit(1);
+    match r {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("epochgate-perf: {e:#}");
+            std::process::exit(2);
+        }
     }
 }
 
-fn hugepages_free() -> u64 {
-    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn sibling(name: &str) -> Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let p = me.with_file_name(name);
-    if !p.exists() {
-        bail!(
-            "{} not found: build the workspace first (cargo build --release --workspace)",
-            p.display()
-        );
+fn custom(
+    c: &Common,
+    n: usize,
+    profile: wire::Profile,
+    protected: usize,
+    (epoch_ms, transfer_ms): (f64, f64),
+    rate_pps: Option<f64>,
+    vm_queue: u64,
+) -> Result<bool> {
+    if n == 0 || n > 15 {
+        bail!("--vms {n}: 1..=15 (testpmd needs two ports per VM, DPDK allows 32)");
     }
-    Ok(p)
-}
-
-struct Setup {
-    huge: bool,
-    size: u32,
-    seconds: f64,
-}
-
-impl Setup {
-    const SINK: &'static str = "net_null0,no-rx=1";
-    fn source(&self) -> String {
-        format!("net_null1,size={}", self.size)
+    if protected > n {
+        bail!("--protected {protected}: more than --vms {n}");
     }
-}
-
-/// Frames per second epochgate forwarded from the null source to the null sink.
-fn run_epochgate(bin: &Path, s: &Setup, dir: &Path, round: usize) -> Result<f64> {
-    let cfg = dir.join("epochgate-perf.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[eal]\nlcores = \"0-1\"\nmemory_mb = 512\nhugepages = {huge}\nfile_prefix = \"eg-perf-{pid}\"\n\n\
-             [egress]\nport = \"{sink}\"\n\n[control]\nsocket = \"{d}/c.sock\"\nadmin_socket = \"{d}/a.sock\"\n\n\
-             [dataplane]\nmbufs = 16383\n\n[[vm]]\nname = \"vm1\"\nport = \"{src}\"\nmac = \"52:54:00:00:00:01\"\n",
-            huge = s.huge,
-            pid = std::process::id(),
-            sink = Setup::SINK,
-            src = s.source(),
-            d = dir.display()
-        ),
-    )?;
-    let stats = dir.join(format!("epochgate-stats-{round}.json"));
-    let out = Command::new(bin)
-        .args(["run", "--quiet", "--config"])
-        .arg(&cfg)
-        .arg("--duration")
-        .arg(s.seconds.to_string())
-        .arg("--stats-file")
-        .arg(&stats)
-        .output()
-        .context("running epochgate")?;
-    std::fs::write(
-        dir.join(format!("epochgate-{round}.log")),
-        [&out.stdout[..], &out.stderr[..]].concat(),
-    )?;
-    if !out.status.success() {
-        bail!("epochgate failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats)?)?;
-    let tx = v["ports"][0]["tx_frames"]
-        .as_u64()
-        .context("no egress tx_frames")?;
-    let ms = v["uptime_ms"].as_u64().context("no uptime")?;
-    Ok(tx as f64 / (ms as f64 / 1000.0))
-}
-
-/// Frames per second testpmd (io mode) forwarded between the same two vdevs.
-fn run_testpmd(s: &Setup, dir: &Path, round: usize) -> Result<f64> {
-    let mut args: Vec<String> = vec!["-l".into(), "0-1".into()];
-    if !s.huge {
-        args.push("--no-huge".into());
-    }
-    args.extend(["-m", "512", "--no-pci", "--file-prefix"].map(String::from));
-    args.push(format!("eg-perf-testpmd-{}", std::process::id()));
-    args.extend([
-        "--vdev".into(),
-        Setup::SINK.into(),
-        "--vdev".into(),
-        s.source(),
-    ]);
-    args.extend(["--", "-i", "--forward-mode=io", "--total-num-mbufs=16384"].map(String::from));
-    let mut child = Command::new("dpdk-testpmd")
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running dpdk-testpmd (apt-get install dpdk)")?;
-    let mut stdin = child.stdin.take().context("testpmd stdin")?;
-    stdin.write_all(b"start\n")?;
-    let t = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(s.seconds));
-    stdin.write_all(b"stop\n")?;
-    let elapsed = t.elapsed().as_secs_f64();
-    stdin.write_all(b"quit\n")?;
-    drop(stdin);
-    let out = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    std::fs::write(dir.join(format!("testpmd-{round}.log")), &text)?;
-    let tx = accumulated_tx(&text)
-        .with_context(|| format!("no forward statistics in testpmd output:\n{text}"))?;
-    Ok(tx as f64 / elapsed)
-}
-
-/// TX-packets of testpmd's "Accumulated forward statistics for all ports" block.
-fn accumulated_tx(text: &str) -> Option<u64> {
-    let block = &text[text.find("Accumulated forward statistics for all ports")?..];
-    let at = block.find("TX-packets:")? + "TX-packets:".len();
-    block[at..].split_whitespace().next()?.parse().ok()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn passthrough(
-    seconds: f64,
-    rounds: usize,
-    size: u32,
-    bin: Option<PathBuf>,
-    out: &Path,
-) -> Result<()> {
-    let bin = match bin {
-        Some(b) => b,
-        None => sibling("epochgate")?,
-    };
-    std::fs::create_dir_all(out)?;
-    let setup = Setup {
-        huge: hugepages_free() >= 256,
-        size,
-        seconds,
-    };
+    let env = env(c)?;
+    let seconds = c.seconds.unwrap_or(5.0);
+    let vms = (0..n)
+        .map(|i| {
+            let mut v = sut::VmSpec::new(&format!("vm{i}"), profile);
+            v.rate_pps = rate_pps;
+            if i < protected {
+                v.sim = Some(plan::SimPlan {
+                    epoch_ms,
+                    transfer_ms,
+                    honour_requests: false,
+                    early_release: false,
+                });
+            }
+            v
+        })
+        .collect();
+    let setup = sut::Setup::new(vms, seconds);
+    let tp = sut::testpmd(&env, "custom-testpmd", &setup)?;
+    let eg = sut::epochgate(&env, "custom-epochgate", &setup, vm_queue, &mut |_, _| {})?;
+    let pps = |m: &sut::Measured| m.traffic.vms.iter().map(|v| v.rx_pps).sum::<f64>();
     println!(
-        "pass-through: {} -> epochgate | dpdk-testpmd io -> {}, {size}-byte frames, {seconds} s x {rounds} rounds, {}",
-        setup.source(),
-        Setup::SINK,
-        if setup.huge { "hugepages" } else { "--no-huge" }
+        "{n} VMs ({protected} protected), {}: epochgate {:.3} Mpps, testpmd {:.3} Mpps, ratio {:.3}; {} frames checked, {} violations",
+        profile.name(),
+        pps(&eg) / 1e6,
+        pps(&tp) / 1e6,
+        pps(&eg) / pps(&tp).max(1.0),
+        eg.traffic.checked,
+        eg.traffic.violation_count
     );
-    let (mut eg, mut tp, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for r in 0..rounds {
-        let e = run_epochgate(&bin, &setup, out, r)?;
-        let t = run_testpmd(&setup, out, r)?;
-        println!(
-            "  round {}: epochgate {:7.2} Mpps   testpmd {:7.2} Mpps   ratio {:.3}",
-            r + 1,
-            e / 1e6,
-            t / 1e6,
-            e / t
-        );
-        eg.push(e);
-        tp.push(t);
-        ratios.push(e / t);
+    for p in eg.problems() {
+        println!("  VIOLATION: {p}");
     }
-    let ratio = median(ratios.clone());
+    std::fs::write(
+        env.out.join("custom.json"),
+        serde_json::to_vec_pretty(&serde_json::json!({"epochgate": eg, "testpmd": tp}))?,
+    )?;
+    Ok(eg.problems().is_empty())
+}
+
+fn traffic_main(plan: &std::path::Path) -> Result<()> {
+    let text = std::fs::read(plan).with_context(|| format!("reading {}", plan.display()))?;
+    let plan: plan::Plan = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not a traffic plan", plan.display()))?;
+    if plan.vms.is_empty() {
+        bail!("the plan has no VMs");
+    }
+    let result = traffic::run(&plan)?;
     println!(
-        "result: epochgate / testpmd = {ratio:.3} (median of {rounds}; epochgate {:.2} Mpps, testpmd {:.2} Mpps)",
-        median(eg.clone()) / 1e6,
-        median(tp.clone()) / 1e6
+        "{}",
+        serde_json::json!({"event": "result", "result": result})
     );
-    let json = serde_json::json!({
-        "benchmark": "passthrough-vs-testpmd-io",
-        "topology": {"source": setup.source(), "sink": Setup::SINK, "frame_size": size, "hugepages": setup.huge},
-        "seconds": seconds,
-        "epochgate_pps": eg,
-        "testpmd_pps": tp,
-        "ratios": ratios,
-        "ratio_median": ratio,
-    });
-    let path = out.join("passthrough.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&json)?)?;
-    println!("details: {}", path.display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_testpmd_accumulated_statistics() {
-        let text = "  ---------------------- Forward statistics for port 0  ----------------------\n  \
-            RX-packets: 0              RX-dropped: 0             RX-total: 0\n  TX-packets: 999  TX-dropped: 0 TX-total: 999\n\
-            +++++++++++++++ Accumulated forward statistics for all ports+++++++++++++++\n  \
-            RX-packets: 123456789      RX-dropped: 0             RX-total: 123456789\n  \
-            TX-packets: 123450000      TX-dropped: 6789          TX-total: 123456789\n";
-        assert_eq!(accumulated_tx(text), Some(123_450_000));
-        assert_eq!(accumulated_tx("no stats"), None);
-    }
 }
