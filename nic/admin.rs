@@ -886,13 +886,14 @@ fn duration_text(ms: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::dpdk::PortStats;
     use crate::stats::{ControlSnapshot, EgressSnapshot, PortSnapshot, VmSetup};
     use std::sync::atomic::AtomicU64;
 
-    fn sample() -> Snapshot {
+    /// A snapshot with something in every field (other modules' tests use it too).
+    pub(crate) fn sample() -> Snapshot {
         let lat = |base: u64| Latency {
             count: 1000 + base,
             min_ns: 500,
@@ -942,6 +943,9 @@ mod tests {
                     hold_time: lat(0),
                     commit_to_wire: Latency::default(),
                     fence_drain: Latency::default(),
+                    epoch_age_ns: 0,
+                    controller: false,
+                    histograms: Default::default(),
                     setup: VmSetup {
                         port: "net_pcap1".into(),
                         vlan: None,
@@ -989,6 +993,17 @@ mod tests {
                     hold_time: lat(1),
                     commit_to_wire: lat(2),
                     fence_drain: lat(3),
+                    epoch_age_ns: 2_500_000,
+                    controller: true,
+                    histograms: crate::stats::VmHistogramBuckets {
+                        hold_time: crate::stats::Buckets {
+                            le_ns: vec![1_000, 50_000],
+                            cumulative: vec![3, 7],
+                            count: 9,
+                            sum_ns: 2_000_000_000,
+                        },
+                        ..Default::default()
+                    },
                     setup: VmSetup {
                         port: "shared ingress".into(),
                         vlan: Some(10),
@@ -1039,6 +1054,16 @@ mod tests {
                 hello_timeouts: 40,
                 liveness_timeouts: 1,
             },
+            workers: vec![crate::stats::WorkerSnapshot {
+                lcore: 1,
+                rounds: 1000,
+                busy_rounds: 250,
+                rx_frames: 4000,
+                tx_frames: 3000,
+                busy_cycles: 600,
+                idle_cycles: 1400,
+                tsc_hz: 2_000_000_000,
+            }],
         }
     }
 
@@ -1449,6 +1474,7 @@ mod tests {
             ports: vec![],
             egress: EgressSnapshot::default(),
             control: ControlSnapshot::default(),
+            workers: vec![],
         })
         .contains("no VMs"));
     }

@@ -48,6 +48,8 @@ pub struct Config {
     /// The shared ingress port, on which VMs are told apart by source MAC (and VLAN).
     pub ingress: Option<PortSpec>,
     pub control: ControlConfig,
+    /// `[admin]`: the operator's other ways in (the admin socket itself is `control.admin_socket`).
+    pub admin: AdminConfig,
     pub dataplane: DataplaneConfig,
     pub classifier: ClassifierConfig,
     pub vms: Vec<VmConfig>,
@@ -260,6 +262,60 @@ fn parse_mode(s: &str) -> Option<u32> {
         return None;
     }
     u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
+}
+
+/// `[admin]`: the metrics endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where `/metrics` is served over HTTP (Prometheus text format), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// `[admin]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [admin] table")]
+struct RawAdmin {
+    metrics_listen: Option<String>,
+}
+
+impl RawAdmin {
+    fn validate(self) -> Result<AdminConfig, ConfigError> {
+        let metrics_listen = match self.metrics_listen {
+            None => None,
+            Some(s) => Some(parse_listen(&s).map_err(|why| invalid("admin.metrics_listen", why))?),
+        };
+        Ok(AdminConfig { metrics_listen })
+    }
+}
+
+/// `PORT` (on loopback, 127.0.0.1), `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT`.
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    let t = s.trim();
+    let form = "expected PORT (on 127.0.0.1), IP:PORT or [IPv6]:PORT, e.g. \"127.0.0.1:9716\"";
+    if t.is_empty() {
+        return Err(format!("empty: {form}"));
+    }
+    let port = |p: &str| -> Result<u16, String> {
+        p.parse::<u16>()
+            .map_err(|_| format!("{s:?}: port {p:?} is not a number in 0..=65535 ({form})"))
+    };
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port(t)?));
+    }
+    if let Some(p) = t.strip_prefix("localhost:") {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port(p)?));
+    }
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    match t.rsplit_once(':') {
+        Some((host, _)) if host.parse::<IpAddr>().is_err() => Err(format!(
+            "{s:?}: {host:?} is not an IP address (host names other than localhost are not looked up; {form})"
+        )),
+        Some((_, p)) => port(p).and_then(|_| Err(format!("{s:?}: not an address ({form})"))),
+        None => Err(format!("{s:?}: no port ({form})")),
+    }
 }
 
 /// `[dataplane]`: pool, ring and queue sizes.
@@ -1070,6 +1126,14 @@ impl Config {
                 format!("; gids {}", gids.join(", "))
             }
         ));
+        line(format!(
+            "metrics:   {}",
+            self.admin.metrics_listen.map_or_else(
+                || "epochgate metrics (no HTTP endpoint: [admin] metrics_listen is not set)"
+                    .to_string(),
+                |a| format!("http://{a}/metrics"),
+            )
+        ));
         let d = &self.dataplane;
         line(format!(
             "dataplane: {} mbufs (cache {}), rx ring {}, tx ring {}, vm queue {} frames, stats every {} ms",
@@ -1200,6 +1264,8 @@ struct RawConfig {
     ingress: Option<RawPort>,
     #[serde(default)]
     control: ControlConfig,
+    #[serde(default)]
+    admin: RawAdmin,
     #[serde(default)]
     dataplane: DataplaneConfig,
     #[serde(default)]
@@ -1394,6 +1460,7 @@ impl RawConfig {
         };
 
         let control = validate_control(self.control, self.vm.len())?;
+        let admin = self.admin.validate()?;
         let dataplane = validate_dataplane(self.dataplane)?;
         let classifier = self.classifier.validate()?;
 
@@ -1435,6 +1502,7 @@ impl RawConfig {
             egress,
             ingress,
             control,
+            admin,
             dataplane,
             classifier,
             vms,
@@ -2523,6 +2591,56 @@ on_full = "drop"
             names,
             ["0000:03:00.0", "net_pcap1", "net_vhost0", "0000:04:00.1"]
         );
+    }
+
+    #[test]
+    fn metrics_listen_is_loopback_unless_an_address_is_given() {
+        use std::net::SocketAddr;
+        let a = |s: &str| parse_listen(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(a("9716"), "127.0.0.1:9716".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            a("localhost:9716"),
+            "127.0.0.1:9716".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(a("[::1]:80"), "[::1]:80".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            a("0.0.0.0:9716"),
+            "0.0.0.0:9716".parse::<SocketAddr>().unwrap()
+        );
+        for (bad, want) in [
+            ("", "empty"),
+            ("99999", "port \"99999\" is not a number"),
+            ("127.0.0.1:x", "port \"x\" is not a number"),
+            ("example.com:9716", "\"example.com\" is not an IP address"),
+            ("127.0.0.1", "no port"),
+            ("1.2.3:80", "\"1.2.3\" is not an IP address"),
+        ] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(e.contains(want), "{bad:?}: {e}");
+        }
+        let toml = |admin: &str| {
+            format!("{admin}\n[egress]\nport = \"net_null0\"\n[[vm]]\nname = \"a\"\nport = \"net_null1\"\n")
+        };
+        let c = Config::from_toml_str(&toml("[admin]\nmetrics_listen = \"9716\"")).unwrap();
+        assert_eq!(c.admin.metrics_listen, Some(a("9716")));
+        assert_eq!(
+            Config::from_toml_str(&toml(""))
+                .unwrap()
+                .admin
+                .metrics_listen,
+            None
+        );
+        let e = Config::from_toml_str(&toml("[admin]\nmetrics_listen = \"web:80\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("admin.metrics_listen: \"web:80\": \"web\" is not an IP address"),
+            "{e}"
+        );
+        let e = Config::from_toml_str(&toml("[admin]\nlisten = \"9716\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `listen`"), "{e}");
     }
 
     #[test]
@@ -4138,6 +4256,7 @@ on_full = "drop"
             egress: PortSpec::parse(egress).unwrap(),
             ingress: ingress_spec.map(|s| PortSpec::parse(s).unwrap()),
             control: ControlConfig::default(),
+            admin: AdminConfig::default(),
             classifier: ClassifierConfig::default(),
             dataplane: DataplaneConfig {
                 mbufs: GEN_MBUFS,

@@ -61,6 +61,59 @@ enum Cmd {
     Stats(AdminArgs),
     /// List a running epochgate's VMs: mode, MAC, port, epochs, what is held, limits, rate.
     Vms(AdminArgs),
+    /// Print a running epochgate's counters once in the Prometheus text format (what
+    /// `[admin] metrics_listen` serves at /metrics).
+    Metrics(Target),
+    /// A live view of a running epochgate: per VM and per worker, refreshing in place (keys
+    /// sort and quit); plain snapshots when not on a terminal.
+    Top(TopArgs),
+}
+
+/// Which running epochgate to ask.
+#[derive(clap::Args)]
+struct Target {
+    /// Use this configuration's control.admin_socket.
+    #[arg(long, short, conflicts_with = "socket")]
+    config: Option<PathBuf>,
+    /// The admin socket itself [default: /run/epochgate/admin.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl Target {
+    fn socket(&self) -> Result<PathBuf> {
+        Ok(match (&self.socket, &self.config) {
+            (Some(socket), _) => socket.clone(),
+            (None, Some(config)) => Config::load(config)?.control.admin_socket,
+            (None, None) => epochgate::config::ControlConfig::default().admin_socket,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct TopArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Seconds between refreshes.
+    #[arg(long, short = 'd', default_value_t = 1.0, value_parser = parse_interval)]
+    interval: f64,
+    /// Stop after this many refreshes.
+    #[arg(long, short = 'n')]
+    iterations: Option<u64>,
+    /// Plain snapshots one after another, even on a terminal (as when piped).
+    #[arg(long, short)]
+    batch: bool,
+    /// The VM rows' order at start (keys change it).
+    #[arg(long, value_enum, default_value_t = epochgate::top::Sort::Name)]
+    sort: epochgate::top::Sort,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is out of range 0.1..=3600 seconds")),
+        Err(_) => Err(format!("{s:?} is not a number of seconds")),
+    }
 }
 
 /// How `stats` and `vms` find the running epochgate, and how they print.
@@ -69,12 +122,8 @@ struct AdminArgs {
     /// Print the whole snapshot as JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// Use this configuration's control.admin_socket.
-    #[arg(long, short, conflicts_with = "socket")]
-    config: Option<PathBuf>,
-    /// The admin socket itself [default: /run/epochgate/admin.sock].
-    #[arg(long)]
-    socket: Option<PathBuf>,
+    #[command(flatten)]
+    target: Target,
 }
 
 fn main() {
@@ -111,6 +160,22 @@ fn main() {
         }
         Cmd::Stats(args) => admin(&args, "stats"),
         Cmd::Vms(args) => admin(&args, "vms"),
+        Cmd::Metrics(target) => target.socket().and_then(|socket| {
+            let snap = epochgate::admin::query(&socket, "stats")?;
+            print!("{}", epochgate::metrics::render(&snap));
+            Ok(())
+        }),
+        Cmd::Top(args) => args.target.socket().and_then(|socket| {
+            epochgate::top::run(
+                &socket,
+                &epochgate::top::TopOptions {
+                    interval: Duration::from_secs_f64(args.interval),
+                    iterations: args.iterations,
+                    batch: args.batch,
+                    sort: args.sort,
+                },
+            )
+        }),
     };
     if let Err(e) = result {
         eprintln!("epochgate: {e:#}");
@@ -120,11 +185,7 @@ fn main() {
 
 /// `epochgate stats` / `epochgate vms`: asks the running process and prints its answer.
 fn admin(args: &AdminArgs, request: &str) -> Result<()> {
-    let socket = match (&args.socket, &args.config) {
-        (Some(socket), _) => socket.clone(),
-        (None, Some(config)) => Config::load(config)?.control.admin_socket,
-        (None, None) => epochgate::config::ControlConfig::default().admin_socket,
-    };
+    let socket = args.target.socket()?;
     let snap = epochgate::admin::query(&socket, request)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&snap)?);
@@ -156,6 +217,16 @@ fn run(
         cfg.vms.len(),
         cfg.egress
     );
+    if let Some(addr) = app.metrics_addr() {
+        println!("epochgate: metrics at http://{addr}/metrics");
+    }
+    // Ports, the control and admin sockets and the metrics endpoint are up: tell systemd
+    // (Type=notify). A failure is said but stops nothing: systemd then decides by its timeout.
+    if let Err(e) = epochgate::notify::notify(&format!("READY=1\nMAINPID={}", std::process::id())) {
+        eprintln!("epochgate: {e}");
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
     let started = Instant::now();
     let interval = Duration::from_millis(cfg.dataplane.stats_interval_ms.max(50));
     let mut next_stats = started + interval;
@@ -189,6 +260,10 @@ fn run(
                 }
             }
         }
+    }
+    // The clean stop ("Restart for upgrade") begins: systemd shows the unit as deactivating.
+    if let Err(e) = epochgate::notify::notify("STOPPING=1") {
+        eprintln!("epochgate: {e}");
     }
     let eal = app.eal();
     let snap = app.stop();

@@ -7,7 +7,7 @@
 //! histogram to give (nobody read the stats for a while), the worker keeps recording into its
 //! own: nothing is lost, it is only published later.
 
-use crate::stats::Latency;
+use crate::stats::{Buckets, Latency, VmHistogramBuckets};
 use crossbeam::queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use std::sync::{Arc, Mutex};
@@ -115,11 +115,26 @@ impl MeterHub {
 
     /// VM `vm`'s distributions so far (what the worker handed over up to now).
     pub fn latency(&self, vm: usize) -> [Latency; 3] {
+        self.summary(vm).0
+    }
+
+    /// VM `vm`'s distributions so far, summarised and as cumulative buckets.
+    pub fn summary(&self, vm: usize) -> ([Latency; 3], VmHistogramBuckets) {
         self.collect();
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        totals
-            .get(vm)
-            .map_or([Latency::default(); 3], VmHistograms::latency)
+        totals.get(vm).map_or_else(
+            || ([Latency::default(); 3], VmHistogramBuckets::default()),
+            |h| {
+                (
+                    h.latency(),
+                    VmHistogramBuckets {
+                        hold_time: Buckets::of(&h.hold),
+                        commit_to_wire: Buckets::of(&h.commit_to_wire),
+                        fence_drain: Buckets::of(&h.fence_drain),
+                    },
+                )
+            },
+        )
     }
 }
 
@@ -204,6 +219,35 @@ mod tests {
         // Reading again adds nothing twice.
         assert_eq!(hub.latency(1)[0].count, 4);
         assert!((1_990..=2_010).contains(&hold.max_ns));
+    }
+
+    #[test]
+    fn buckets_are_cumulative_and_add_up_to_the_count() {
+        let hub = MeterHub::new(1);
+        let mut w = WorkerMeter::new(hub.clone(), 1);
+        record(&mut w.vm(0).hold, 800, 2); // <= 1 µs
+        record(&mut w.vm(0).hold, 40_000, 3); // <= 50 µs
+        record(&mut w.vm(0).hold, 20_000_000_000, 1); // beyond the last bound (10 s)
+        w.publish();
+        let (_, b) = hub.summary(0);
+        let h = &b.hold_time;
+        assert_eq!(h.le_ns, Buckets::BOUNDS_NS.to_vec());
+        assert_eq!(h.count, 6);
+        let at = |le: u64| h.cumulative[h.le_ns.iter().position(|x| *x == le).unwrap()];
+        assert_eq!(at(1_000), 2);
+        assert_eq!(at(25_000), 2);
+        assert_eq!(at(50_000), 5);
+        assert_eq!(at(10_000_000_000), 5, "the 20 s sample is only in +Inf");
+        assert!(h.cumulative.windows(2).all(|w| w[0] <= w[1]));
+        // The sum is the mean times the count, to the histogram's precision (1%).
+        let exact = 2 * 800 + 3 * 40_000 + 20_000_000_000u64;
+        assert!(
+            h.sum_ns.abs_diff(exact) <= exact / 100,
+            "{} vs {exact}",
+            h.sum_ns
+        );
+        assert_eq!(b.fence_drain.count, 0);
+        assert!(b.fence_drain.cumulative.iter().all(|c| *c == 0));
     }
 
     #[test]

@@ -69,6 +69,7 @@ drop_reasons! {
     UnprotectDrop => "unprotect-drop": "held output dropped by the VMM's Unprotect{drop}",
     ControllerLost => "controller-lost": "held output of a VM whose controller session went away (the VM failed)",
     Failed => "failed": "output of a failed VM (no controller), which may not leave until a session adopts it",
+    Demoted => "demoted": "held or waiting output of a VM returned to standby (Demote): its output now leaves from another host",
     NoticeLost => "announcement-lost": "an announcement of a promoted VM that found no mbuf or no room in the egress stage",
 }
 
@@ -276,6 +277,12 @@ pub struct VmCounters {
     /// What the classifier said of the protected VM's held frames, and the requests sent.
     pub verdicts: VerdictCounters,
     pub requests: RequestCounters,
+    /// How long the open epoch has been open, in nanoseconds (a gauge the worker sets every
+    /// `meter::PUBLISH_MS`, so to within that; 0 when no epoch is open).
+    pub epoch_age_ns: Counter,
+    /// 1 while a controller session has adopted the VM, else 0 (a gauge; its only writer is
+    /// the control thread, not the worker).
+    pub controller: Counter,
 }
 
 impl VmCounters {
@@ -411,6 +418,85 @@ pub struct VmSnapshot {
     /// How it is configured (port, limits, rate).
     #[serde(default)]
     pub setup: VmSetup,
+    /// How long the open epoch has been open (0: none open), to within `meter::PUBLISH_MS`.
+    #[serde(default)]
+    pub epoch_age_ns: u64,
+    /// Whether a controller session (a VMM) has adopted the VM now.
+    #[serde(default)]
+    pub controller: bool,
+    /// The three latencies as cumulative histograms (for the Prometheus metrics).
+    #[serde(default)]
+    pub histograms: VmHistogramBuckets,
+}
+
+/// A latency distribution as cumulative buckets: `cumulative[i]` samples were at most
+/// `le_ns[i]` (to the hdrhistogram's precision, two significant digits), `count` in all,
+/// whose sum is `sum_ns` (the histogram's mean times its count).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Buckets {
+    pub le_ns: Vec<u64>,
+    pub cumulative: Vec<u64>,
+    pub count: u64,
+    pub sum_ns: u64,
+}
+
+impl Buckets {
+    /// The upper bounds every histogram is cut at: 1 µs to 10 s, 1-2.5-5 per decade.
+    pub const BOUNDS_NS: [u64; 22] = [
+        1_000,
+        2_500,
+        5_000,
+        10_000,
+        25_000,
+        50_000,
+        100_000,
+        250_000,
+        500_000,
+        1_000_000,
+        2_500_000,
+        5_000_000,
+        10_000_000,
+        25_000_000,
+        50_000_000,
+        100_000_000,
+        250_000_000,
+        500_000_000,
+        1_000_000_000,
+        2_500_000_000,
+        5_000_000_000,
+        10_000_000_000,
+    ];
+
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Buckets {
+        let count = h.len();
+        Buckets {
+            le_ns: Self::BOUNDS_NS.to_vec(),
+            cumulative: Self::BOUNDS_NS
+                .iter()
+                .map(|&le| {
+                    if count == 0 {
+                        0
+                    } else {
+                        h.count_between(0, le)
+                    }
+                })
+                .collect(),
+            count,
+            sum_ns: if count == 0 {
+                0
+            } else {
+                (h.mean() * count as f64).round() as u64
+            },
+        }
+    }
+}
+
+/// Hold time, commit-to-wire and fence drain of one VM, as buckets.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmHistogramBuckets {
+    pub hold_time: Buckets,
+    pub commit_to_wire: Buckets,
+    pub fence_drain: Buckets,
 }
 
 /// A VM's configuration as `epochgate vms` shows it.
@@ -481,6 +567,9 @@ impl VmSnapshot {
             commit_to_wire: Latency::default(),
             fence_drain: Latency::default(),
             setup: VmSetup::default(),
+            epoch_age_ns: c.epoch_age_ns.get(),
+            controller: c.controller.get() != 0,
+            histograms: VmHistogramBuckets::default(),
         }
     }
 
@@ -519,6 +608,69 @@ pub struct Snapshot {
     /// The VMM control socket's sessions and refusals.
     #[serde(default)]
     pub control: ControlSnapshot,
+    /// The poll loops, one per worker lcore.
+    #[serde(default)]
+    pub workers: Vec<WorkerSnapshot>,
+}
+
+/// A worker's poll loop, counted in the worker's own variables (no atomics per frame or per
+/// round) and published every `meter::PUBLISH_MS`, like `ovs-appctl dpif-netdev/pmd-stats-show`.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    /// The EAL lcore it runs on.
+    pub lcore: Counter,
+    /// Rounds of the poll loop, and those that moved at least one frame.
+    pub rounds: Counter,
+    pub busy_rounds: Counter,
+    /// Frames read from every port (VM ports, shared ingress, uplink), and sent on every port.
+    pub rx_frames: Counter,
+    pub tx_frames: Counter,
+    /// TSC cycles spent in busy and in idle rounds, and the TSC's rate.
+    pub busy_cycles: Counter,
+    pub idle_cycles: Counter,
+    pub tsc_hz: Counter,
+}
+
+/// [`WorkerCounters`] at a moment.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerSnapshot {
+    pub lcore: u64,
+    pub rounds: u64,
+    pub busy_rounds: u64,
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    pub busy_cycles: u64,
+    pub idle_cycles: u64,
+    pub tsc_hz: u64,
+}
+
+impl WorkerSnapshot {
+    pub fn of(c: &WorkerCounters) -> WorkerSnapshot {
+        WorkerSnapshot {
+            lcore: c.lcore.get(),
+            rounds: c.rounds.get(),
+            busy_rounds: c.busy_rounds.get(),
+            rx_frames: c.rx_frames.get(),
+            tx_frames: c.tx_frames.get(),
+            busy_cycles: c.busy_cycles.get(),
+            idle_cycles: c.idle_cycles.get(),
+            tsc_hz: c.tsc_hz.get(),
+        }
+    }
+
+    /// Rounds that moved no frame.
+    pub fn idle_rounds(&self) -> u64 {
+        self.rounds.saturating_sub(self.busy_rounds)
+    }
+
+    /// Frames (received and sent) per busy round.
+    pub fn frames_per_busy_round(&self) -> f64 {
+        if self.busy_rounds == 0 {
+            0.0
+        } else {
+            (self.rx_frames + self.tx_frames) as f64 / self.busy_rounds as f64
+        }
+    }
 }
 
 /// The control thread's counters (it is their only writer).

@@ -26,6 +26,9 @@ pub enum Op {
     Unprotect(Release),
     Discard,
     Promote(Mode),
+    /// Back to standby (the HA manager moves the VM's output to another host): everything held
+    /// or waiting is dropped, nothing more of it leaves.
+    Demote,
     /// The session went away (the VMM died): a protected VM goes to `failed` and what it holds
     /// is discarded. Not answered.
     Fail,

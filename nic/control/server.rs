@@ -68,6 +68,7 @@ fn mode_after(reply: &Reply) -> Option<proto::Mode> {
         Reply::Welcome { mode, .. } | Reply::Promoted { mode, .. } => Some(*mode),
         Reply::Protected { .. } => Some(proto::Mode::Protected),
         Reply::Unprotected { .. } => Some(proto::Mode::Passthrough),
+        Reply::Demoted { .. } => Some(proto::Mode::Standby),
         _ => None,
     }
 }
@@ -665,6 +666,7 @@ impl Server {
                     );
                 }
                 self.owners[vi] = Some(id);
+                self.vms[vi].counters.controller.set(1);
                 self.sessions[i].vm = Some(vi);
                 Op::Adopt
             }
@@ -688,6 +690,7 @@ impl Server {
             (Request::Unprotect { how }, Some(_)) => Op::Unprotect(how),
             (Request::Discard, Some(_)) => Op::Discard,
             (Request::Promote { mode }, Some(_)) => Op::Promote(mode),
+            (Request::Demote, Some(_)) => Op::Demote,
         };
         let vm = self.sessions[i].vm.unwrap_or_default();
         self.sessions[i].waiting = true;
@@ -743,6 +746,7 @@ impl Server {
             let s = self.sessions.swap_remove(i);
             if let Some(vm) = s.vm {
                 self.owners[vm] = None;
+                self.vms[vm].counters.controller.set(0);
                 // The worker fails a protected VM when its controller goes (Op::Fail).
                 if self.modes.mode(vm) == proto::Mode::Protected {
                     if let Err(e) = self.modes.set(vm, proto::Mode::Failed) {
@@ -786,10 +790,17 @@ fn persist(modes: &mut Tracker, vm: VmIdx, reply: Reply) -> Reply {
     let was = modes.mode(vm);
     match modes.set(vm, mode) {
         Ok(()) => reply,
-        Err(e) if state::holds(mode) && !state::holds(was) => Reply::error(
-            ErrorCode::Internal,
-            format!("{e}: the VM is {mode} now, but a restart of epochgate would not know it"),
-        ),
+        // A change to a safer mode that a restart would not know is refused: held output, or
+        // a standby copy (demoted: its output is another host's now).
+        Err(e)
+            if (state::holds(mode) && !state::holds(was))
+                || (mode == proto::Mode::Standby && was != proto::Mode::Standby) =>
+        {
+            Reply::error(
+                ErrorCode::Internal,
+                format!("{e}: the VM is {mode} now, but a restart of epochgate would not know it"),
+            )
+        }
         Err(e) => {
             eprintln!("epochgate: {e}");
             reply

@@ -6,7 +6,8 @@
 //! fsync of the directory) whenever a VM's mode changes, and before the VMM is told of a change
 //! that makes the VM safer; the data plane never waits for it. On start, a VM that was
 //! `protected` or `failed` comes back `protected` in a new open epoch, holding its output until a
-//! controller adopts it, whatever the config says; any other VM starts in its configured mode.
+//! controller adopts it, whatever the config says; one that was `standby` (demoted) comes back
+//! `standby`; any other VM starts in its configured mode.
 //!
 //! A state file that cannot be read or parsed is an error naming it (epochgate does not start:
 //! guessing could leak). A missing file means a first start, unless the control socket file of
@@ -102,10 +103,13 @@ fn parse(text: &str) -> Result<BTreeMap<String, Mode>, String> {
 }
 
 /// The mode a VM starts in: `protected` (holding, until a controller adopts it) if it was
-/// protected or failed when the previous run ended, else its configured mode.
+/// protected or failed when the previous run ended, `standby` if it was standby (demoted, or
+/// never promoted), else its configured mode.
 pub fn restored(configured: ConfigMode, previous: Option<Mode>) -> ConfigMode {
     match previous {
         Some(Mode::Protected | Mode::Failed) => ConfigMode::Protected,
+        // Demoted (its output moved to another host): it stays a standby copy until promoted.
+        Some(Mode::Standby) => ConfigMode::Standby,
         _ => configured,
     }
 }
@@ -330,7 +334,8 @@ mod tests {
             assert_eq!(restored(configured, Some(Mode::Protected)), C::Protected);
             assert_eq!(restored(configured, Some(Mode::Failed)), C::Protected);
             assert_eq!(restored(configured, Some(Mode::Passthrough)), configured);
-            assert_eq!(restored(configured, Some(Mode::Standby)), configured);
+            // Demoted (or never promoted): a standby copy stays one.
+            assert_eq!(restored(configured, Some(Mode::Standby)), C::Standby);
             assert_eq!(restored(configured, None), configured);
         }
     }

@@ -16,7 +16,7 @@ use crate::dpdk::{self, DpdkError, Eal, LaunchHandle, Mempool, Port, PortConf, S
 use crate::meter::MeterHub;
 use crate::stats::{
     ControlCounters, ControlSnapshot, EgressCounters, EgressSnapshot, PortCounters, PortSnapshot,
-    Snapshot, VmCounters, VmSetup, VmSnapshot,
+    Snapshot, VmCounters, VmSetup, VmSnapshot, WorkerCounters, WorkerSnapshot,
 };
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -40,6 +40,8 @@ pub enum StartError {
     State(#[from] crate::control::state::StateError),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// A port EAL or its driver refused (or its vhost-user socket), named by its config key.
     // Not `source`: the message already holds it (a source would print it twice).
     #[error("{key}: {spec}: {error}")]
@@ -82,6 +84,7 @@ pub struct StatsSource {
     meter: Arc<MeterHub>,
     egress: Arc<EgressCounters>,
     control: Arc<ControlCounters>,
+    workers: Vec<Arc<WorkerCounters>>,
     started: Instant,
 }
 
@@ -95,11 +98,12 @@ impl StatsSource {
                 .iter()
                 .enumerate()
                 .map(|(i, v)| {
-                    let [hold, c2w, drain] = self.meter.latency(i);
+                    let ([hold, c2w, drain], histograms) = self.meter.summary(i);
                     VmSnapshot {
                         hold_time: hold,
                         commit_to_wire: c2w,
                         fence_drain: drain,
+                        histograms,
                         setup: v.setup.clone(),
                         ..VmSnapshot::of(&v.name, &v.counters)
                     }
@@ -121,6 +125,7 @@ impl StatsSource {
                 .collect(),
             egress: EgressSnapshot::of(&self.egress),
             control: ControlSnapshot::of(&self.control),
+            workers: self.workers.iter().map(|w| WorkerSnapshot::of(w)).collect(),
         }
     }
 }
@@ -207,6 +212,7 @@ pub struct Appliance {
     worker: Option<LaunchHandle>,
     control: Option<ControlServer>,
     admin: Option<AdminServer>,
+    metrics: Option<crate::metrics::MetricsServer>,
 }
 
 impl Appliance {
@@ -337,6 +343,8 @@ impl Appliance {
         let rings = Arc::new(Rings::new(vms.len()));
         let meter = MeterHub::new(vms.len());
         let egress = Arc::new(EgressCounters::default());
+        let worker_counters = Arc::new(WorkerCounters::default());
+        worker_counters.lcore.set(u64::from(lcore));
         let control = ControlServer::start(
             &cfg.control,
             vms.iter()
@@ -376,6 +384,7 @@ impl Appliance {
                 pool,
                 meter: meter.clone(),
                 egress: egress.clone(),
+                counters: worker_counters.clone(),
             },
         );
         let stats = Arc::new(StatsSource {
@@ -384,10 +393,19 @@ impl Appliance {
             meter,
             egress,
             control: control.counters(),
+            workers: vec![worker_counters],
             started: Instant::now(),
         });
-        let source = stats.clone();
-        let admin = AdminServer::start(&cfg.control, Arc::new(move || source.snapshot()))?;
+        let source: crate::admin::SnapshotFn = {
+            let stats = stats.clone();
+            Arc::new(move || stats.snapshot())
+        };
+        let admin = AdminServer::start(&cfg.control, source.clone())?;
+        let metrics = cfg
+            .admin
+            .metrics_listen
+            .map(|addr| crate::metrics::MetricsServer::start(addr, source))
+            .transpose()?;
         let handle = dpdk::launch_on(eal, lcore, move || worker.run())?;
         Ok(Appliance {
             eal,
@@ -397,7 +415,14 @@ impl Appliance {
             worker: Some(handle),
             control: Some(control),
             admin: Some(admin),
+            metrics,
         })
+    }
+
+    /// Where `/metrics` is served, if `[admin] metrics_listen` is set (the port the kernel
+    /// chose when it asked for port 0).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|m| m.local_addr())
     }
 
     /// The counters now.
@@ -419,6 +444,9 @@ impl Appliance {
         }
         if let Some(a) = self.admin.take() {
             a.stop();
+        }
+        if let Some(m) = self.metrics.take() {
+            m.stop();
         }
         self.quit.store(true, Relaxed);
         if let Some(h) = self.worker.take() {

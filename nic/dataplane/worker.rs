@@ -22,7 +22,9 @@ use crate::frame::{self, MacAddr};
 use crate::meter::{self, MeterHub, WorkerMeter};
 use crate::policy::{FrameKind, PolicyConfig, RequestPolicy};
 use crate::sched::{Backlog, Bucket, Class, Regulator, SchedConfig, Scheduler};
-use crate::stats::{DropReason, EgressCounters, Ledger, PortCounters, VmCounters, Waiting};
+use crate::stats::{
+    DropReason, EgressCounters, Ledger, PortCounters, VmCounters, Waiting, WorkerCounters,
+};
 use arrayvec::ArrayVec;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -198,6 +200,10 @@ pub struct WorkerVm {
     defer: VmDefer,
     /// Turns the open epoch's verdicts into checkpoint requests (used while protected).
     policy: RequestPolicy,
+    /// The open epoch as last seen by `publish_meter`, and the TSC at which it was first seen
+    /// there (for the epoch's age, to within `meter::PUBLISH_MS`).
+    seen_epoch: Option<u64>,
+    seen_epoch_at: u64,
 }
 
 impl WorkerVm {
@@ -241,6 +247,8 @@ impl WorkerVm {
             name: String::new(),
             defer: VmDefer::Builtin,
             policy: RequestPolicy::new(PolicyConfig::default(), 0),
+            seen_epoch: None,
+            seen_epoch_at: 0,
         };
         vm.publish();
         vm
@@ -395,6 +403,8 @@ pub struct WorkerLinks {
     pub meter: Arc<MeterHub>,
     /// The scheduler's counters.
     pub egress: Arc<EgressCounters>,
+    /// The poll loop's own counters (rounds, busy and idle cycles).
+    pub counters: Arc<WorkerCounters>,
 }
 
 /// Times, in TSC ticks.
@@ -450,6 +460,25 @@ pub struct Worker {
     windows: Option<WindowTable>,
     /// The earliest TSC at which a VM's request policy has a timer due (u64::MAX: none).
     wakeup: u64,
+    /// The poll loop's figures, kept here (plain numbers) and published with the meter.
+    loop_stats: LoopStats,
+    loop_counters: Arc<WorkerCounters>,
+}
+
+/// What the poll loop counts about itself: per round a few additions to the worker's own
+/// variables, never an atomic; published every `meter::PUBLISH_MS`.
+#[derive(Debug, Default, Clone, Copy)]
+struct LoopStats {
+    rounds: u64,
+    busy_rounds: u64,
+    rx_frames: u64,
+    tx_frames: u64,
+    busy_cycles: u64,
+    idle_cycles: u64,
+    /// Frames moved (received or sent) in the round under way.
+    round_frames: u64,
+    /// Whether the previous round moved a frame (its cycles are counted when the next starts).
+    last_busy: bool,
 }
 
 impl Worker {
@@ -469,7 +498,9 @@ impl Worker {
             pool,
             meter,
             egress: egress_counters,
+            counters: loop_counters,
         } = links;
+        loop_counters.tsc_hz.set(opts.tsc_hz);
         let mut vms = vms;
         let now = tsc();
         let mut sched = Scheduler::new(
@@ -526,6 +557,8 @@ impl Worker {
             classifier,
             windows,
             wakeup: u64::MAX,
+            loop_stats: LoopStats::default(),
+            loop_counters,
         };
         w.refresh_group_targets();
         w
@@ -560,7 +593,16 @@ impl Worker {
     #[inline]
     pub fn poll_once(&mut self) {
         // One clock read per round: a round takes microseconds, far below any timer here.
-        self.now = tsc();
+        let now = tsc();
+        let l = &mut self.loop_stats;
+        // The cycles since the last round started belong to that round.
+        let spent = now.saturating_sub(self.now);
+        if l.last_busy {
+            l.busy_cycles += spent;
+        } else {
+            l.idle_cycles += spent;
+        }
+        self.now = now;
         self.control();
         self.rx_vm_ports();
         self.rx_shared_ingress();
@@ -577,6 +619,11 @@ impl Worker {
         }
         self.fill_egress();
         self.tx_egress();
+        let l = &mut self.loop_stats;
+        l.rounds += 1;
+        l.last_busy = l.round_frames > 0;
+        l.busy_rounds += u64::from(l.last_busy);
+        l.round_frames = 0;
         if self.now >= self.next_publish {
             self.publish_meter();
         }
@@ -593,7 +640,23 @@ impl Worker {
         c.passthrough_bytes.set(s.passthrough_bytes);
         c.contended_frames.set(s.contended);
         c.guarded_frames.set(s.guarded);
-        for vm in &self.vms {
+        let (l, c) = (&self.loop_stats, &self.loop_counters);
+        c.rounds.set(l.rounds);
+        c.busy_rounds.set(l.busy_rounds);
+        c.rx_frames.set(l.rx_frames);
+        c.tx_frames.set(l.tx_frames);
+        c.busy_cycles.set(l.busy_cycles);
+        c.idle_cycles.set(l.idle_cycles);
+        for vm in &mut self.vms {
+            let open = vm.queue.open_epoch();
+            if open != vm.seen_epoch {
+                vm.seen_epoch = open;
+                vm.seen_epoch_at = self.now;
+            }
+            vm.counters.epoch_age_ns.set(match open {
+                Some(_) => self.ns.of(self.now.saturating_sub(vm.seen_epoch_at)),
+                None => 0,
+            });
             vm.publish();
         }
         self.next_publish = self
@@ -639,6 +702,7 @@ impl Worker {
             let bytes = burst_bytes(&burst);
             count_rx(&port.counters, burst.len(), bytes);
             vm.ledger.received(burst.len() as u64, bytes);
+            self.loop_stats.moved_in(burst.len());
             let now = self.now;
             for m in burst {
                 self.accept(vi, m, now);
@@ -663,6 +727,7 @@ impl Worker {
             return;
         }
         count_rx(&port.counters, burst.len(), burst_bytes(&burst));
+        self.loop_stats.moved_in(burst.len());
         let now = self.now;
         for m in burst {
             // Only VMs attached here can send here: a frame with the address of a VM that has
@@ -816,6 +881,7 @@ impl Worker {
         if sent == 0 {
             return;
         }
+        self.loop_stats.moved_out(sent);
         // Account by runs of frames of one VM that arrived together (the usual case: a burst
         // goes out as it came in): one counter update and one histogram record per run.
         let now = self.now;
@@ -866,6 +932,7 @@ impl Worker {
             return;
         }
         count_rx(&self.ports[eg].counters, burst.len(), burst_bytes(&burst));
+        self.loop_stats.moved_in(burst.len());
         for m in burst {
             match self.demux.destination(m.data()) {
                 Inbound::Vm(vi) => {
@@ -908,6 +975,7 @@ impl Worker {
             }
             let sent = p.tx.tx_burst(&mut p.inbound);
             if sent > 0 {
+                self.loop_stats.moved_out(sent);
                 let left: u64 = p.inbound.iter().map(|m| m.len() as u64).sum();
                 p.counters.tx_frames.add(sent as u64);
                 p.counters.tx_bytes.add(p.inbound_bytes - left);
@@ -1063,6 +1131,30 @@ impl Worker {
                     }
                 }
             }
+            Op::Demote => {
+                if vm.mode == Mode::Standby {
+                    return Some(Reply::Demoted { dropped: 0 });
+                }
+                // (No fence can be draining: the session waits for a fence's answer before it
+                // sends anything else. Cleared anyway, as for Fail.)
+                if vm.fencing.take().is_some() {
+                    self.fencing -= 1;
+                }
+                let vm = &mut self.vms[cmd.vm];
+                let mut dropped = 0;
+                if vm.mode == Mode::Protected {
+                    // Its epochs end here; none of them may leave from this host any more.
+                    dropped += vm.drop_held(DropReason::Demoted, true);
+                }
+                // Released frames still waiting go too: the VM's output is the other host's
+                // now. (Frames already in the TX burst were released; they may still leave.)
+                let n = vm.queue.drain_released(usize::MAX).count() as u64;
+                vm.drop_frames(DropReason::Demoted, n);
+                dropped += n;
+                vm.mode = Mode::Standby;
+                self.refresh_group_targets();
+                Reply::Demoted { dropped }
+            }
             Op::Fail => {
                 if vm.fencing.take().is_some() {
                     self.fencing -= 1;
@@ -1217,6 +1309,20 @@ impl Worker {
         eg.drops
             .add(DropReason::Shutdown, self.notices.len() as u64);
         self.notices.clear();
+    }
+}
+
+impl LoopStats {
+    #[inline]
+    fn moved_in(&mut self, frames: usize) {
+        self.rx_frames += frames as u64;
+        self.round_frames += frames as u64;
+    }
+
+    #[inline]
+    fn moved_out(&mut self, frames: usize) {
+        self.tx_frames += frames as u64;
+        self.round_frames += frames as u64;
     }
 }
 

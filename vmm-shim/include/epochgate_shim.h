@@ -147,6 +147,10 @@ int eg_shim_discard(eg_shim *shim, uint64_t *frames_out);
  * number of announcements sent goes to *announced_out. */
 int eg_shim_promote(eg_shim *shim, uint32_t mode, uint32_t *announced_out);
 
+/* Returns this VM to standby: its output stops leaving this host, and what it held or had
+ * waiting is dropped; how many goes to *dropped_out. */
+int eg_shim_demote(eg_shim *shim, uint64_t *dropped_out);
+
 /* Checks that epochgate answers (the Pong must echo a fresh token). */
 int eg_shim_ping(eg_shim *shim);
 

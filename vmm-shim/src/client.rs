@@ -411,6 +411,15 @@ impl Client {
         }
     }
 
+    /// Returns this VM to standby (its output stops leaving this host; what it held or had
+    /// waiting is dropped); returns how many frames were dropped.
+    pub fn demote(&mut self) -> Result<u64, ShimError> {
+        match self.call(Request::Demote)? {
+            Reply::Demoted { dropped } => Ok(dropped),
+            other => Err(unexpected("demoted", &other)),
+        }
+    }
+
     /// Checks that epochgate answers, with a fresh random token that the `Pong` must echo.
     pub fn ping(&mut self) -> Result<(), ShimError> {
         let token = RandomState::new().hash_one(Instant::now());
@@ -800,6 +809,7 @@ mod tests {
                 },
                 Request::Discard => Reply::Discarded { frames: 2 },
                 Request::Promote { mode } => Reply::Promoted { mode, announced: 6 },
+                Request::Demote => Reply::Demoted { dropped: 5 },
                 Request::Ping { token } => Reply::Pong { token },
                 Request::Stats => Reply::Stats(stats),
                 Request::Hello { .. } => Reply::error(ErrorCode::AlreadyAdopted, "again?"),
@@ -829,6 +839,7 @@ mod tests {
         assert_eq!(c.unprotect(Release::Drop).unwrap(), (0, 3));
         assert_eq!(c.discard().unwrap(), 2);
         assert_eq!(c.promote(Mode::Passthrough).unwrap(), 6);
+        assert_eq!(c.demote().unwrap(), 5);
         c.ping().unwrap();
         c.ping().unwrap();
         assert_eq!(c.stats().unwrap(), stats);

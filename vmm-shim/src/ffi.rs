@@ -541,6 +541,23 @@ pub unsafe extern "C" fn eg_shim_promote(
     })
 }
 
+/// Returns this VM to standby (its output stops leaving this host; what it held or had
+/// waiting is dropped); how many frames were dropped goes to `dropped_out`.
+///
+/// # Safety
+///
+/// `shim` is NULL or a live handle; `dropped_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn eg_shim_demote(shim: *mut EgShim, dropped_out: *mut u64) -> c_int {
+    entry(|| {
+        // SAFETY: NULL or a live handle (the contract).
+        let dropped = unsafe { with_client(shim, Client::demote) }?;
+        // SAFETY: NULL or writable (the contract).
+        unsafe { put(dropped_out, dropped) };
+        Ok(())
+    })
+}
+
 /// Checks that epochgate answers.
 ///
 /// # Safety
@@ -732,6 +749,7 @@ mod tests {
             assert_eq!(eg_shim_protect(null, std::ptr::null_mut()), -1);
             assert!(last_error().contains("NULL"), "{}", last_error());
             assert_eq!(eg_shim_ping(null), -1);
+            assert_eq!(eg_shim_demote(null, std::ptr::null_mut()), -1);
             assert_eq!(eg_shim_next_event(null, 0, std::ptr::null_mut()), -1);
             assert_eq!(eg_shim_set_event_callback(null, None, null.cast()), -1);
             assert_eq!(eg_shim_fd(null), -1);

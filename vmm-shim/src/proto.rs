@@ -49,6 +49,7 @@ const K_DISCARD: u8 = 0x06;
 const K_PROMOTE: u8 = 0x07;
 const K_PING: u8 = 0x08;
 const K_STATS: u8 = 0x09;
+const K_DEMOTE: u8 = 0x0A;
 
 const K_WELCOME: u8 = 0x81;
 const K_PROTECTED: u8 = 0x82;
@@ -61,6 +62,7 @@ const K_PONG: u8 = 0x88;
 const K_STATS_REPLY: u8 = 0x89;
 const K_CHECKPOINT_REQUEST: u8 = 0x8A;
 const K_ERROR: u8 = 0x8B;
+const K_DEMOTED: u8 = 0x8C;
 
 fn request_kind_name(kind: u8) -> Option<&'static str> {
     Some(match kind {
@@ -73,6 +75,7 @@ fn request_kind_name(kind: u8) -> Option<&'static str> {
         K_PROMOTE => "promote",
         K_PING => "ping",
         K_STATS => "stats",
+        K_DEMOTE => "demote",
         _ => return None,
     })
 }
@@ -90,6 +93,7 @@ fn reply_kind_name(kind: u8) -> Option<&'static str> {
         K_STATS_REPLY => "stats",
         K_CHECKPOINT_REQUEST => "checkpoint-request",
         K_ERROR => "error",
+        K_DEMOTED => "demoted",
         _ => return None,
     })
 }
@@ -424,6 +428,10 @@ pub enum Request {
     },
     /// Ask for the VM's counters (kind 0x09).
     Stats,
+    /// Return this live (or failed) VM to standby: its output stops leaving this host, and
+    /// everything it holds or has waiting is dropped (kind 0x0A). The opposite of `Promote`,
+    /// for an HA manager that moves the VM's output to another host.
+    Demote,
 }
 
 /// The VM's state and counters, as the `Stats` reply carries them.
@@ -502,6 +510,12 @@ pub enum Reply {
         mode: Mode,
         /// Announcements sent.
         announced: u32,
+    },
+    /// `Demote` done: the VM is in standby; `dropped` frames it held or had waiting were
+    /// dropped (kind 0x8C).
+    Demoted {
+        /// Frames dropped.
+        dropped: u64,
     },
     /// Answer to `Ping` (kind 0x88).
     Pong {
@@ -910,6 +924,7 @@ impl Request {
             Request::Promote { .. } => K_PROMOTE,
             Request::Ping { .. } => K_PING,
             Request::Stats => K_STATS,
+            Request::Demote => K_DEMOTE,
         }
     }
 
@@ -933,7 +948,8 @@ impl Request {
             | Request::Unprotect { .. }
             | Request::Discard
             | Request::Ping { .. }
-            | Request::Stats => Ok(()),
+            | Request::Stats
+            | Request::Demote => Ok(()),
         }
     }
 
@@ -947,7 +963,7 @@ impl Request {
         let w = Writer::new(self.kind());
         match self {
             Request::Hello { version, vm } => w.u8(*version).str(vm, MAX_VM_NAME),
-            Request::Protect | Request::Discard | Request::Stats => w,
+            Request::Protect | Request::Discard | Request::Stats | Request::Demote => w,
             Request::Fence { epoch } | Request::Commit { epoch } => w.u64(*epoch),
             Request::Unprotect { how } => w.u8(*how as u8),
             Request::Promote { mode } => w.u8(*mode as u8),
@@ -988,6 +1004,7 @@ impl Reply {
             Reply::Stats(_) => K_STATS_REPLY,
             Reply::CheckpointRequest { .. } => K_CHECKPOINT_REQUEST,
             Reply::Error { .. } => K_ERROR,
+            Reply::Demoted { .. } => K_DEMOTED,
         }
     }
 
@@ -1011,6 +1028,7 @@ impl Reply {
             | Reply::Committed { .. }
             | Reply::Unprotected { .. }
             | Reply::Discarded { .. }
+            | Reply::Demoted { .. }
             | Reply::Pong { .. }
             | Reply::Stats(_)
             | Reply::CheckpointRequest { .. } => Ok(()),
@@ -1037,6 +1055,7 @@ impl Reply {
             Reply::Committed { epoch, frames } => w.u64(*epoch).u64(*frames),
             Reply::Unprotected { released, dropped } => w.u64(*released).u64(*dropped),
             Reply::Discarded { frames } => w.u64(*frames),
+            Reply::Demoted { dropped } => w.u64(*dropped),
             Reply::Promoted { mode, announced } => w.u8(*mode as u8).u32(*announced),
             Reply::Pong { token } => w.u64(*token),
             Reply::Stats(s) => w
@@ -1138,6 +1157,10 @@ pub fn decode_request(buf: &[u8]) -> Result<Request, ProtoError> {
             r.exact(0)?;
             Request::Discard
         }
+        K_DEMOTE => {
+            r.exact(0)?;
+            Request::Demote
+        }
         K_PROMOTE => {
             r.exact(1)?;
             let mode = check_promote_mode(name, mode_from(name, r.u8()?)?)?;
@@ -1200,6 +1223,10 @@ pub fn decode_reply(buf: &[u8]) -> Result<Reply, ProtoError> {
         K_DISCARDED => {
             r.exact(8)?;
             Reply::Discarded { frames: r.u64()? }
+        }
+        K_DEMOTED => {
+            r.exact(8)?;
+            Reply::Demoted { dropped: r.u64()? }
         }
         K_PROMOTED => {
             r.exact(5)?;
@@ -1336,6 +1363,7 @@ mod tests {
             Request::Ping { token: 0 },
             Request::Ping { token: u64::MAX },
             Request::Stats,
+            Request::Demote,
         ]
     }
 
@@ -1361,6 +1389,7 @@ mod tests {
                 dropped: u64::MAX,
             },
             Reply::Discarded { frames: 0 },
+            Reply::Demoted { dropped: u64::MAX },
             Reply::Promoted {
                 mode: Mode::Protected,
                 announced: u32::MAX,
@@ -1401,7 +1430,7 @@ mod tests {
         let samples = sample_requests();
         let mut kinds: Vec<u8> = samples.iter().map(Request::kind).collect();
         kinds.dedup();
-        assert_eq!(kinds, (K_HELLO..=K_STATS).collect::<Vec<_>>());
+        assert_eq!(kinds, (K_HELLO..=K_DEMOTE).collect::<Vec<_>>());
         for req in samples {
             assert_eq!(req.validate(), Ok(()));
             let bytes = req.encode();
@@ -1421,7 +1450,7 @@ mod tests {
         let mut kinds: Vec<u8> = samples.iter().map(Reply::kind).collect();
         kinds.sort_unstable();
         kinds.dedup();
-        assert_eq!(kinds, (K_WELCOME..=K_ERROR).collect::<Vec<_>>());
+        assert_eq!(kinds, (K_WELCOME..=K_DEMOTED).collect::<Vec<_>>());
         for reply in samples {
             assert_eq!(reply.validate(), Ok(()));
             let bytes = reply.encode();
@@ -1447,6 +1476,7 @@ mod tests {
             "promote",
             "ping",
             "stats",
+            "demote",
         ] {
             assert!(names.contains(&n), "{n}");
         }
@@ -1464,6 +1494,7 @@ mod tests {
             "stats",
             "checkpoint-request",
             "error",
+            "demoted",
         ] {
             assert!(names.contains(&n), "{n}");
         }
@@ -1559,6 +1590,23 @@ mod tests {
     }
 
     static DISCARD_BYTES: [u8; 8] = [b'E', b'G', 0x01, 0x06, 0, 0, 0, 0];
+
+    static DEMOTE_BYTES: [u8; 8] = [b'E', b'G', 0x01, 0x0A, 0, 0, 0, 0];
+
+    #[test]
+    fn wire_demote() {
+        pin_request(&DEMOTE_BYTES, Request::Demote);
+    }
+
+    static DEMOTED_BYTES: [u8; 16] = [
+        b'E', b'G', 0x01, 0x8C, 0x08, 0, 0, 0, //
+        0x2A, 0, 0, 0, 0, 0, 0, 0, // dropped 42
+    ];
+
+    #[test]
+    fn wire_demoted() {
+        pin_reply(&DEMOTED_BYTES, Reply::Demoted { dropped: 42 });
+    }
 
     #[test]
     fn wire_discard() {
@@ -1859,7 +1907,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_kinds() {
-        for kind in [0x00, 0x0a, 0x7f, 0x80, 0x8c, 0xff] {
+        for kind in [0x00, 0x0b, 0x7f, 0x80, 0x8d, 0xff] {
             let m = frame(kind, &[]);
             assert_eq!(decode_request(&m), Err(ProtoError::UnknownKind { kind }));
             assert_eq!(decode_reply(&m), Err(ProtoError::UnknownKind { kind }));
@@ -1874,8 +1922,8 @@ mod tests {
             Err(ProtoError::UnknownKind { kind: K_FENCE })
         );
         assert_eq!(
-            ProtoError::UnknownKind { kind: 0x0a }.to_string(),
-            "unknown message kind 0x0a"
+            ProtoError::UnknownKind { kind: 0x0b }.to_string(),
+            "unknown message kind 0x0b"
         );
         assert_eq!(
             ProtoError::UnknownKind { kind: 0 }.code(),
@@ -1931,7 +1979,8 @@ mod tests {
 
     #[test]
     fn rejects_wrong_body_length_for_fixed_kinds() {
-        let requests: [&[u8]; 8] = [
+        let requests: [&[u8]; 9] = [
+            &DEMOTE_BYTES,
             &PROTECT_BYTES,
             &FENCE_BYTES,
             &COMMIT_BYTES,
@@ -1965,7 +2014,8 @@ mod tests {
                 })
             );
         }
-        let replies: [&[u8]; 10] = [
+        let replies: [&[u8]; 11] = [
+            &DEMOTED_BYTES,
             &WELCOME_BYTES,
             &PROTECTED_BYTES,
             &FENCED_BYTES,
@@ -2322,6 +2372,7 @@ mod tests {
             arb_promote_mode().prop_map(|mode| Request::Promote { mode }),
             any::<u64>().prop_map(|token| Request::Ping { token }),
             Just(Request::Stats),
+            Just(Request::Demote),
         ]
     }
 
@@ -2366,6 +2417,7 @@ mod tests {
             any::<[u64; 2]>()
                 .prop_map(|[released, dropped]| Reply::Unprotected { released, dropped }),
             any::<u64>().prop_map(|frames| Reply::Discarded { frames }),
+            any::<u64>().prop_map(|dropped| Reply::Demoted { dropped }),
             (arb_promote_mode(), any::<u32>())
                 .prop_map(|(mode, announced)| Reply::Promoted { mode, announced }),
             any::<u64>().prop_map(|token| Reply::Pong { token }),

@@ -31,6 +31,7 @@ const SESSION_HELP: &str = r#"SESSION
     unprotect release|drop    stop protecting; send or drop what is held
     discard                   drop everything held (after a failed checkpoint)
     promote MODE              make this standby VM live: MODE is passthrough or protected
+    demote                    return the VM to standby (its output stops; what waits is dropped)
     stats                     the VM's mode and counters
     ping                      check that epochgate answers
 
@@ -44,6 +45,7 @@ OUTPUT
     {"reply":"unprotected","released":3,"dropped":0}
     {"reply":"discarded","frames":3}
     {"reply":"promoted","mode":"protected","announced":0}
+    {"reply":"demoted","dropped":0}
     {"reply":"pong"}
     {"reply":"stats","mode":"protected","open_epoch":2,"sealed_epoch":1,
      "committed_epoch":1,"held_frames":0,"held_bytes":0,"rx_frames":10,"tx_frames":10,
@@ -103,12 +105,13 @@ enum Command {
     Unprotect(Release),
     Discard,
     Promote(Mode),
+    Demote,
     Stats,
     Ping,
 }
 
 const COMMANDS: &str =
-    "protect, fence N, commit N, unprotect release|drop, discard, promote MODE, stats or ping";
+    "protect, fence N, commit N, unprotect release|drop, discard, promote MODE, demote, stats or ping";
 
 /// Reads one input line: `Ok(None)` for a blank line or a comment, `Err(why)` for anything
 /// that is not a command.
@@ -142,6 +145,7 @@ fn parse_line(line: &str) -> Result<Option<Command>, String> {
     match name {
         "protect" => none(Command::Protect),
         "discard" => none(Command::Discard),
+        "demote" => none(Command::Demote),
         "stats" => none(Command::Stats),
         "ping" => none(Command::Ping),
         "fence" => Ok(Some(Command::Fence(epoch()?))),
@@ -249,6 +253,7 @@ fn execute(client: &mut Client, cmd: Command) -> Result<Line, ShimError> {
                 .with("mode", mode.name())
                 .with("announced", announced)
         }
+        Command::Demote => Line::reply("demoted").with("dropped", client.demote()?),
         Command::Stats => {
             let s = client.stats()?;
             Line::reply("stats")
@@ -451,6 +456,7 @@ mod tests {
             ("unprotect release", Command::Unprotect(Release::Release)),
             ("unprotect drop", Command::Unprotect(Release::Drop)),
             ("discard", Command::Discard),
+            ("demote", Command::Demote),
             ("promote passthrough", Command::Promote(Mode::Passthrough)),
             ("promote protected", Command::Promote(Mode::Protected)),
             ("stats", Command::Stats),
@@ -483,6 +489,7 @@ mod tests {
             ("fence 1 2", "fence takes one argument, an epoch N"),
             ("protect now", "protect takes no argument"),
             ("discard 3", "discard takes no argument"),
+            ("demote now", "demote takes no argument"),
             ("stats x", "stats takes no argument"),
             ("ping 1", "ping takes no argument"),
             ("unprotect", "unprotect needs release or drop"),
@@ -509,11 +516,11 @@ mod tests {
             ),
             (
                 "Protect",
-                "unknown command \"Protect\": expected protect, fence N, commit N, unprotect release|drop, discard, promote MODE, stats or ping",
+                "unknown command \"Protect\": expected protect, fence N, commit N, unprotect release|drop, discard, promote MODE, demote, stats or ping",
             ),
             (
                 "hello web",
-                "unknown command \"hello\": expected protect, fence N, commit N, unprotect release|drop, discard, promote MODE, stats or ping",
+                "unknown command \"hello\": expected protect, fence N, commit N, unprotect release|drop, discard, promote MODE, demote, stats or ping",
             ),
         ];
         for (line, why) in cases {

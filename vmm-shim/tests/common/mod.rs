@@ -116,6 +116,10 @@ impl Model {
                     announced: 2,
                 }
             }
+            Request::Demote => {
+                self.mode = Mode::Standby;
+                Reply::Demoted { dropped: 0 }
+            }
             Request::Promote { .. } => err(
                 ErrorCode::WrongMode,
                 format!(
