@@ -627,6 +627,7 @@ fn plots(dir: &std::path::Path, r: &Runner) -> Result<()> {
                 ],
                 log_x: false,
                 markers: vec![],
+                fit_y: false,
             },
         )?;
     }
@@ -672,6 +673,7 @@ fn plots(dir: &std::path::Path, r: &Runner) -> Result<()> {
             series,
             log_x: true,
             markers: vec![],
+            fit_y: false,
         },
     )?;
     if let Some(sweep) = r.extra.get("vm_sweep_ns_per_frame") {
@@ -697,6 +699,7 @@ fn plots(dir: &std::path::Path, r: &Runner) -> Result<()> {
                 series,
                 log_x: false,
                 markers: vec![],
+                fit_y: false,
             },
         )?;
     }
@@ -722,6 +725,7 @@ fn plots(dir: &std::path::Path, r: &Runner) -> Result<()> {
                 }],
                 log_x: false,
                 markers: vec![],
+                fit_y: false,
             },
         )?;
     }
@@ -758,6 +762,7 @@ fn plots(dir: &std::path::Path, r: &Runner) -> Result<()> {
                 ],
                 log_x: false,
                 markers: tl.commits_ms.clone(),
+                fit_y: true,
             },
         )?;
     }

@@ -20,6 +20,8 @@ pub struct Chart {
     pub log_x: bool,
     /// Vertical marker lines (e.g. commits), drawn faintly.
     pub markers: Vec<f64>,
+    /// The y axis spans the data only (else it starts at 0).
+    pub fit_y: bool,
 }
 
 const W: f64 = 760.0;
@@ -58,7 +60,7 @@ fn nice(v: f64) -> String {
 impl Chart {
     pub fn render(&self) -> String {
         let pts = self.series.iter().flat_map(|s| s.points.iter());
-        let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, f64::MIN);
+        let (mut x0, mut x1, mut y1, mut ymin) = (f64::MAX, f64::MIN, f64::MIN, f64::MAX);
         for &(x, y) in pts {
             if self.log_x && x <= 0.0 {
                 continue;
@@ -66,15 +68,16 @@ impl Chart {
             x0 = x0.min(x);
             x1 = x1.max(x);
             y1 = y1.max(y);
+            ymin = ymin.min(y);
         }
         if x0 > x1 {
             (x0, x1, y1) = (0.0, 1.0, 1.0);
         }
-        let y0 = 0.0;
+        let y0 = if self.fit_y && ymin < y1 { ymin } else { 0.0 };
         if y1 <= y0 {
             y1 = y0 + 1.0;
         }
-        y1 *= 1.05;
+        y1 += (y1 - y0) * 0.05;
         let fx = |x: f64| -> f64 {
             let (a, b, v) = if self.log_x {
                 (
@@ -222,6 +225,7 @@ mod tests {
             ],
             log_x: false,
             markers: vec![0.5],
+            fit_y: false,
         };
         let s = c.render();
         assert!(s.starts_with("<svg") && s.ends_with("</svg>\n"));
