@@ -30,9 +30,7 @@ pub const QMP_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
     /// The QMP socket could not be reached.
-    #[error(
-        "QMP socket {path}: {source} (start QEMU with -qmp unix:{path},server=on,wait=off)"
-    )]
+    #[error("QMP socket {path}: {source} (start QEMU with -qmp unix:{path},server=on,wait=off)")]
     QmpConnect {
         /// The path given.
         path: PathBuf,
@@ -209,10 +207,7 @@ pub struct Summary {
 }
 
 /// Waits until `child` exits or `stop` is set (then kills it); `None` if stopped.
-fn wait_child(
-    mut child: Child,
-    stop: &AtomicBool,
-) -> io::Result<Option<std::process::ExitStatus>> {
+fn wait_child(mut child: Child, stop: &AtomicBool) -> io::Result<Option<std::process::ExitStatus>> {
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(Some(status));
@@ -393,7 +388,10 @@ mod tests {
 
     /// A QEMU stand-in: greets, then answers every command with an empty return, except
     /// `refuse` with an error; records the commands.
-    fn fake_qmp(dir: &Path, refuse: &'static str) -> (PathBuf, std::thread::JoinHandle<Vec<String>>) {
+    fn fake_qmp(
+        dir: &Path,
+        refuse: &'static str,
+    ) -> (PathBuf, std::thread::JoinHandle<Vec<String>>) {
         let path = dir.join("qmp.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let h = std::thread::spawn(move || {
@@ -406,7 +404,11 @@ mod tests {
                 let v: Value = serde_json::from_str(&line).unwrap();
                 let cmd = v["execute"].as_str().unwrap().to_string();
                 if cmd == refuse {
-                    writeln!(w, r#"{{"error": {{"class": "GenericError", "desc": "no"}}}}"#).unwrap();
+                    writeln!(
+                        w,
+                        r#"{{"error": {{"class": "GenericError", "desc": "no"}}}}"#
+                    )
+                    .unwrap();
                 } else {
                     writeln!(w, r#"{{"event": "STOP", "data": {{}}}}"#).unwrap();
                     writeln!(w, r#"{{"return": {{}}}}"#).unwrap();

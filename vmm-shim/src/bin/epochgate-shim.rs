@@ -159,14 +159,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "us" => Ok(Duration::from_micros(n)),
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (expected us, ms or s)")),
+        _ => Err(format!(
+            "{s:?}: unknown unit {unit:?} (expected us, ms or s)"
+        )),
     }
 }
 
 fn vmm(cli: &Cli, args: &VmmArgs) -> anyhow::Result<ExitCode> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    use vmm_shim::vmm::{self as reference, LoopConfig, Log, Qmp, Transfer};
+    use vmm_shim::vmm::{self as reference, Log, LoopConfig, Qmp, Transfer};
     if args.interval_max.is_zero() || args.interval_max < args.interval_min {
         anyhow::bail!(
             "--interval-max ({:?}) must be above 0 and at least --interval-min ({:?})",
