@@ -24,7 +24,14 @@ cache=${EPOCHGATE_GUEST_CACHE:-$HOME/.cache/epochgate-guest}
 mkdir -p "$cache" "$out"
 
 # The kernel image package linux-image-amd64 points to (a metapackage), and busybox-static.
-kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+kernel_package() {
+    apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }'
+}
+kpkg=$(kernel_package)
+if [ -z "$kpkg" ] && [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq >/dev/null 2>&1 || true
+    kpkg=$(kernel_package)
+fi
 [ -n "$kpkg" ] || { echo "guest: apt knows no linux-image-amd64 (run apt-get update)" >&2; exit 1; }
 # One build at a time per cache (tests may run concurrently with another worktree's).
 exec 9>"$cache/.lock"

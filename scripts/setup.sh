@@ -5,6 +5,9 @@ set -euo pipefail
 
 # tcpdump: tests/classify_cli.rs captures real loopback TCP traffic; iproute2: ip, ss.
 PACKAGES=(dpdk dpdk-dev libdpdk-dev clang libclang-dev pkg-config gcc tcpdump iproute2)
+# tests/qemu_guest.rs: a QEMU guest (its kernel and busybox are downloaded by scripts/guest.sh),
+# a veth pair's offloads (ethtool) and the peer's HTTP server (python3).
+PACKAGES+=(qemu-system-x86 ethtool python3)
 HUGEPAGES_WANTED=512   # 2 MB pages: 1 GB, enough for epochgate and a test peer
 
 as_root() {

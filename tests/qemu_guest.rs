@@ -238,8 +238,13 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 /// `epochgate-shim` of this workspace, built if needed (the package's tests only get
 /// epochgate's own binaries).
 fn shim_bin() -> PathBuf {
-    let ok = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "vmm-shim", "--bin", "epochgate-shim"])
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "-q", "-p", "vmm-shim", "--bin", "epochgate-shim"]);
+    // Into the profile directory this test binary runs from.
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let ok = cmd
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("cargo build")
@@ -685,4 +690,150 @@ fn the_capture_checks_catch_early_leaked_and_reordered_frames() {
     assert!(fails(&|| {
         assert_in_order(&[ping(0, 101), ping(2, 150), ping(1, 201)]);
     }));
+}
+
+/// One configuration's measurement: the guest's own timings.
+struct Cost {
+    name: String,
+    download_mbps: f64,
+    upload_mbps: f64,
+    rtt_ms: f64,
+    checkpoints: usize,
+    /// Of `checkpoints`, those started early by epochgate's checkpoint requests.
+    requested: usize,
+}
+
+/// Boots the cost guest once behind epochgate: `vmm_args` `None` is unprotected (the VM
+/// pass-through, no VMM loop).
+fn measure(name: &str, vmm_args: Option<&[&str]>, size: u64, pings: u64) -> Cost {
+    let dir = tempdir();
+    let d = dir.path();
+    let guest = build_guest(d, "cost.sh");
+    let mode = if vmm_args.is_some() {
+        "protected"
+    } else {
+        "passthrough"
+    };
+    let w = World::start(d, "c", mode);
+    let mut qemu = w.qemu(&guest, &format!("eg.size={size} eg.pings={pings}"));
+    let mut vmm = vmm_args.map(|a| w.vmm(&mut qemu, a));
+    let console = d.join("console.log");
+    wait_file(
+        &console,
+        "the cost guest's end",
+        &mut qemu,
+        GUEST_DEADLINE,
+        |t| t.contains("EG-END"),
+    );
+    assert!(
+        qemu.wait_exit().success(),
+        "QEMU: {}",
+        read(&d.join("qemu.err"))
+    );
+    let (checkpoints, requested) = match vmm.as_mut() {
+        Some(v) => {
+            // The guest powered off: the loop ends by itself.
+            assert!(v.wait_exit().success(), "{}", read(&d.join("vmm.err")));
+            let log = vmm_log(&d.join("vmm.log"));
+            let c = commits(&log);
+            let early = c.iter().filter(|c| c["trigger"] != "interval").count();
+            (c.len(), early)
+        }
+        None => (0, 0),
+    };
+    let stats = w.eg.stop();
+    assert_balanced(&stats);
+    let text = read(&console);
+    let rate = |what: &str| {
+        let l = console_line(&text, &format!("EG-RESULT {what}"))
+            .unwrap_or_else(|| panic!("no {what} result: {text}"));
+        assert_eq!(field(&l, "rc"), "0", "{name}: the {what} failed: {text}");
+        let us: f64 = field(&l, "us").parse().expect("us");
+        size as f64 / us // bytes per microsecond = MB/s
+    };
+    let ping = console_line(&text, "EG-RESULT ping").expect("ping result");
+    assert!(
+        ping.contains(&format!("{pings} packets received")),
+        "{name}: {ping}"
+    );
+    // "round-trip min/avg/max = a/b/c ms"
+    let rtt_ms: f64 = ping
+        .rsplit('=')
+        .next()
+        .and_then(|s| s.trim().split('/').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no round-trip in {ping:?}"));
+    Cost {
+        name: name.to_string(),
+        download_mbps: rate("download"),
+        upload_mbps: rate("upload"),
+        rtt_ms,
+        checkpoints,
+        requested,
+    }
+}
+
+/// What output commit costs a guest: its TCP download and upload throughput and ping RTT,
+/// unprotected and protected at several checkpoint intervals, with epochgate's checkpoint
+/// requests followed and ignored; ratios to the unprotected run of the same invocation.
+/// `scripts/guest-cost.sh` runs it (several minutes: one guest boot per row).
+#[test]
+#[ignore = "a measurement: scripts/guest-cost.sh"]
+fn cost_of_output_commit_for_a_guest() {
+    if !root() {
+        return;
+    }
+    let _g = serial();
+    let size: u64 = std::env::var("EG_COST_BYTES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1 << 20);
+    const PINGS: u64 = 20;
+    const TRANSFER: &str = "2ms";
+    let mut rows = vec![measure("unprotected", None, size, PINGS)];
+    for ms in [5, 25, 100] {
+        let max = format!("{ms}ms");
+        let off = [
+            "--interval-min",
+            &max,
+            "--interval-max",
+            &max,
+            "--no-requests",
+        ];
+        let on = ["--interval-min", "0ms", "--interval-max", &max];
+        for (label, args) in [("requests off", &off[..]), ("requests on", &on[..])] {
+            let mut a = args.to_vec();
+            a.extend_from_slice(&["--transfer-delay", TRANSFER]);
+            rows.push(measure(
+                &format!("protected, {ms} ms, {label}"),
+                Some(&a),
+                size,
+                PINGS,
+            ));
+        }
+    }
+    let base = (rows[0].download_mbps, rows[0].upload_mbps, rows[0].rtt_ms);
+    println!(
+        "\nguest TCP ({size} bytes each way) and ping ({PINGS}) through epochgate; \
+         checkpoint transfer stand-in {TRANSFER}\n"
+    );
+    println!("| guest | download MB/s | vs. unprotected | upload MB/s | vs. unprotected | ping RTT ms | vs. unprotected | checkpoints (requested) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let ckpt = if r.checkpoints > 0 {
+            format!("{} ({})", r.checkpoints, r.requested)
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}x | {ckpt} |",
+            r.name,
+            r.download_mbps,
+            r.download_mbps / base.0,
+            r.upload_mbps,
+            r.upload_mbps / base.1,
+            r.rtt_ms,
+            r.rtt_ms / base.2,
+        );
+    }
 }

@@ -15,7 +15,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -37,9 +36,12 @@ pub enum VmmError {
         /// Why `connect(2)` failed.
         source: io::Error,
     },
-    /// QMP broke: the socket failed, closed, or said something that is not QMP.
+    /// QMP broke: the socket failed or said something that is not QMP.
     #[error("QMP: {0}")]
     Qmp(String),
+    /// QEMU closed the QMP socket: it exited (the guest powered off, or QEMU died).
+    #[error("QEMU closed the QMP socket")]
+    QmpClosed,
     /// QEMU refused a command.
     #[error("QMP {command}: {class}: {desc}")]
     QmpRefused {
@@ -120,7 +122,7 @@ impl Qmp {
     fn read(&mut self) -> Result<Value, VmmError> {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
-            Ok(0) => Err(VmmError::Qmp("QEMU closed the QMP socket".into())),
+            Ok(0) => Err(VmmError::QmpClosed),
             Ok(_) => serde_json::from_str(&line)
                 .map_err(|e| VmmError::Qmp(format!("not JSON ({e}): {:?}", line.trim_end()))),
             Err(e) => Err(VmmError::Qmp(format!("read: {e}"))),
@@ -131,7 +133,10 @@ impl Qmp {
     /// that come in between are skipped.
     pub fn execute(&mut self, command: &str) -> Result<Value, VmmError> {
         let msg = json!({ "execute": command });
-        writeln!(self.writer, "{msg}").map_err(|e| VmmError::Qmp(format!("{command}: {e}")))?;
+        writeln!(self.writer, "{msg}").map_err(|e| match e.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => VmmError::QmpClosed,
+            _ => VmmError::Qmp(format!("{command}: {e}")),
+        })?;
         loop {
             let v = self.read()?;
             if let Some(r) = v.get("return") {
@@ -204,6 +209,8 @@ pub struct Summary {
     pub committed: u64,
     /// Frames discarded at the stop (held in epochs that were never committed).
     pub discarded: u64,
+    /// `"signal"` (the stop flag) or `"qemu-exited"` (QMP closed).
+    pub reason: &'static str,
 }
 
 /// Waits until `child` exits or `stop` is set (then kills it); `None` if stopped.
@@ -244,7 +251,7 @@ pub fn run<W: Write>(
     qmp: &mut Qmp,
     client: &mut Client,
     cfg: &LoopConfig,
-    stop: &Arc<AtomicBool>,
+    stop: &AtomicBool,
     log: &mut Log<W>,
 ) -> Result<Summary, VmmError> {
     let welcome = client.welcome();
@@ -260,76 +267,89 @@ pub fn run<W: Write>(
     };
     log.line(&json!({"event": "started", "vm": client.vm(), "epoch": epoch, "t_ns": wall_ns()}))?;
     let mut committed = 0;
+    let reason = match checkpoints(qmp, client, cfg, stop, log, &mut epoch, &mut committed) {
+        Ok(()) => "signal",
+        Err(VmmError::QmpClosed) => "qemu-exited",
+        Err(e) => return Err(e),
+    };
+    // Stopped: nothing uncommitted may ever leave.
+    let discarded = client.discard().map_err(shim("discard"))?;
+    log.line(&json!({
+        "event": "stopped", "reason": reason, "open_epoch": epoch, "committed": committed,
+        "discarded": discarded, "t_ns": wall_ns(),
+    }))?;
+    Ok(Summary {
+        committed,
+        discarded,
+        reason,
+    })
+}
+
+/// The checkpoints themselves, from open epoch `*epoch` until `stop` is set (`Ok`) or
+/// something fails.
+fn checkpoints<W: Write>(
+    qmp: &mut Qmp,
+    client: &mut Client,
+    cfg: &LoopConfig,
+    stop: &AtomicBool,
+    log: &mut Log<W>,
+    epoch: &mut u64,
+    committed: &mut u64,
+) -> Result<(), VmmError> {
     let mut last_fence = Instant::now();
     loop {
+        let n = *epoch;
         // 1. Wait for the interval, an early request, or the stop.
-        let Some(trigger) = wait_for_checkpoint(client, cfg, epoch, last_fence, stop)? else {
-            break;
+        let Some(trigger) = wait_for_checkpoint(client, cfg, n, last_fence, stop)? else {
+            return Ok(());
         };
         // 2. Pause, fence, resume: the guest is paused only for the fence.
         let stop_ns = wall_ns();
         qmp.execute("stop")?;
         last_fence = Instant::now();
         let fence_ns = wall_ns();
-        let fenced = client.fence(epoch);
+        let fenced = client.fence(n);
         // Resume even when the fence failed: the guest must not stay paused.
         qmp.execute("cont")?;
-        let fenced = fenced.map_err(shim(format!("fence {epoch}")))?;
+        let fenced = fenced.map_err(shim(format!("fence {n}")))?;
         let cont_ns = wall_ns();
         // 3. Transfer the checkpoint; the epoch is committed only if it arrived.
-        let done = match &cfg.transfer {
-            Transfer::Delay(d) => sleep_unless(*d, stop),
-            Transfer::Command(cmd) => {
-                let child = Command::new("sh")
-                    .args(["-c", cmd])
-                    .env("EPOCHGATE_EPOCH", epoch.to_string())
-                    .spawn()
-                    .map_err(|e| VmmError::Transfer {
-                        epoch,
-                        why: format!("sh -c {cmd:?}: {e}"),
-                    })?;
-                match wait_child(child, stop).map_err(|e| VmmError::Transfer {
-                    epoch,
-                    why: e.to_string(),
-                })? {
-                    None => false,
-                    Some(s) if s.success() => true,
-                    Some(s) => {
-                        return Err(VmmError::Transfer {
-                            epoch,
-                            why: format!("{cmd:?} exited with {s}"),
-                        })
-                    }
-                }
-            }
-        };
-        if !done {
-            break;
+        if !transfer(&cfg.transfer, n, stop)? {
+            return Ok(());
         }
         // 4. Commit. The time is taken before the request: no frame of this epoch can leave
         // epochgate before it.
         let commit_ns = wall_ns();
-        let released = client
-            .commit(epoch)
-            .map_err(shim(format!("commit {epoch}")))?;
-        committed += 1;
+        let released = client.commit(n).map_err(shim(format!("commit {n}")))?;
+        *committed += 1;
         log.line(&json!({
-            "epoch": epoch, "frames": fenced.frames, "bytes": fenced.bytes, "released": released,
+            "epoch": n, "frames": fenced.frames, "bytes": fenced.bytes, "released": released,
             "trigger": trigger, "stop_ns": stop_ns, "fence_ns": fence_ns, "cont_ns": cont_ns,
             "commit_ns": commit_ns,
         }))?;
-        epoch += 1;
+        *epoch = n + 1;
     }
-    // Stopped: nothing uncommitted may ever leave.
-    let discarded = client.discard().map_err(shim("discard"))?;
-    log.line(&json!({
-        "event": "stopped", "open_epoch": epoch, "committed": committed,
-        "discarded": discarded, "t_ns": wall_ns(),
-    }))?;
-    Ok(Summary {
-        committed,
-        discarded,
-    })
+}
+
+/// Transfers checkpoint `epoch`: true once it is safe on the secondary, false if `stop` was
+/// set first.
+fn transfer(how: &Transfer, epoch: u64, stop: &AtomicBool) -> Result<bool, VmmError> {
+    match how {
+        Transfer::Delay(d) => Ok(sleep_unless(*d, stop)),
+        Transfer::Command(cmd) => {
+            let failed = |why: String| VmmError::Transfer { epoch, why };
+            let child = Command::new("sh")
+                .args(["-c", cmd])
+                .env("EPOCHGATE_EPOCH", epoch.to_string())
+                .spawn()
+                .map_err(|e| failed(format!("sh -c {cmd:?}: {e}")))?;
+            match wait_child(child, stop).map_err(|e| failed(e.to_string()))? {
+                None => Ok(false),
+                Some(s) if s.success() => Ok(true),
+                Some(s) => Err(failed(format!("{cmd:?} exited with {s}"))),
+            }
+        }
+    }
 }
 
 /// Waits for the next checkpoint of open epoch `epoch`: returns what triggered it
@@ -387,7 +407,7 @@ mod tests {
     use std::os::unix::net::UnixListener;
 
     /// A QEMU stand-in: greets, then answers every command with an empty return, except
-    /// `refuse` with an error; records the commands.
+    /// `refuse` with an error (`close:CMD`: closes the socket at CMD); records the commands.
     fn fake_qmp(
         dir: &Path,
         refuse: &'static str,
@@ -403,6 +423,11 @@ mod tests {
                 let Ok(line) = line else { break };
                 let v: Value = serde_json::from_str(&line).unwrap();
                 let cmd = v["execute"].as_str().unwrap().to_string();
+                if refuse.strip_prefix("close:") == Some(cmd.as_str()) {
+                    // QEMU exits (the guest powered off).
+                    seen.push(cmd);
+                    break;
+                }
                 if cmd == refuse {
                     writeln!(
                         w,
@@ -451,7 +476,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, qh) = fake_qmp(dir.path(), "");
         let (conn, mut server) = crate::pair().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let sh = std::thread::spawn(move || {
             let mut seen = Vec::new();
@@ -498,7 +523,8 @@ mod tests {
             s,
             Summary {
                 committed: 1,
-                discarded: 2
+                discarded: 2,
+                reason: "signal",
             }
         );
         drop(qmp);
@@ -521,5 +547,56 @@ mod tests {
         assert!(t("cont_ns") <= t("commit_ns"));
         assert_eq!(lines[2]["event"], "stopped");
         assert_eq!(lines[2]["discarded"], 2);
+    }
+
+    /// The guest powers off (QEMU closes QMP): the loop ends cleanly and discards.
+    #[test]
+    fn qemu_exiting_ends_the_loop_and_discards() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, qh) = fake_qmp(dir.path(), "close:stop");
+        let (conn, mut server) = crate::pair().unwrap();
+        let sh = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            loop {
+                let req = server.recv().unwrap();
+                let reply = match req {
+                    Request::Hello { .. } => Reply::Welcome {
+                        epoch: 1,
+                        mode: Mode::Protected,
+                    },
+                    Request::Discard => Reply::Discarded { frames: 5 },
+                    other => panic!("unexpected {other:?}"),
+                };
+                let last = matches!(req, Request::Discard);
+                seen.push(format!("{req:?}"));
+                server.send(&reply).unwrap();
+                if last {
+                    return seen;
+                }
+            }
+        });
+        let mut client = Client::over(conn, "web").unwrap();
+        let mut qmp = Qmp::connect(&path).unwrap();
+        let cfg = LoopConfig {
+            interval_min: Duration::ZERO,
+            interval_max: Duration::from_millis(1),
+            follow_requests: false,
+            transfer: Transfer::Delay(Duration::ZERO),
+        };
+        let stop = AtomicBool::new(false);
+        let mut out = Vec::new();
+        let s = run(&mut qmp, &mut client, &cfg, &stop, &mut Log::new(&mut out)).unwrap();
+        assert_eq!(
+            s,
+            Summary {
+                committed: 0,
+                discarded: 5,
+                reason: "qemu-exited",
+            }
+        );
+        assert_eq!(qh.join().unwrap(), ["qmp_capabilities", "stop"]);
+        assert_eq!(sh.join().unwrap().last().unwrap(), "Discard");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(r#""reason":"qemu-exited""#), "{text}");
     }
 }

@@ -112,13 +112,15 @@ OUTPUT (--log, default stdout; one JSON object per line, flushed)
   {"event":"started","vm":"web","epoch":1,"t_ns":...}
   {"epoch":1,"frames":12,"bytes":3400,"released":12,"trigger":"interval","stop_ns":...,
    "fence_ns":...,"cont_ns":...,"commit_ns":...}               (one per commit, on one line)
-  {"event":"stopped","open_epoch":9,"committed":8,"discarded":3,"t_ns":...}
+  {"event":"stopped","reason":"signal","open_epoch":9,"committed":8,"discarded":3,"t_ns":...}
+  reason is signal, or qemu-exited when QEMU closed QMP (the guest powered off).
   Times are nanoseconds since the Unix epoch; commit_ns is taken before `commit` is sent, so
   no frame of that epoch reaches the wire before it. trigger is interval, immediate-frame,
   deferral-expired or high-water.
 
 EXIT STATUS
-  0  stopped by a signal;  1  QMP, epochgate or the transfer failed (stderr says which)"#;
+  0  stopped by a signal, or QEMU exited;  1  QMP, epochgate or the transfer failed (stderr
+  says which)"#;
 
 /// `epochgate-shim vmm`'s arguments.
 #[derive(Debug, clap::Args)]
@@ -205,8 +207,8 @@ fn vmm(cli: &Cli, args: &VmmArgs) -> anyhow::Result<ExitCode> {
     };
     let s = reference::run(&mut qmp, &mut client, &cfg, &stop, &mut Log::new(out))?;
     eprintln!(
-        "epochgate-shim vmm: stopped after {} checkpoints; {} uncommitted frames discarded",
-        s.committed, s.discarded
+        "epochgate-shim vmm: stopped ({}) after {} checkpoints; {} uncommitted frames discarded",
+        s.reason, s.committed, s.discarded
     );
     Ok(ExitCode::SUCCESS)
 }
