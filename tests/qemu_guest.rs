@@ -694,13 +694,23 @@ fn the_capture_checks_catch_early_leaked_and_reordered_frames() {
 
 /// One configuration's measurement: the guest's own timings.
 struct Cost {
-    name: String,
     download_mbps: f64,
     upload_mbps: f64,
     rtt_ms: f64,
     checkpoints: usize,
     /// Of `checkpoints`, those started early by epochgate's checkpoint requests.
     requested: usize,
+    /// The guest's pause per checkpoint (QMP `stop` sent to `cont` answered), median, ms.
+    pause_ms: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Boots the cost guest once behind epochgate: `vmm_args` `None` is unprotected (the VM
@@ -730,16 +740,20 @@ fn measure(name: &str, vmm_args: Option<&[&str]>, size: u64, pings: u64) -> Cost
         "QEMU: {}",
         read(&d.join("qemu.err"))
     );
-    let (checkpoints, requested) = match vmm.as_mut() {
+    let (checkpoints, requested, pause_ms) = match vmm.as_mut() {
         Some(v) => {
             // The guest powered off: the loop ends by itself.
             assert!(v.wait_exit().success(), "{}", read(&d.join("vmm.err")));
             let log = vmm_log(&d.join("vmm.log"));
             let c = commits(&log);
             let early = c.iter().filter(|c| c["trigger"] != "interval").count();
-            (c.len(), early)
+            let pauses = c
+                .iter()
+                .map(|c| (u(c, "cont_ns") - u(c, "stop_ns")) as f64 / 1e6)
+                .collect();
+            (c.len(), early, median(pauses))
         }
-        None => (0, 0),
+        None => (0, 0, 0.0),
     };
     let stats = w.eg.stop();
     assert_balanced(&stats);
@@ -764,12 +778,12 @@ fn measure(name: &str, vmm_args: Option<&[&str]>, size: u64, pings: u64) -> Cost
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no round-trip in {ping:?}"));
     Cost {
-        name: name.to_string(),
         download_mbps: rate("download"),
         upload_mbps: rate("upload"),
         rtt_ms,
         checkpoints,
         requested,
+        pause_ms,
     }
 }
 
@@ -788,9 +802,13 @@ fn cost_of_output_commit_for_a_guest() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1 << 20);
+    let rounds: usize = std::env::var("EG_COST_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     const PINGS: u64 = 20;
     const TRANSFER: &str = "2ms";
-    let mut rows = vec![measure("unprotected", None, size, PINGS)];
+    let mut configs: Vec<(String, Option<Vec<String>>)> = vec![("unprotected".into(), None)];
     for ms in [5, 25, 100] {
         let max = format!("{ms}ms");
         let off = [
@@ -802,38 +820,66 @@ fn cost_of_output_commit_for_a_guest() {
         ];
         let on = ["--interval-min", "0ms", "--interval-max", &max];
         for (label, args) in [("requests off", &off[..]), ("requests on", &on[..])] {
-            let mut a = args.to_vec();
-            a.extend_from_slice(&["--transfer-delay", TRANSFER]);
-            rows.push(measure(
-                &format!("protected, {ms} ms, {label}"),
-                Some(&a),
-                size,
-                PINGS,
-            ));
+            let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            a.extend(["--transfer-delay".to_string(), TRANSFER.to_string()]);
+            configs.push((format!("protected, {ms} ms, {label}"), Some(a)));
         }
     }
-    let base = (rows[0].download_mbps, rows[0].upload_mbps, rows[0].rtt_ms);
-    println!(
-        "\nguest TCP ({size} bytes each way) and ping ({PINGS}) through epochgate; \
-         checkpoint transfer stand-in {TRANSFER}\n"
+    // Rounds interleave the rows, so the machine's other load falls on all of them alike.
+    let mut runs: Vec<Vec<Cost>> = configs.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for (i, (name, args)) in configs.iter().enumerate() {
+            let a: Option<Vec<&str>> = args
+                .as_ref()
+                .map(|a| a.iter().map(String::as_str).collect());
+            let c = measure(name, a.as_deref(), size, PINGS);
+            eprintln!(
+                "round {}: {name}: download {:.2} MB/s, upload {:.2} MB/s, ping {:.2} ms",
+                round + 1,
+                c.download_mbps,
+                c.upload_mbps,
+                c.rtt_ms
+            );
+            runs[i].push(c);
+        }
+    }
+    let med = |i: usize, f: fn(&Cost) -> f64| median(runs[i].iter().map(f).collect());
+    let base = (
+        med(0, |c| c.download_mbps),
+        med(0, |c| c.upload_mbps),
+        med(0, |c| c.rtt_ms),
     );
-    println!("| guest | download MB/s | vs. unprotected | upload MB/s | vs. unprotected | ping RTT ms | vs. unprotected | checkpoints (requested) |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for r in &rows {
-        let ckpt = if r.checkpoints > 0 {
-            format!("{} ({})", r.checkpoints, r.requested)
+    println!(
+        "\nguest TCP ({size} bytes each way) and ping ({PINGS}) through epochgate; checkpoint \
+         transfer stand-in {TRANSFER}; medians of {rounds} rounds\n"
+    );
+    println!("| guest | download MB/s | vs. unprotected | upload MB/s | vs. unprotected | ping RTT ms | vs. unprotected | pause per checkpoint ms | checkpoints per boot (requested) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (i, (name, _)) in configs.iter().enumerate() {
+        let (down, up, rtt) = (
+            med(i, |c| c.download_mbps),
+            med(i, |c| c.upload_mbps),
+            med(i, |c| c.rtt_ms),
+        );
+        let ckpt = if i == 0 {
+            "-".to_string()
         } else {
-            "-".into()
+            format!(
+                "{:.0} ({:.0})",
+                med(i, |c| c.checkpoints as f64),
+                med(i, |c| c.requested as f64)
+            )
+        };
+        let pause = if i == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.2}", med(i, |c| c.pause_ms))
         };
         println!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}x | {ckpt} |",
-            r.name,
-            r.download_mbps,
-            r.download_mbps / base.0,
-            r.upload_mbps,
-            r.upload_mbps / base.1,
-            r.rtt_ms,
-            r.rtt_ms / base.2,
+            "| {name} | {down:.2} | {:.2} | {up:.2} | {:.2} | {rtt:.2} | {:.1}x | {pause} | {ckpt} |",
+            down / base.0,
+            up / base.1,
+            rtt / base.2,
         );
     }
 }
