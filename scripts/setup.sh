@@ -10,6 +10,9 @@ PACKAGES=(dpdk dpdk-dev libdpdk-dev clang libclang-dev pkg-config gcc tcpdump ip
 # ocf-tester checks meta-data with) for tests/ocf_agent.rs; systemd (systemd-analyze) for
 # tests/systemd_unit.rs.
 PACKAGES+=(prometheus curl tmux resource-agents libxml2-utils systemd)
+# tests/qemu_guest.rs: a QEMU guest (its kernel and busybox are downloaded by scripts/guest.sh),
+# a veth pair's offloads (ethtool) and the peer's HTTP server (python3).
+PACKAGES+=(qemu-system-x86 ethtool python3)
 HUGEPAGES_WANTED=512   # 2 MB pages: 1 GB, enough for epochgate and a test peer
 
 as_root() {
@@ -43,7 +46,8 @@ if [ -w "$nr" ] || [ "$(id -u)" -eq 0 ]; then
     if [ "$have" -lt "$HUGEPAGES_WANTED" ]; then
         echo "$HUGEPAGES_WANTED" | as_root tee "$nr" >/dev/null 2>&1 || true
     fi
-    if ! grep -qs "^hugetlbfs /dev/hugepages " /proc/mounts; then
+    # By mount point and type: the device field is whatever the mount named ("nodev", "none").
+    if ! awk '$2 == "/dev/hugepages" && $3 == "hugetlbfs" { found = 1 } END { exit !found }' /proc/mounts; then
         as_root mkdir -p /dev/hugepages
         as_root mount -t hugetlbfs nodev /dev/hugepages 2>/dev/null || true
     fi

@@ -16,11 +16,13 @@
 //!   `unsafe` code.
 //! - the `epochgate-shim` binary: a line-oriented CLI (`epochgate-shim --vm NAME session`)
 //!   that reads commands on stdin and prints every reply and event as one JSON line, for
-//!   scripts.
+//!   scripts, and `epochgate-shim vmm`, a reference checkpoint loop for a QEMU guest over QMP
+//!   ([`vmm`]) to adapt.
 
 pub mod client;
 pub mod ffi;
 pub mod proto;
+pub mod vmm;
 
 pub use client::{pair, Client, Connection, Event, Fenced, ServerEnd, ShimError, Welcome};
 

@@ -4,6 +4,9 @@
 //! per line on stdin and prints every reply, and every checkpoint request epochgate sends on
 //! its own, as one JSON line on stdout (flushed at once, for pipes and coprocesses). See
 //! [`SESSION_HELP`] (also `epochgate-shim --help`).
+//!
+//! `epochgate-shim --vm NAME vmm --qmp PATH ...` is the reference checkpoint loop for a QEMU
+//! guest ([`vmm_shim::vmm`]): pause over QMP, fence, resume, transfer, commit, until SIGTERM.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -94,6 +97,122 @@ enum Cmd {
     /// Adopt the VM, then run the commands read on stdin, one per line (see below).
     #[command(after_help = SESSION_HELP)]
     Session,
+    /// Checkpoint a QEMU guest over QMP until SIGTERM: the reference VMM loop (see below).
+    #[command(after_help = VMM_HELP)]
+    Vmm(VmmArgs),
+}
+
+const VMM_HELP: &str = r#"LOOP
+  Each checkpoint n: QMP `stop`, `fence n`, QMP `cont`, the transfer (--transfer-cmd, or
+  --transfer-delay standing in for one), `commit n`. A checkpoint starts --interval-max after
+  the last fence, or earlier when epochgate asks for one (unless --no-requests), never sooner
+  than --interval-min. SIGTERM or SIGINT: the epochs not committed are discarded (never
+  released), the guest is left running, exit 0. Durations: 25ms, 1s, 500us (a bare number is
+  milliseconds).
+
+OUTPUT (--log, default stdout; one JSON object per line, flushed)
+  {"event":"started","vm":"web","epoch":1,"t_ns":...}
+  {"epoch":1,"frames":12,"bytes":3400,"released":12,"trigger":"interval","stop_ns":...,
+   "fence_ns":...,"cont_ns":...,"commit_ns":...}               (one per commit, on one line)
+  {"event":"stopped","reason":"signal","open_epoch":9,"committed":8,"discarded":3,"t_ns":...}
+  reason is signal, or qemu-exited when QEMU closed QMP (the guest powered off).
+  Times are nanoseconds since the Unix epoch; commit_ns is taken before `commit` is sent, so
+  no frame of that epoch reaches the wire before it. trigger is interval, immediate-frame,
+  deferral-expired or high-water.
+
+EXIT STATUS
+  0  stopped by a signal, or QEMU exited;  1  QMP, epochgate or the transfer failed (stderr
+  says which)"#;
+
+/// `epochgate-shim vmm`'s arguments.
+#[derive(Debug, clap::Args)]
+struct VmmArgs {
+    /// QEMU's QMP socket (`-qmp unix:PATH,server=on,wait=off`).
+    #[arg(long, value_name = "PATH")]
+    qmp: PathBuf,
+    /// No checkpoint sooner than this after the last fence.
+    #[arg(long, value_name = "DURATION", default_value = "0ms", value_parser = parse_duration)]
+    interval_min: Duration,
+    /// A checkpoint at the latest this long after the last fence.
+    #[arg(long, value_name = "DURATION", default_value = "25ms", value_parser = parse_duration)]
+    interval_max: Duration,
+    /// Run `sh -c CMD` per checkpoint (EPOCHGATE_EPOCH=n); exit 0 means it is safe.
+    #[arg(long, value_name = "CMD", conflicts_with = "transfer_delay")]
+    transfer_cmd: Option<String>,
+    /// Instead of a transfer command, wait this long per checkpoint.
+    #[arg(long, value_name = "DURATION", default_value = "0ms", value_parser = parse_duration)]
+    transfer_delay: Duration,
+    /// Ignore epochgate's checkpoint requests: checkpoint every --interval-max.
+    #[arg(long)]
+    no_requests: bool,
+    /// Write the commit records here instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    log: Option<PathBuf>,
+}
+
+/// `25ms`, `1s`, `500us`, or a bare number of milliseconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "ms"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (expected e.g. 25ms, 1s, 500us)"))?;
+    match unit {
+        "us" => Ok(Duration::from_micros(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        _ => Err(format!(
+            "{s:?}: unknown unit {unit:?} (expected us, ms or s)"
+        )),
+    }
+}
+
+fn vmm(cli: &Cli, args: &VmmArgs) -> anyhow::Result<ExitCode> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use vmm_shim::vmm::{self as reference, Log, LoopConfig, Qmp, Transfer};
+    if args.interval_max.is_zero() || args.interval_max < args.interval_min {
+        anyhow::bail!(
+            "--interval-max ({:?}) must be above 0 and at least --interval-min ({:?})",
+            args.interval_max,
+            args.interval_min
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the SIGTERM handler")?;
+    let out: Box<dyn Write> = match &args.log {
+        Some(p) => Box::new(
+            File::create(p).with_context(|| format!("--log {}: cannot create", p.display()))?,
+        ),
+        None => Box::new(io::stdout()),
+    };
+    let mut qmp = Qmp::connect(&args.qmp)?;
+    let mut client = Client::connect(&cli.socket, &cli.vm).with_context(|| {
+        format!(
+            "epochgate control socket {} (vm {:?})",
+            cli.socket.display(),
+            cli.vm
+        )
+    })?;
+    let cfg = LoopConfig {
+        interval_min: args.interval_min,
+        interval_max: args.interval_max,
+        follow_requests: !args.no_requests,
+        transfer: match &args.transfer_cmd {
+            Some(cmd) => Transfer::Command(cmd.clone()),
+            None => Transfer::Delay(args.transfer_delay),
+        },
+    };
+    let s = reference::run(&mut qmp, &mut client, &cfg, &stop, &mut Log::new(out))?;
+    eprintln!(
+        "epochgate-shim vmm: stopped ({}) after {} checkpoints; {} uncommitted frames discarded",
+        s.reason, s.committed, s.discarded
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One session command, as [`parse_line`] reads it.
@@ -432,6 +551,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Session => session(&cli),
+        Cmd::Vmm(ref args) => match vmm(&cli, args) {
+            Ok(status) => Ok(status),
+            Err(e) => {
+                eprintln!("epochgate-shim vmm: {e:#}");
+                return ExitCode::from(1);
+            }
+        },
     };
     match result {
         Ok(status) => status,
@@ -553,5 +679,19 @@ mod tests {
         let cli = Cli::try_parse_from(["epochgate-shim", "--vm", "web", "session"]).unwrap();
         assert_eq!(cli.socket, PathBuf::from(vmm_shim::DEFAULT_CONTROL_SOCKET));
         assert!(Cli::try_parse_from(["epochgate-shim", "session"]).is_err());
+    }
+
+    #[test]
+    fn durations_take_a_unit_or_mean_milliseconds() {
+        assert_eq!(parse_duration("25ms"), Ok(Duration::from_millis(25)));
+        assert_eq!(parse_duration("25"), Ok(Duration::from_millis(25)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
+        assert_eq!(
+            parse_duration("5m"),
+            Err(r#""5m": unknown unit "m" (expected us, ms or s)"#.to_string())
+        );
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("-1ms").is_err());
     }
 }
