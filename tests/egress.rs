@@ -261,19 +261,23 @@ fn rate_limited_vms_send_no_faster_than_their_rate_and_lose_nothing() {
     r.peer().send_nowait(1, &a);
     r.peer().send_nowait(2, &b);
     // What has left can never be more than the bucket allows since t0 (the test measures its
-    // time after reading the counters, so slowness on its side only loosens the bound).
+    // time after reading the counters, so slowness on its side only loosens the bound). The
+    // buckets run on the TSC at the frequency EAL estimated at start-up, which can be off by a
+    // few tenths of a percent (seen: 0.4%, 52 bytes over 0.128 s): 1% of the rate is allowed
+    // for it. A frame may overdraw a bucket by at most one frame (1518 bytes with a VLAN tag).
+    const CLOCK: f64 = 1.01;
     loop {
         let s = r.live();
         let pps = s.vms.iter().find(|v| v.name == "pps").unwrap();
         let bps = s.vms.iter().find(|v| v.name == "bps").unwrap();
         let t = t0.elapsed().as_secs_f64();
         assert!(
-            pps.tx_frames as f64 <= BURST_FRAMES as f64 + PPS as f64 * t + 1.0,
+            pps.tx_frames as f64 <= BURST_FRAMES as f64 + PPS as f64 * t * CLOCK + 1.0,
             "pps VM sent {} frames in {t:.3} s at {PPS} pps (burst {BURST_FRAMES})",
             pps.tx_frames
         );
         assert!(
-            bps.tx_bytes as f64 <= BURST_BYTES as f64 + BYTES_PER_S as f64 * t + 1514.0,
+            bps.tx_bytes as f64 <= BURST_BYTES as f64 + BYTES_PER_S as f64 * t * CLOCK + 1518.0,
             "bps VM sent {} bytes in {t:.3} s at {BYTES_PER_S} B/s (burst {BURST_BYTES})",
             bps.tx_bytes
         );
