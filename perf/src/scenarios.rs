@@ -49,6 +49,9 @@ pub struct Row {
     /// Per VM: frames epochgate may keep, and that as time at the VM's offered rate (ms).
     pub hold_budget: Vec<Value>,
     pub timeline: Option<crate::plan::Timeline>,
+    /// Share of epochgate's worker cycles spent in rounds that moved frames (None: testpmd).
+    /// Near 1: epochgate was the bottleneck; well below: the harness or the rate was.
+    pub worker_busy: Option<f64>,
     /// The traffic loop was descheduled this long (other load on core 0), of `window_s`.
     pub stalled_ms: f64,
     pub window_s: f64,
@@ -95,6 +98,12 @@ impl Row {
             epochgate,
             hold_budget,
             timeline: t.timeline.clone(),
+            worker_busy: m.stats.as_ref().and_then(|s| {
+                let (b, i) = s.workers.iter().fold((0u64, 0u64), |(b, i), w| {
+                    (b + w.busy_cycles, i + w.idle_cycles)
+                });
+                (b + i > 0).then(|| b as f64 / (b + i) as f64)
+            }),
             stalled_ms: t.stalled_ms,
             window_s: t.window_s,
         }
@@ -527,8 +536,10 @@ pub fn write_report(dir: &std::path::Path, r: &Runner, meta: Value) -> Result<St
          `hold` is epochgate's arrival-to-transmit meter.\n\n\
          `stalled` is how long the harness's loop was descheduled by other load (over 5% of the \
          run marks the row: its numbers say more about the machine).\n\n\
-         | run | target | Mpps | Gb/s | checked | violations | latency | fence rtt | commit->first | commit->last | request | hold (epochgate) | hold budget | stalled ms |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+         `busy` is the share of epochgate's worker cycles in rounds that moved frames (near 1: \
+         epochgate was the bottleneck; lower: the harness or the offered rate was).\n\n\
+         | run | target | Mpps | Gb/s | busy | checked | violations | latency | fence rtt | commit->first | commit->last | request | hold (epochgate) | hold budget | stalled ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for row in &r.rows {
         let worst = |f: &dyn Fn(&VmResult) -> &Dist| {
@@ -565,12 +576,13 @@ pub fn write_report(dir: &std::path::Path, r: &Runner, meta: Value) -> Result<St
         let _ =
             writeln!(
             md,
-            "| {}{} | {} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            "| {}{} | {} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
             row.name,
             if row.stalled_ms > 0.05 * row.window_s * 1e3 { " (starved)" } else { "" },
             row.target,
             row.rx_pps / 1e6,
             row.rx_bps / 1e9,
+            row.worker_busy.map_or("-".into(), |b| format!("{b:.2}")),
             row.checked,
             row.violations,
             worst(&|v| &v.latency),
