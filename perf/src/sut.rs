@@ -151,13 +151,6 @@ fn mac(i: usize) -> [u8; 6] {
     [0x52, 0x54, 0x00, 0x10, (i >> 8) as u8, i as u8]
 }
 
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// A child process killed (by PID) if still running when dropped.
 struct Kid(Child, &'static str);
 
@@ -323,7 +316,7 @@ pub fn epochgate(
         cfg += &format!(
             "[[vm]]\nname = \"{}\"\nmac = \"{}\"\n",
             v.name,
-            mac_text(mac(i))
+            epochgate::frame::MacAddr(mac(i))
         );
         if !setup.shared_ingress {
             let p = s.join(format!("vm{i}.sock"));

@@ -227,7 +227,16 @@ pub fn run(plan: &Plan) -> Result<TrafficResult> {
     let mut generating = true;
     let mut gen_stopped = gen_end;
     let mut last_rx_progress = t0;
-    let mut timeline = plan.timeline_vm.map(|_| Timeline::default());
+    // Sampled every 0.5 ms: reserved for the whole run (and its drain), never grown in the loop.
+    let mut timeline = plan.timeline_vm.map(|_| {
+        let n = ((plan.seconds + 20.0) * 2000.0) as usize;
+        Timeline {
+            t_ms: Vec::with_capacity(n),
+            sent: Vec::with_capacity(n),
+            received: Vec::with_capacity(n),
+            commits_ms: Vec::new(),
+        }
+    });
     let sample_every = secs(0.0005);
     let mut next_sample = t0;
     let progress_every = secs(plan.progress_ms as f64 / 1e3);
