@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use epochgate::sched::{Backlog, Bucket, Class, Regulator, SchedConfig, Scheduler};
+use epochgate::egress::sched::{Backlog, Bucket, Class, Regulator, SchedConfig, Scheduler};
 
 const FRAMES: usize = 4096;
 const BURST: usize = 32;

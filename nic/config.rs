@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use crate::frame::MacAddr;
+use crate::wire::frame::MacAddr;
 
 /// Why a config was rejected. Display is `<key>: <why>`, so the operator knows where to look.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClassifierConfig {
     /// The checkpoint request policy, in nanoseconds.
-    pub policy: crate::policy::PolicyConfig,
+    pub policy: crate::hold::policy::PolicyConfig,
     /// Track each flow's advertised TCP window; an ACK that opens a small window is immediate.
     pub window_updates: bool,
     /// Below this advertised window, in bytes after TCP window scaling (RFC 7323: the header
@@ -126,7 +126,7 @@ impl RawClassifier {
             }
             Ok((ms * 1e6).round() as u64)
         };
-        let policy = crate::policy::PolicyConfig {
+        let policy = crate::hold::policy::PolicyConfig {
             defer_delay_ns: ns("defer_delay_ms", self.defer_delay_ms)?,
             max_defer_ns: ns("max_defer_ms", self.max_defer_ms)?,
             min_interval_ns: ns(
@@ -1883,7 +1883,7 @@ fn validate_vm(
     let mac = match raw.mac {
         None => None,
         Some(m) => {
-            let mac: MacAddr = m.parse().map_err(|e: crate::frame::MacParseError| {
+            let mac: MacAddr = m.parse().map_err(|e: crate::wire::frame::MacParseError| {
                 invalid(format!("{label}.mac"), e.to_string())
             })?;
             if mac.is_group() {

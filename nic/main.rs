@@ -4,8 +4,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use epochgate::config::Config;
 use epochgate::dataplane::Appliance;
+use epochgate::dpdk;
 use epochgate::stats::Snapshot;
-use epochgate::{demo, dpdk};
+use epochgate::tools::demo;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -104,8 +105,8 @@ struct TopArgs {
     #[arg(long, short)]
     batch: bool,
     /// The VM rows' order at start (keys change it).
-    #[arg(long, value_enum, default_value_t = epochgate::top::Sort::Name)]
-    sort: epochgate::top::Sort,
+    #[arg(long, value_enum, default_value_t = epochgate::admin::top::Sort::Name)]
+    sort: epochgate::admin::top::Sort,
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
@@ -162,13 +163,13 @@ fn main() {
         Cmd::Vms(args) => admin(&args, "vms"),
         Cmd::Metrics(target) => target.socket().and_then(|socket| {
             let snap = epochgate::admin::query(&socket, "stats")?;
-            print!("{}", epochgate::metrics::render(&snap));
+            print!("{}", epochgate::admin::metrics::render(&snap));
             Ok(())
         }),
         Cmd::Top(args) => args.target.socket().and_then(|socket| {
-            epochgate::top::run(
+            epochgate::admin::top::run(
                 &socket,
-                &epochgate::top::TopOptions {
+                &epochgate::admin::top::TopOptions {
                     interval: Duration::from_secs_f64(args.interval),
                     iterations: args.iterations,
                     batch: args.batch,
@@ -222,7 +223,9 @@ fn run(
     }
     // Ports, the control and admin sockets and the metrics endpoint are up: tell systemd
     // (Type=notify). A failure is said but stops nothing: systemd then decides by its timeout.
-    if let Err(e) = epochgate::notify::notify(&format!("READY=1\nMAINPID={}", std::process::id())) {
+    if let Err(e) =
+        epochgate::admin::notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()))
+    {
         eprintln!("epochgate: {e}");
     }
     use std::io::Write as _;
@@ -262,7 +265,7 @@ fn run(
         }
     }
     // The clean stop ("Restart for upgrade") begins: systemd shows the unit as deactivating.
-    if let Err(e) = epochgate::notify::notify("STOPPING=1") {
+    if let Err(e) = epochgate::admin::notify::notify("STOPPING=1") {
         eprintln!("epochgate: {e}");
     }
     let eal = app.eal();

@@ -5,8 +5,8 @@
 
 mod common;
 use common::*;
-use epochgate::frame::MacAddr;
-use epochgate::gen::{self, Stream};
+use epochgate::tools::gen::{self, Stream};
+use epochgate::wire::frame::MacAddr;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};

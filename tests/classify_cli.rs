@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 
-use epochgate::capture::{self, Frame, PcapWriter};
+use epochgate::tools::capture::{self, Frame, PcapWriter};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -6,8 +6,8 @@
 
 mod common;
 use common::*;
-use epochgate::frame::MacAddr;
-use epochgate::gen::{self, Stream};
+use epochgate::tools::gen::{self, Stream};
+use epochgate::wire::frame::MacAddr;
 use serde_json::Value;
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::io::Read;

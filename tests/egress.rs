@@ -5,9 +5,9 @@
 
 mod common;
 use common::*;
-use epochgate::frame::MacAddr;
-use epochgate::gen::{self, Stream};
 use epochgate::stats::{Snapshot, VmSnapshot};
+use epochgate::tools::gen::{self, Stream};
+use epochgate::wire::frame::MacAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vmm_shim::Client;
@@ -104,11 +104,12 @@ impl Rig {
 
     /// Ends the peer and epochgate; returns the uplink's capture (with receive times) and the
     /// final counters.
-    fn finish(mut self) -> (Vec<epochgate::capture::Frame>, serde_json::Value) {
+    fn finish(mut self) -> (Vec<epochgate::tools::capture::Frame>, serde_json::Value) {
         self.peer.take().expect("peer").finish();
         let stats = self.eg.stop();
         assert_balanced(&stats);
-        let cap = epochgate::capture::read_file(&self.dir.join("egress.pcap")).expect("egress");
+        let cap =
+            epochgate::tools::capture::read_file(&self.dir.join("egress.pcap")).expect("egress");
         (cap.frames, stats)
     }
 }
@@ -129,7 +130,7 @@ fn stream_of(f: &[u8]) -> Option<u32> {
 }
 
 /// Every frame in, in order, is what came out of the stream.
-fn assert_stream(out: &[epochgate::capture::Frame], id: u32, want: &[Vec<u8>], what: &str) {
+fn assert_stream(out: &[epochgate::tools::capture::Frame], id: u32, want: &[Vec<u8>], what: &str) {
     let got: Vec<&Vec<u8>> = out
         .iter()
         .map(|f| &f.data)

@@ -7,8 +7,8 @@
 
 mod common;
 use common::*;
-use epochgate::frame::MacAddr;
-use epochgate::gen::{self, Stream};
+use epochgate::tools::gen::{self, Stream};
+use epochgate::wire::frame::MacAddr;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;

@@ -5,8 +5,8 @@
 
 mod common;
 use common::*;
-use epochgate::frame::MacAddr;
-use epochgate::gen::{self, Stream};
+use epochgate::tools::gen::{self, Stream};
+use epochgate::wire::frame::MacAddr;
 use serde_json::Value;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -741,7 +741,7 @@ fn unprotect_discard_and_promote_act_on_held_frames_as_documented() {
     let want: Vec<Vec<u8>> = a.into_iter().chain(b).chain(free).collect();
     assert_eq!(of_stream(&out, 1), want);
     assert_eq!(of_stream(&out, 4), live);
-    let notices = epochgate::announce::frames(
+    let notices = epochgate::wire::announce::frames(
         SPARE,
         None,
         &["10.9.0.4".parse().unwrap(), "fd00::4".parse().unwrap()],

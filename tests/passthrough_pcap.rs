@@ -8,8 +8,8 @@
 
 mod common;
 use common::*;
-use epochgate::frame::MacAddr;
-use epochgate::gen::{self, Stream};
+use epochgate::tools::gen::{self, Stream};
+use epochgate::wire::frame::MacAddr;
 use std::path::Path;
 
 fn inputs(dir: &Path) -> Vec<Vec<Vec<u8>>> {

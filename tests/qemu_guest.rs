@@ -11,7 +11,7 @@
 
 mod common;
 use common::*;
-use epochgate::capture;
+use epochgate::tools::capture;
 use serde_json::Value;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};

@@ -3,8 +3,8 @@
 
 mod common;
 use common::*;
-use epochgate::frame::MacAddr;
-use epochgate::gen::{self, Stream};
+use epochgate::tools::gen::{self, Stream};
+use epochgate::wire::frame::MacAddr;
 
 const A: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x0a]);
 const B: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x0b]);

@@ -4,8 +4,8 @@
 
 mod common;
 use common::*;
-use epochgate::frame::MacAddr;
-use epochgate::gen::{self, Stream};
+use epochgate::tools::gen::{self, Stream};
+use epochgate::wire::frame::MacAddr;
 use std::path::Path;
 
 const VM: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x01]);

@@ -19,8 +19,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use epochgate::capture::{self, Frame, PcapWriter};
 use epochgate::dpdk::{self, Burst, Mbuf, Mempool, Port, PortConf};
+use epochgate::tools::capture::{self, Frame, PcapWriter};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -11,7 +11,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use super::FrameInfo;
-use crate::frame::MacAddr;
+use crate::wire::frame::MacAddr;
 
 const PROTO_ICMP: u8 = 1;
 const PROTO_TCP: u8 = 6;

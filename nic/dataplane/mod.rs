@@ -3,7 +3,6 @@
 //! [`Appliance::stop`] drains it, closes the ports (a pcap port flushes its file then) and gives
 //! the final counters.
 
-pub mod demux;
 mod worker;
 
 pub use worker::{DrainProof, PortRole, Worker, WorkerLinks, WorkerOptions, WorkerPort, WorkerVm};
@@ -13,7 +12,7 @@ use crate::config::{Config, PortSpec};
 use crate::control::state;
 use crate::control::{ControlError, ControlServer, ControlVm, Rings};
 use crate::dpdk::{self, DpdkError, Eal, LaunchHandle, Mempool, Port, PortConf, StatsReader};
-use crate::meter::MeterHub;
+use crate::stats::meter::MeterHub;
 use crate::stats::{
     ControlCounters, ControlSnapshot, EgressCounters, EgressSnapshot, PortCounters, PortSnapshot,
     Snapshot, VmCounters, VmSetup, VmSnapshot, WorkerCounters, WorkerSnapshot,
@@ -41,7 +40,7 @@ pub enum StartError {
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
+    Metrics(#[from] crate::admin::metrics::MetricsError),
     /// A port EAL or its driver refused (or its vhost-user socket), named by its config key.
     // Not `source`: the message already holds it (a source would print it twice).
     #[error("{key}: {spec}: {error}")]
@@ -184,9 +183,12 @@ fn prepare_vhost_socket(spec: &PortSpec) -> Result<(), StartError> {
 }
 
 /// The request policy runs on TSC ticks (the worker's clock): its nanoseconds converted once.
-fn policy_in_ticks(p: crate::policy::PolicyConfig, hz: u64) -> crate::policy::PolicyConfig {
+fn policy_in_ticks(
+    p: crate::hold::policy::PolicyConfig,
+    hz: u64,
+) -> crate::hold::policy::PolicyConfig {
     let t = |ns: u64| (u128::from(ns) * u128::from(hz) / 1_000_000_000) as u64;
-    crate::policy::PolicyConfig {
+    crate::hold::policy::PolicyConfig {
         defer_delay_ns: t(p.defer_delay_ns),
         max_defer_ns: t(p.max_defer_ns),
         min_interval_ns: t(p.min_interval_ns),
@@ -212,7 +214,7 @@ pub struct Appliance {
     worker: Option<LaunchHandle>,
     control: Option<ControlServer>,
     admin: Option<AdminServer>,
-    metrics: Option<crate::metrics::MetricsServer>,
+    metrics: Option<crate::admin::metrics::MetricsServer>,
 }
 
 impl Appliance {
@@ -312,7 +314,7 @@ impl Appliance {
             let counters = Arc::new(VmCounters::default());
             let announce = vm
                 .mac
-                .map(|mac| crate::announce::frames(mac, vm.vlan, &vm.announce))
+                .map(|mac| crate::wire::announce::frames(mac, vm.vlan, &vm.announce))
                 .unwrap_or_default();
             wvms.push(
                 WorkerVm::new(
@@ -404,7 +406,7 @@ impl Appliance {
         let metrics = cfg
             .admin
             .metrics_listen
-            .map(|addr| crate::metrics::MetricsServer::start(addr, source))
+            .map(|addr| crate::admin::metrics::MetricsServer::start(addr, source))
             .transpose()?;
         let handle = dpdk::launch_on(eal, lcore, move || worker.run())?;
         Ok(Appliance {

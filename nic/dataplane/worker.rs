@@ -7,24 +7,24 @@
 //! each destination VM's port, unbuffered. A frame TX did not take stays at the head of its
 //! stage for the next round, so nothing is dropped because a ring was momentarily full.
 //!
-//! Output commit is the epoch queue's ([`crate::epoch`]): this loop only ever transmits what a
+//! Output commit is the epoch queue's ([`crate::hold::epoch`]): this loop only ever transmits what a
 //! queue says is releasable. A fence is a state of its VM: the VM's ingress is read until it is
 //! seen empty (the guest is paused) or the drain time is up, and only then is the epoch sealed
 //! and the answer sent.
 
-use super::demux::{Attach, Demux, Inbound, Source, VmIdx};
 use crate::classify::{Classifier, VmDefer, WindowTable};
 use crate::config::{BufferLimits, OnFull, RateLimit};
 use crate::control::{Answer, Command, Mode, Op, Release, Reply, Rings};
 use crate::dpdk::{tsc, Burst, Mbuf, Mempool, RxQueue, TxQueue, BURST};
-use crate::epoch::{EpochError, EpochQueue, Weighed};
-use crate::frame::{self, MacAddr};
-use crate::meter::{self, MeterHub, WorkerMeter};
-use crate::policy::{FrameKind, PolicyConfig, RequestPolicy};
-use crate::sched::{Backlog, Bucket, Class, Regulator, SchedConfig, Scheduler};
+use crate::egress::sched::{Backlog, Bucket, Class, Regulator, SchedConfig, Scheduler};
+use crate::hold::epoch::{EpochError, EpochQueue, Weighed};
+use crate::hold::policy::{FrameKind, PolicyConfig, RequestPolicy};
+use crate::ingress::demux::{Attach, Demux, Inbound, Source, VmIdx};
+use crate::stats::meter::{self, MeterHub, WorkerMeter};
 use crate::stats::{
     DropReason, EgressCounters, Ledger, PortCounters, VmCounters, Waiting, WorkerCounters,
 };
+use crate::wire::frame::{self, MacAddr};
 use arrayvec::ArrayVec;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -807,7 +807,7 @@ impl Worker {
     }
 
     /// Tells VM `vi`'s controller that a checkpoint is needed now.
-    fn request(&mut self, vi: VmIdx, why: crate::policy::Why) {
+    fn request(&mut self, vi: VmIdx, why: crate::hold::policy::Why) {
         let vm = &self.vms[vi];
         vm.counters.requests.add(why);
         let reply = Reply::CheckpointRequest {

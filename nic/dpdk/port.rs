@@ -190,11 +190,11 @@ impl Port {
     }
 
     /// The port's own MAC address.
-    pub fn mac(&self) -> crate::frame::MacAddr {
+    pub fn mac(&self) -> crate::wire::frame::MacAddr {
         let mut a = ffi::rte_ether_addr::default();
         // SAFETY: the port exists; a is a valid out struct.
         unsafe { ffi::rte_eth_macaddr_get(self.shared.id, &mut a) };
-        crate::frame::MacAddr(a.addr_bytes)
+        crate::wire::frame::MacAddr(a.addr_bytes)
     }
 
     /// Stops and closes the port (a pcap port flushes its output file here). Refused, giving the

@@ -352,7 +352,7 @@ impl Runner<'_> {
     /// protected 64 B run (the worker core spins: its time per frame is 1 / throughput).
     pub fn classify_share(&mut self) -> Result<()> {
         use epochgate::classify::{Classifier, VmDefer};
-        use epochgate::policy::{FrameKind, PolicyConfig, RequestPolicy};
+        use epochgate::hold::policy::{FrameKind, PolicyConfig, RequestPolicy};
         let frames: Vec<Vec<u8>> = Profile::Mix
             .templates(0, [0x52, 0x54, 0, 0x10, 0, 0])
             .into_iter()

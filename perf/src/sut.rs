@@ -316,7 +316,7 @@ pub fn epochgate(
         cfg += &format!(
             "[[vm]]\nname = \"{}\"\nmac = \"{}\"\n",
             v.name,
-            epochgate::frame::MacAddr(mac(i))
+            epochgate::wire::frame::MacAddr(mac(i))
         );
         if !setup.shared_ingress {
             let p = s.join(format!("vm{i}.sock"));

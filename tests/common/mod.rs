@@ -3,7 +3,7 @@
 //! captures it wrote. Every test makes its own directory, file prefix and sockets.
 #![allow(dead_code)]
 
-use epochgate::capture::{self, Frame};
+use epochgate::tools::capture::{self, Frame};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -5,7 +5,7 @@
 //! VM's epochs. Inbound from the uplink: the VM whose (MAC, VLAN) is its destination; group
 //! addresses go to every active VM. Pure: frames are bytes.
 
-use crate::frame::{self, MacAddr};
+use crate::wire::frame::{self, MacAddr};
 
 /// Index of a VM in the data plane's table.
 pub type VmIdx = usize;

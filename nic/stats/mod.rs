@@ -6,6 +6,8 @@
 //! ([`VmCounters::publish`], a sequence lock), so every reader sees it balance
 //! ([`VmSnapshot::balanced`]), even in the middle of a burst or with TX stalled.
 
+pub mod meter;
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{
@@ -200,8 +202,8 @@ impl RequestCounters {
     pub const NAMES: [&'static str; 3] = ["immediate-frame", "deferral-expired", "high-water"];
 
     #[inline]
-    pub fn add(&self, why: crate::policy::Why) {
-        use crate::policy::Why;
+    pub fn add(&self, why: crate::hold::policy::Why) {
+        use crate::hold::policy::Why;
         let i = match why {
             Why::ImmediateFrame => 0,
             Why::DeferralExpired => 1,
@@ -535,7 +537,7 @@ impl VmSnapshot {
             mode: mode.to_string(),
             mac: (mac != 0).then(|| {
                 let b = mac.to_be_bytes();
-                crate::frame::MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]]).to_string()
+                crate::wire::frame::MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]]).to_string()
             }),
             rx_frames: c.rx_frames.get(),
             rx_bytes: c.rx_bytes.get(),

@@ -29,6 +29,10 @@
 //! [`render_stats`] and [`render_vms`] turn a snapshot into the text `epochgate stats` and
 //! `epochgate vms` print.
 
+pub mod metrics;
+pub mod notify;
+pub mod top;
+
 use crate::config::ControlConfig;
 use crate::control::server::{bind, Access};
 use crate::stats::{Latency, Snapshot, VmSnapshot};

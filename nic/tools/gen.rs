@@ -3,7 +3,7 @@
 //! receives them can check that every frame arrived once and in order. Used by `epochgate demo`,
 //! the integration tests and the perf harness; built with etherparse, no DPDK.
 
-use crate::frame::MacAddr;
+use crate::wire::frame::MacAddr;
 use etherparse::PacketBuilder;
 
 /// Marker in front of the stream id and sequence number in each generated payload.
@@ -111,7 +111,7 @@ pub fn frame(stream: &Stream, seq: u32) -> Vec<u8> {
             res.expect("writing to a Vec cannot fail and payload sizes are within limits");
             if let Some(v) = vlan {
                 // etherparse's VLAN builder is another type: tag the finished frame instead.
-                crate::frame::insert_vlan(&mut out, v);
+                crate::wire::frame::insert_vlan(&mut out, v);
             }
         }
     }
@@ -188,7 +188,7 @@ mod tests {
         s.vlan = Some(10);
         for seq in 0..20 {
             let f = frame(&s, seq);
-            assert_eq!(crate::frame::outer_vlan(&f), Some(10));
+            assert_eq!(crate::wire::frame::outer_vlan(&f), Some(10));
         }
     }
 }

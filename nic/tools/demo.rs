@@ -4,9 +4,9 @@
 //! protected VM through the shim library, and then reads the egress capture back to show what
 //! left and what did not.
 
-use crate::capture::{self, Frame};
-use crate::frame::MacAddr;
-use crate::gen::{self, Stream};
+use crate::tools::capture::{self, Frame};
+use crate::tools::gen::{self, Stream};
+use crate::wire::frame::MacAddr;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
@@ -205,7 +205,7 @@ pub fn report(demo: &Demo) -> Result<String, capture::CaptureError> {
     let cap = capture::read_file(&demo.egress_out)?;
     let mut per_src: BTreeMap<MacAddr, (u64, bool, Option<u32>)> = BTreeMap::new();
     for f in &cap.frames {
-        let src = crate::frame::src_mac(&f.data).unwrap_or_default();
+        let src = crate::wire::frame::src_mac(&f.data).unwrap_or_default();
         let e = per_src.entry(src).or_insert((0, true, None));
         e.0 += 1;
         if let Some((_, seq)) = gen::stamp(&f.data) {

@@ -5,7 +5,7 @@
 //! set, with the target link-layer address option). Built once from the config, as bytes; the
 //! worker copies them into mbufs on `Promote`.
 
-use crate::frame::MacAddr;
+use crate::wire::frame::MacAddr;
 use etherparse::PacketBuilder;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -19,7 +19,7 @@ pub fn frames(mac: MacAddr, vlan: Option<u16>, addrs: &[IpAddr]) -> Vec<Vec<u8>>
                 IpAddr::V6(ip) => neighbour_advertisement(mac, *ip),
             };
             if let Some(v) = vlan {
-                crate::frame::insert_vlan(&mut f, v);
+                crate::wire::frame::insert_vlan(&mut f, v);
             }
             // The minimum Ethernet frame (without FCS), so every driver sends it as is.
             if f.len() < 60 {

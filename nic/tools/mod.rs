@@ -12,6 +12,10 @@
 //! no files, no DPDK; those three read the capture and configuration and write to the writer
 //! they are given.
 
+pub mod capture;
+pub mod demo;
+pub mod gen;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, BufWriter, Write};
@@ -20,10 +24,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use crate::capture::{self, Frame};
+use self::capture::Frame;
 use crate::classify::{Classified, Classifier, Reason, Verdict, VmDefer, WindowTable};
 use crate::config::{BufferLimits, ClassifierConfig, Config, DataplaneConfig, Mode};
-use crate::policy::{FrameKind, PolicyConfig, RequestPolicy, Why};
+use crate::hold::policy::{FrameKind, PolicyConfig, RequestPolicy, Why};
 
 const NS_PER_MS: f64 = 1e6;
 const NS_PER_S: f64 = 1e9;

@@ -1,0 +1,3 @@
+//! Egress: the scheduler, its regulators and the TX order ([`sched`]).
+
+pub mod sched;

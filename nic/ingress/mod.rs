@@ -1,0 +1,4 @@
+//! Ingress: telling VMs apart on their ports and on the shared ingress, and the spoof checks
+//! ([`demux`]).
+
+pub mod demux;
