@@ -1,0 +1,183 @@
+//! What `epochgate check-config` prints: [`Config::topology`] and its `describe_*` helpers,
+//! with the EAL line shell-quoted.
+
+use super::{eal_args, BufferLimits, Config, PortSpec, RateLimit};
+
+impl Config {
+    /// The resolved topology as human-readable text (what `epochgate check-config` prints).
+    pub fn topology(&self) -> String {
+        let mut out = String::new();
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        let eal = eal_args(&self.eal, &self.ports());
+        line(format!(
+            "EAL:       {}",
+            eal.iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        line(format!(
+            "egress:    {}, pass-through min share {}",
+            describe_port(&self.egress),
+            if self.passthrough_min_share_ppm == 0 {
+                "0% (released frames have strict priority)".to_string()
+            } else {
+                format!(
+                    "{}% (while released frames wait)",
+                    f64::from(self.passthrough_min_share_ppm) / 1e4
+                )
+            }
+        ));
+        match &self.ingress {
+            Some(p) => line(format!("ingress:   {}", describe_port(p))),
+            None => line("ingress:   none (every VM has its own port)".to_string()),
+        }
+        for vm in &self.vms {
+            let mut s = format!("vm {:?}: {}, ", vm.name, vm.mode);
+            match &vm.port {
+                Some(p) => {
+                    s.push_str(&format!("port {}", describe_port(p)));
+                    match vm.mac {
+                        Some(mac) => s.push_str(&format!(", mac {mac}")),
+                        None => s.push_str(", mac learned from its first frame"),
+                    }
+                }
+                None => {
+                    s.push_str("shared ingress");
+                    if let Some(mac) = vm.mac {
+                        s.push_str(&format!(", mac {mac}"));
+                    }
+                }
+            }
+            if let Some(vlan) = vm.vlan {
+                s.push_str(&format!(", vlan {vlan}"));
+            }
+            if !vm.announce.is_empty() {
+                let a: Vec<String> = vm.announce.iter().map(|a| a.to_string()).collect();
+                s.push_str(&format!(", announces {} on promotion", a.join(" ")));
+            }
+            line(s);
+            line(format!("  buffer:  {}", describe_limits(&vm.limits)));
+            line(format!("  rate:    {}", describe_rate(&vm.rate)));
+        }
+        let c = &self.control;
+        line(format!(
+            "control:   socket {} (mode {}), admin socket {}, fence drain <= {} ms, liveness {}, Hello within {} ms, at most {} sessions",
+            c.socket.display(),
+            c.socket_mode,
+            c.admin_socket.display(),
+            c.fence_drain_ms,
+            if c.liveness_timeout_ms == 0 {
+                "off".to_string()
+            } else {
+                format!("{} ms", c.liveness_timeout_ms)
+            },
+            c.hello_timeout_ms,
+            c.max_sessions
+        ));
+        let mut uids = vec!["root".to_string(), "owner".to_string()];
+        uids.extend(c.allowed_uids.iter().map(u32::to_string));
+        let gids: Vec<String> = c.allowed_gids.iter().map(u32::to_string).collect();
+        line(format!(
+            "sessions:  uids {}{}",
+            uids.join(", "),
+            if gids.is_empty() {
+                String::new()
+            } else {
+                format!("; gids {}", gids.join(", "))
+            }
+        ));
+        line(format!(
+            "metrics:   {}",
+            self.admin.metrics_listen.map_or_else(
+                || "epochgate metrics (no HTTP endpoint: [admin] metrics_listen is not set)"
+                    .to_string(),
+                |a| format!("http://{a}/metrics"),
+            )
+        ));
+        let d = &self.dataplane;
+        line(format!(
+            "dataplane: {} mbufs (cache {}), rx ring {}, tx ring {}, vm queue {} frames, stats every {} ms",
+            d.mbufs, d.mbuf_cache, d.rx_ring, d.tx_ring, d.vm_queue, d.stats_interval_ms
+        ));
+        let c = &self.classifier;
+        let ms = |ns: u64| ns as f64 / 1e6;
+        line(format!(
+            "classifier: defer {} ms (at most {} ms), min checkpoint interval {} ms, window updates {}, {} rule(s)",
+            ms(c.policy.defer_delay_ns),
+            ms(c.policy.max_defer_ns),
+            ms(c.policy.min_interval_ns),
+            if c.window_updates {
+                format!(
+                    "on (below {} bytes in {} flows)",
+                    c.window_update_threshold, c.flow_table
+                )
+            } else {
+                "off".to_string()
+            },
+            c.rules.len()
+        ));
+        out
+    }
+}
+
+/// "at most 1024 frames (no byte limit), high water 768 frames, when full: backpressure".
+fn describe_limits(l: &BufferLimits) -> String {
+    let max = if l.max_bytes == 0 {
+        format!("at most {} frames (no byte limit)", l.max_frames)
+    } else {
+        format!("at most {} frames and {} bytes", l.max_frames, l.max_bytes)
+    };
+    let high_water = match (l.high_water_frames, l.high_water_bytes) {
+        (0, 0) => "off".to_string(),
+        (f, 0) => format!("{f} frames"),
+        (0, b) => format!("{b} bytes"),
+        (f, b) => format!("{f} frames or {b} bytes"),
+    };
+    format!("{max}, high water {high_water}, when full: {}", l.on_full)
+}
+
+/// "100 Mbit/s (burst 12500 bytes), 20000 pps (burst 20 frames)", or "unlimited".
+fn describe_rate(r: &RateLimit) -> String {
+    if r.is_unlimited() {
+        return "unlimited".to_string();
+    }
+    let bytes = if r.bytes_per_s == 0 {
+        "no byte rate limit".to_string()
+    } else {
+        format!(
+            "{} Mbit/s (burst {} bytes)",
+            r.bytes_per_s as f64 * 8.0 / 1e6,
+            r.burst_bytes
+        )
+    };
+    let frames = if r.pps == 0 {
+        "no frame rate limit".to_string()
+    } else {
+        format!("{} pps (burst {} frames)", r.pps, r.burst_frames)
+    };
+    format!("{bytes}, {frames}")
+}
+
+fn describe_port(p: &PortSpec) -> String {
+    match p {
+        PortSpec::Vdev { spec, name } if spec != name => format!("{spec} (vdev {name})"),
+        PortSpec::Vdev { spec, .. } => format!("{spec} (vdev)"),
+        PortSpec::Pci { addr } => format!("{addr} (PCI)"),
+    }
+}
+
+// Only for display, so the printed EAL line can be pasted into a shell.
+fn shell_quote(a: &str) -> String {
+    let plain = !a.is_empty()
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.,:=/@+%".contains(&b));
+    if plain {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}

@@ -1,0 +1,611 @@
+//! Validating the other sections: `[egress]`'s share, `[control]`, `[dataplane]`, each
+//! `[[vm]]` with its buffer and rate limits, the mbuf pool against memory, announced addresses.
+
+use std::collections::HashMap;
+
+use super::eal::lcore_ids;
+use super::{
+    high_water_mark, invalid, parse_mode, vm_label, BufferLimits, Config, ConfigError,
+    ControlConfig, DataplaneConfig, Mode, ModeParseError, OnFull, PortSpec, RateLimit, RawLimits,
+    RawVm, VmConfig, HIGH_WATER_DEFAULT,
+};
+use crate::wire::frame::MacAddr;
+
+const NAME_MAX: usize = 32;
+const RING_MIN: u16 = 64;
+const RING_MAX: u16 = 4096;
+const MBUFS_MIN: u32 = 1023;
+const MBUFS_MAX: u32 = (1 << 24) - 1;
+/// Pool memory per mbuf with hugepages: 2048 bytes of data room + 128 of headroom
+/// (RTE_MBUF_DEFAULT_BUF_SIZE) + 128 for struct rte_mbuf + 64 for the mempool object header
+/// (24 bytes, cache-line aligned) = 2368, + 8 to 16 for its slot in the pool's ring, rounded up
+/// to whole cache lines: 2432.
+const MBUF_BYTES_HUGE: u64 = 2432;
+/// Without hugepages EAL's memory is 4 KiB pages and a mempool object never spans two pages, so
+/// each mbuf takes a page (measured: a 64 MB --no-huge EAL holds 15 900 mbufs, not 16 000).
+const MBUF_BYTES_NO_HUGE: u64 = 4096;
+/// Memory kept for everything but the pool: EAL's own memzones (under 2 MiB measured), the
+/// ports' descriptor rings and driver queues, the mempool's per-lcore cache structures.
+const EAL_RESERVE_MB: u64 = 16;
+/// One rx/tx burst of slack in the pool beyond what the rings and caches can hold.
+const POOL_SLACK: u64 = 32;
+// RTE_MEMPOOL_CACHE_MAX_SIZE: rte_pktmbuf_pool_create refuses larger caches.
+const MBUF_CACHE_MAX: u32 = 512;
+const VM_QUEUE_MIN: u32 = 32;
+const MAX_HELD_FRAMES_MAX: u32 = 1 << 20;
+const MAX_HELD_BYTES_MIN: i64 = 16384;
+const RATE_MBPS_MAX: f64 = 1_000_000.0;
+const RATE_PPS_MAX: i64 = 1_000_000_000;
+const BURST_MIN: i64 = 64;
+/// The least default byte-bucket depth: two full-size frames (1518 bytes: a 1500-byte payload
+/// with a VLAN tag, no FCS).
+const BURST_DEFAULT_MIN: u64 = 3036;
+const BURST_FRAMES_DEFAULT_MIN: u64 = 8;
+const VLAN_MAX: i64 = 4094;
+const FENCE_DRAIN_MAX_MS: u64 = 1000;
+const HELLO_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+const MAX_SESSIONS_MAX: usize = 65_536;
+const ANNOUNCE_MAX: usize = 16;
+
+/// `[egress] passthrough_min_share` in parts per million.
+pub(super) fn passthrough_share_ppm(share: f64) -> Result<u32, ConfigError> {
+    let ppm = (share * 1e6).round();
+    if !((0.0..1.0).contains(&share) && ppm < 1e6) {
+        return Err(invalid(
+            "egress.passthrough_min_share",
+            format!(
+                "{share} is out of range 0 <= x < 1: the fraction of egress bytes pass-through traffic keeps while protected VMs' released frames are also waiting (0: released frames have strict priority)"
+            ),
+        ));
+    }
+    Ok(ppm as u32)
+}
+
+/// `vms`: how many `[[vm]]` entries there are (each needs a session).
+pub(super) fn validate_control(
+    mut control: ControlConfig,
+    vms: usize,
+) -> Result<ControlConfig, ConfigError> {
+    if control.socket.as_os_str().is_empty() {
+        return Err(invalid(
+            "control.socket",
+            "is empty: it must be a socket path",
+        ));
+    }
+    // Empty: not written (serde leaves it empty), so the default applies.
+    let defaulted = control.admin_socket.as_os_str().is_empty();
+    if defaulted {
+        control.admin_socket = control.socket.with_file_name("admin.sock");
+    }
+    if control.socket == control.admin_socket && defaulted {
+        return Err(invalid(
+            "control.socket",
+            format!(
+                "{:?} is where the admin socket goes by default (admin.sock beside control.socket): \
+                 name the control socket differently, or set control.admin_socket elsewhere",
+                control.socket
+            ),
+        ));
+    }
+    if control.socket == control.admin_socket {
+        return Err(invalid(
+            "control.admin_socket",
+            format!(
+                "{:?} is also control.socket: the two sockets need different paths",
+                control.admin_socket
+            ),
+        ));
+    }
+    if parse_mode(&control.socket_mode).is_none() {
+        return Err(invalid(
+            "control.socket_mode",
+            format!(
+                "{:?} is not a file mode: write permission bits in octal, e.g. \"0660\"",
+                control.socket_mode
+            ),
+        ));
+    }
+    if control.fence_drain_ms == 0 || control.fence_drain_ms > FENCE_DRAIN_MAX_MS {
+        return Err(invalid(
+            "control.fence_drain_ms",
+            format!(
+                "{} is out of range 1..={FENCE_DRAIN_MAX_MS}: the guest stays paused while a fence drains",
+                control.fence_drain_ms
+            ),
+        ));
+    }
+    if control.liveness_timeout_ms != 0 && control.liveness_timeout_ms <= control.fence_drain_ms {
+        return Err(invalid(
+            "control.liveness_timeout_ms",
+            format!(
+                "{} does not exceed control.fence_drain_ms ({}): a VMM waits that long for a fence's answer, \
+                 so its controller cannot be judged by a shorter silence; make it larger (or 0: off)",
+                control.liveness_timeout_ms, control.fence_drain_ms
+            ),
+        ));
+    }
+    if !HELLO_TIMEOUT_MS.contains(&control.hello_timeout_ms) {
+        return Err(invalid(
+            "control.hello_timeout_ms",
+            format!(
+                "{} is out of range {}..={}: a new session has this long to say Hello",
+                control.hello_timeout_ms,
+                HELLO_TIMEOUT_MS.start(),
+                HELLO_TIMEOUT_MS.end()
+            ),
+        ));
+    }
+    if control.max_sessions > MAX_SESSIONS_MAX {
+        return Err(invalid(
+            "control.max_sessions",
+            format!(
+                "{} is above the maximum of {MAX_SESSIONS_MAX}",
+                control.max_sessions
+            ),
+        ));
+    }
+    if control.max_sessions < vms.max(1) {
+        return Err(invalid(
+            "control.max_sessions",
+            format!(
+                "{} is fewer than the {vms} [[vm]] entries: each VM needs a session; raise it to at least {vms}",
+                control.max_sessions
+            ),
+        ));
+    }
+    Ok(control)
+}
+
+pub(super) fn validate_dataplane(d: DataplaneConfig) -> Result<DataplaneConfig, ConfigError> {
+    if d.mbufs < MBUFS_MIN {
+        return Err(invalid(
+            "dataplane.mbufs",
+            format!("{} is too few (at least {MBUFS_MIN})", d.mbufs),
+        ));
+    }
+    if d.mbufs > MBUFS_MAX {
+        return Err(invalid(
+            "dataplane.mbufs",
+            format!(
+                "{} is too many (at most {MBUFS_MAX}, about {} GB of mbufs)",
+                d.mbufs,
+                u64::from(MBUFS_MAX) * MBUF_BYTES_HUGE / 1_000_000_000
+            ),
+        ));
+    }
+    if d.mbuf_cache > MBUF_CACHE_MAX {
+        return Err(invalid(
+            "dataplane.mbuf_cache",
+            format!(
+                "{} is above DPDK's per-lcore cache maximum of {MBUF_CACHE_MAX}",
+                d.mbuf_cache
+            ),
+        ));
+    }
+    // DPDK also wants 1.5 x cache <= mbufs; the two bounds above already guarantee it.
+    for (key, n) in [
+        ("dataplane.rx_ring", d.rx_ring),
+        ("dataplane.tx_ring", d.tx_ring),
+    ] {
+        if !(n.is_power_of_two() && (RING_MIN..=RING_MAX).contains(&n)) {
+            return Err(invalid(
+                key,
+                format!("{n} is not a power of two in {RING_MIN}..={RING_MAX}"),
+            ));
+        }
+    }
+    if d.vm_queue < VM_QUEUE_MIN {
+        return Err(invalid(
+            "dataplane.vm_queue",
+            format!(
+                "{} is too small (at least {VM_QUEUE_MIN} frames)",
+                d.vm_queue
+            ),
+        ));
+    }
+    if d.vm_queue > MAX_HELD_FRAMES_MAX {
+        return Err(invalid(
+            "dataplane.vm_queue",
+            format!(
+                "{} is too large (at most {MAX_HELD_FRAMES_MAX} frames): it is the default max_held_frames of each VM",
+                d.vm_queue
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+fn check_vm_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!(
+            "is empty: a VM name needs 1 to {NAME_MAX} characters from A-Z a-z 0-9 _ . -"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c)))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?} (allowed: A-Z a-z 0-9 _ . -)"
+        ));
+    }
+    if name.len() > NAME_MAX {
+        return Err(format!(
+            "{name:?} is {} characters long (at most {NAME_MAX})",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Validates one VM on its own; names and addresses across VMs are the caller's business.
+pub(super) fn validate_vm(
+    i: usize,
+    raw: RawVm,
+    have_ingress: bool,
+    dataplane: &DataplaneConfig,
+) -> Result<VmConfig, ConfigError> {
+    let lim = RawLimits {
+        max_held_frames: raw.max_held_frames,
+        max_held_bytes: raw.max_held_bytes,
+        high_water: raw.high_water,
+        on_full: raw.on_full,
+        rate_mbps: raw.rate_mbps,
+        rate_pps: raw.rate_pps,
+        burst: raw.burst,
+        burst_frames: raw.burst_frames,
+    };
+    let name = raw.name.ok_or_else(|| {
+        invalid(
+            format!("vm[{i}].name"),
+            format!("missing: every VM needs a name (1 to {NAME_MAX} characters from A-Z a-z 0-9 _ . -)"),
+        )
+    })?;
+    check_vm_name(&name).map_err(|why| invalid(format!("vm[{i}].name"), why))?;
+    let label = vm_label(i, &name);
+
+    let mode = match raw.mode {
+        None => Mode::default(),
+        Some(m) => m
+            .parse()
+            .map_err(|e: ModeParseError| invalid(format!("{label}.mode"), e.to_string()))?,
+    };
+    let port = raw
+        .port
+        .map(|p| PortSpec::parse(&p))
+        .transpose()
+        .map_err(|why| invalid(format!("{label}.port"), why))?;
+    let mac = match raw.mac {
+        None => None,
+        Some(m) => {
+            let mac: MacAddr = m.parse().map_err(|e: crate::wire::frame::MacParseError| {
+                invalid(format!("{label}.mac"), e.to_string())
+            })?;
+            if mac.is_group() {
+                return Err(invalid(
+                    format!("{label}.mac"),
+                    format!("{mac} is a group (multicast or broadcast) address: a VM's MAC must be unicast"),
+                ));
+            }
+            if !mac.is_unicast() {
+                return Err(invalid(
+                    format!("{label}.mac"),
+                    format!(
+                        "{mac} is the all-zero address: a VM's MAC must be a real unicast address"
+                    ),
+                ));
+            }
+            Some(mac)
+        }
+    };
+    let vlan = match raw.vlan {
+        None => None,
+        Some(v) if !(0..=VLAN_MAX).contains(&v) => {
+            return Err(invalid(
+                format!("{label}.vlan"),
+                format!("{v} is out of range (expected 0..={VLAN_MAX})"),
+            ))
+        }
+        Some(_) if mac.is_none() => {
+            return Err(invalid(
+                format!("{label}.vlan"),
+                "a VLAN without a mac identifies nothing: a VM is recognised by mac + VLAN",
+            ))
+        }
+        Some(v) => u16::try_from(v).ok(),
+    };
+
+    if port.is_none() && !(mac.is_some() && have_ingress) {
+        const BOTH: &str = "needs either its own port (vm.port) or a mac on the shared ingress ([ingress] port and vm.mac)";
+        let detail = match (mac.is_some(), have_ingress) {
+            (false, true) => "it has neither",
+            (true, false) => "it has a mac but there is no [ingress] section",
+            _ => "it has no port or mac, and there is no [ingress] section",
+        };
+        return Err(invalid(label, format!("{BOTH}: {detail}")));
+    }
+
+    if raw.announce.len() > ANNOUNCE_MAX {
+        return Err(invalid(
+            format!("{label}.announce"),
+            format!(
+                "{} addresses; at most {ANNOUNCE_MAX} are announced on promotion",
+                raw.announce.len()
+            ),
+        ));
+    }
+    let mut announce = Vec::with_capacity(raw.announce.len());
+    for (j, a) in raw.announce.iter().enumerate() {
+        let ip: std::net::IpAddr = a.parse().map_err(|_| {
+            invalid(
+                format!("{label}.announce[{j}]"),
+                format!("{a:?} is not an IPv4 or IPv6 address"),
+            )
+        })?;
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(invalid(
+                format!("{label}.announce[{j}]"),
+                format!("{ip} cannot be a VM's address"),
+            ));
+        }
+        announce.push(ip);
+    }
+    if !announce.is_empty() && mac.is_none() {
+        return Err(invalid(
+            format!("{label}.announce"),
+            "announcing addresses needs the VM's mac (vm.mac): a promoted VM may not have sent a frame yet to learn it from",
+        ));
+    }
+
+    if !announce.is_empty() && mode != Mode::Standby {
+        return Err(invalid(
+            format!("{label}.announce"),
+            format!(
+                "a {mode} VM is never promoted, so it never announces: only a standby VM can be promoted (and nothing makes a VM standby at run time); set mode = \"standby\" or remove announce"
+            ),
+        ));
+    }
+
+    let defer = match raw.defer.as_deref() {
+        None | Some("builtin") => crate::classify::VmDefer::Builtin,
+        Some("all") => crate::classify::VmDefer::All,
+        Some("never") => crate::classify::VmDefer::Never,
+        Some(other) => {
+            return Err(invalid(
+                format!("{label}.defer"),
+                format!("{other:?} is not one of \"builtin\", \"all\", \"never\""),
+            ))
+        }
+    };
+
+    let limits = validate_limits(&label, &lim, port.is_some(), dataplane)?;
+    let rate = validate_rate(&label, &lim)?;
+
+    Ok(VmConfig {
+        name,
+        port,
+        mac,
+        vlan,
+        mode,
+        announce,
+        defer,
+        limits,
+        rate,
+    })
+}
+
+/// `max_held_frames`, `max_held_bytes`, `high_water` and `on_full` of the VM labelled `label`.
+fn validate_limits(
+    label: &str,
+    raw: &RawLimits,
+    own_port: bool,
+    dataplane: &DataplaneConfig,
+) -> Result<BufferLimits, ConfigError> {
+    let (max_frames, frames_key) = match raw.max_held_frames {
+        None => (
+            i64::from(dataplane.vm_queue),
+            "dataplane.vm_queue".to_string(),
+        ),
+        Some(n) => {
+            let key = format!("{label}.max_held_frames");
+            if !(i64::from(VM_QUEUE_MIN)..=i64::from(MAX_HELD_FRAMES_MAX)).contains(&n) {
+                return Err(invalid(
+                    key,
+                    format!("{n} is out of range {VM_QUEUE_MIN}..={MAX_HELD_FRAMES_MAX} frames"),
+                ));
+            }
+            (n, key)
+        }
+    };
+    if max_frames > i64::from(dataplane.mbufs) {
+        let what = if raw.max_held_frames.is_none() {
+            format!(", the default max_held_frames of {label},")
+        } else {
+            String::new()
+        };
+        return Err(invalid(
+            frames_key,
+            format!(
+                "{max_frames}{what} can never be reached: the mbuf pool (dataplane.mbufs) has only {}",
+                dataplane.mbufs
+            ),
+        ));
+    }
+    let max_frames = max_frames as u64;
+
+    let max_bytes = match raw.max_held_bytes {
+        None | Some(0) => 0,
+        Some(n) if n < MAX_HELD_BYTES_MIN => {
+            return Err(invalid(
+                format!("{label}.max_held_bytes"),
+                format!(
+                    "{n} is too small: a byte limit is at least {MAX_HELD_BYTES_MIN} bytes (0 or absent: no byte limit)"
+                ),
+            ))
+        }
+        Some(n) => n as u64,
+    };
+
+    let high_water = raw.high_water.unwrap_or(HIGH_WATER_DEFAULT);
+    if !(high_water == 0.0 || (high_water > 0.0 && high_water <= 1.0)) {
+        return Err(invalid(
+            format!("{label}.high_water"),
+            format!(
+                "{high_water} is out of range: 0 (off) or a fraction in (0, 1] of max_held_frames / max_held_bytes at which a checkpoint is requested"
+            ),
+        ));
+    }
+
+    let on_full = match raw.on_full.as_deref() {
+        None if own_port => OnFull::Backpressure,
+        None => OnFull::Drop,
+        Some("drop") => OnFull::Drop,
+        Some("backpressure") if own_port => OnFull::Backpressure,
+        Some("backpressure") => {
+            return Err(invalid(
+                format!("{label}.on_full"),
+                "backpressure stops reading the VM's port, and on the shared ingress that would stall every VM on it; use \"drop\"",
+            ))
+        }
+        Some(other) => {
+            return Err(invalid(
+                format!("{label}.on_full"),
+                format!("{other:?} is not one of \"backpressure\", \"drop\""),
+            ))
+        }
+    };
+
+    Ok(BufferLimits {
+        max_frames,
+        max_bytes,
+        high_water_frames: high_water_mark(high_water, max_frames),
+        high_water_bytes: high_water_mark(high_water, max_bytes),
+        on_full,
+    })
+}
+
+/// `rate_mbps`, `rate_pps`, `burst` and `burst_frames` of the VM labelled `label`.
+fn validate_rate(label: &str, raw: &RawLimits) -> Result<RateLimit, ConfigError> {
+    let mut rate = RateLimit::default();
+    if let Some(mbps) = raw.rate_mbps {
+        let bytes_per_s = (mbps * 1e6 / 8.0).round();
+        if !(mbps > 0.0 && mbps <= RATE_MBPS_MAX) {
+            return Err(invalid(
+                format!("{label}.rate_mbps"),
+                format!(
+                    "{mbps} is out of range: above 0 and at most {RATE_MBPS_MAX} (megabits per second of Ethernet frame bytes, without preamble and FCS)"
+                ),
+            ));
+        }
+        if bytes_per_s < 1.0 {
+            return Err(invalid(
+                format!("{label}.rate_mbps"),
+                format!("{mbps} is below 1 byte per second (the least rate_mbps is 0.000004)"),
+            ));
+        }
+        rate.bytes_per_s = bytes_per_s as u64;
+        rate.burst_bytes = (rate.bytes_per_s / 1000).max(BURST_DEFAULT_MIN);
+    }
+    if let Some(pps) = raw.rate_pps {
+        if !(1..=RATE_PPS_MAX).contains(&pps) {
+            return Err(invalid(
+                format!("{label}.rate_pps"),
+                format!("{pps} is out of range 1..={RATE_PPS_MAX} frames per second"),
+            ));
+        }
+        rate.pps = pps as u64;
+        rate.burst_frames = (rate.pps / 1000).max(BURST_FRAMES_DEFAULT_MIN);
+    }
+    if let Some(burst) = raw.burst {
+        if raw.rate_mbps.is_none() {
+            return Err(invalid(
+                format!("{label}.burst"),
+                "needs rate_mbps: burst is the depth of the byte bucket that rate_mbps fills (the depth of rate_pps's bucket is burst_frames)",
+            ));
+        }
+        if burst < BURST_MIN {
+            return Err(invalid(
+                format!("{label}.burst"),
+                format!(
+                    "{burst} is too small: at least {BURST_MIN} bytes (one minimum Ethernet frame)"
+                ),
+            ));
+        }
+        rate.burst_bytes = burst as u64;
+    }
+    if let Some(frames) = raw.burst_frames {
+        if raw.rate_pps.is_none() {
+            return Err(invalid(
+                format!("{label}.burst_frames"),
+                "needs rate_pps: burst_frames is the depth of the frame bucket that rate_pps fills (the depth of rate_mbps's bucket is burst)",
+            ));
+        }
+        if frames < 1 {
+            return Err(invalid(
+                format!("{label}.burst_frames"),
+                format!("{frames} is too small: at least 1 frame"),
+            ));
+        }
+        rate.burst_frames = frames as u64;
+    }
+    Ok(rate)
+}
+
+/// The mbuf pool must fit in `eal.memory_mb` and be large enough to fill every port's rings.
+pub(super) fn check_pool(cfg: &Config) -> Result<(), ConfigError> {
+    let d = &cfg.dataplane;
+    let mbufs = u64::from(d.mbufs);
+    let (per_mbuf, pages) = if cfg.eal.hugepages {
+        (MBUF_BYTES_HUGE, "with hugepages")
+    } else {
+        (
+            MBUF_BYTES_NO_HUGE,
+            "without hugepages (one 4 KiB page each)",
+        )
+    };
+    let mb = 1u64 << 20;
+    let need_mb = (mbufs * per_mbuf).div_ceil(mb) + EAL_RESERVE_MB;
+    let memory = u64::from(cfg.eal.memory_mb);
+    if need_mb > memory {
+        let fits = (memory.saturating_sub(EAL_RESERVE_MB) * mb) / per_mbuf;
+        return Err(invalid(
+            "dataplane.mbufs",
+            format!(
+                "{mbufs} mbufs do not fit in eal.memory_mb = {memory}: they need {need_mb} MB ({per_mbuf} bytes per mbuf {pages}, plus {EAL_RESERVE_MB} MB for EAL and the ports); lower dataplane.mbufs to at most {fits} or raise eal.memory_mb to {need_mb}"
+            ),
+        ));
+    }
+    let ports = cfg.ports().len() as u64;
+    let lcores = lcore_ids(&cfg.eal.lcores).map_or(2, |l| l.len()) as u64;
+    // A per-lcore cache holds up to 1.5 x its size before it flushes (CALC_CACHE_FLUSHTHRESH).
+    let cache = u64::from(d.mbuf_cache).saturating_mul(3).div_ceil(2);
+    let (rx, tx) = (u64::from(d.rx_ring), u64::from(d.tx_ring));
+    let need = ports * (rx + tx) + lcores * cache + POOL_SLACK;
+    if mbufs < need {
+        return Err(invalid(
+            "dataplane.mbufs",
+            format!(
+                "{mbufs} cannot fill the rings: {ports} port(s) x (dataplane.rx_ring {rx} + dataplane.tx_ring {tx}) + {lcores} lcores x {cache} (1.5 x dataplane.mbuf_cache, what a per-lcore cache may hold) + {POOL_SLACK} (a burst) = {need} mbufs are needed"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An address announced by two VMs would be taken from one by the other's promotion.
+pub(super) fn check_announce_unique(cfg: &Config) -> Result<(), ConfigError> {
+    let mut seen: HashMap<std::net::IpAddr, String> = HashMap::new();
+    for (i, vm) in cfg.vms.iter().enumerate() {
+        for (j, ip) in vm.announce.iter().enumerate() {
+            let key = format!("{}.announce[{j}]", vm_label(i, &vm.name));
+            if let Some(other) = seen.get(ip) {
+                return Err(invalid(
+                    key,
+                    format!("{ip} is also {other}: one address can be announced by one VM"),
+                ));
+            }
+            seen.insert(*ip, key);
+        }
+    }
+    Ok(())
+}
