@@ -1,0 +1,431 @@
+//! The admin socket's server: [`AdminServer`], its thread's poll loop over non-blocking
+//! connections, the peer check and the answer to one request line (the rules are in the
+//! [`crate::admin`] module docs).
+
+use super::{
+    AdminError, SnapshotFn, MAX_CLIENTS, MAX_REQUEST, POLL_TICK, READ_TIMEOUT, REQUESTS,
+    WRITE_TIMEOUT,
+};
+use crate::config::ControlConfig;
+use crate::control::server::{bind, Access};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use socket2::{Socket, Type};
+use std::io::{ErrorKind, Read};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The running admin thread; stopped by [`AdminServer::stop`] or when dropped.
+pub struct AdminServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Binds `cfg.admin_socket` (see the module docs for the rules), sets its mode to
+    /// `cfg.mode_bits()` and starts the "eg-admin" thread, which answers each request with
+    /// what `source` returns at that moment.
+    pub fn start(cfg: &ControlConfig, source: SnapshotFn) -> Result<AdminServer, AdminError> {
+        start_with(cfg, source, Access::of(cfg))
+    }
+
+    /// Stops the thread (within one poll tick) and removes the socket file.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+pub(super) fn start_with(
+    cfg: &ControlConfig,
+    source: SnapshotFn,
+    access: Access,
+) -> Result<AdminServer, AdminError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = cfg.admin_socket.clone();
+    let err = |why: String| AdminError::Socket {
+        path: path.display().to_string(),
+        why,
+    };
+    let listener = bind(&path, Type::STREAM, cfg.mode_bits()).map_err(err)?;
+    let identity = std::fs::symlink_metadata(&path)
+        .map(|m| (m.dev(), m.ino()))
+        .ok();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = Server {
+        listener,
+        path: path.clone(),
+        identity,
+        source,
+        access,
+        clients: Vec::new(),
+        accept_paused_until: None,
+        accept_failures: 0,
+        stop: stop.clone(),
+    };
+    // If the spawn fails the server is dropped here, which removes the socket file.
+    let thread = std::thread::Builder::new()
+        .name("eg-admin".into())
+        .spawn(move || server.run())
+        .map_err(|e| err(format!("cannot start the admin thread: {e}")))?;
+    Ok(AdminServer {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// Where a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the request line.
+    Reading,
+    /// Sending the answer.
+    Writing,
+    /// Finished or failed: to be closed.
+    Done,
+}
+
+struct Client {
+    sock: Socket,
+    state: State,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    sent: usize,
+    deadline: Instant,
+    /// Why the peer is refused: sent instead of the answer once its request line is read (so
+    /// that a client is never cut off while it sends).
+    refused: Option<String>,
+}
+
+struct Server {
+    listener: Socket,
+    path: PathBuf,
+    /// Device and inode of the socket file this server bound: only that file is removed.
+    identity: Option<(u64, u64)>,
+    source: SnapshotFn,
+    access: Access,
+    clients: Vec<Client>,
+    /// Set after an accept error other than "nothing to accept" (say, out of file
+    /// descriptors): the listener is left alone for a moment instead of spinning on it.
+    accept_paused_until: Option<Instant>,
+    /// Accept failures in the current episode (0: none).
+    accept_failures: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Server {
+    fn run(mut self) {
+        while !self.stop.load(Relaxed) {
+            let (listener_ready, ready) = self.wait();
+            if listener_ready {
+                self.accept_all();
+            }
+            for i in ready {
+                match self.clients[i].state {
+                    State::Reading => self.read(i),
+                    State::Writing => self.clients[i].flush(),
+                    State::Done => {}
+                }
+            }
+            self.expire();
+            self.clients.retain(|c| c.state != State::Done);
+        }
+        // `Drop` closes the clients and removes the socket file.
+    }
+
+    /// Polls the listener (when there is room for a client) and every client; returns whether
+    /// the listener is readable and which clients have something to do.
+    fn wait(&mut self) -> (bool, Vec<usize>) {
+        let now = Instant::now();
+        if self.accept_paused_until.is_some_and(|t| now >= t) {
+            self.accept_paused_until = None;
+        }
+        let listen = self.clients.len() < MAX_CLIENTS && self.accept_paused_until.is_none();
+        let mut fds = Vec::with_capacity(self.clients.len() + 1);
+        fds.push(PollFd::new(
+            self.listener.as_fd(),
+            if listen {
+                PollFlags::POLLIN
+            } else {
+                PollFlags::empty()
+            },
+        ));
+        for c in &self.clients {
+            let events = match c.state {
+                State::Reading => PollFlags::POLLIN,
+                State::Writing => PollFlags::POLLOUT,
+                State::Done => PollFlags::empty(),
+            };
+            fds.push(PollFd::new(c.sock.as_fd(), events));
+        }
+        // Sleep no longer than the nearest client deadline.
+        let timeout = self
+            .clients
+            .iter()
+            .map(|c| c.deadline.saturating_duration_since(now))
+            .fold(POLL_TICK, Duration::min);
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        if poll(&mut fds, PollTimeout::from(ms)).is_err() {
+            return (false, Vec::new());
+        }
+        let revents = |fd: &PollFd| fd.revents().unwrap_or(PollFlags::empty());
+        let ready = fds[1..]
+            .iter()
+            .enumerate()
+            .filter(|(_, fd)| !revents(fd).is_empty())
+            .map(|(i, _)| i)
+            .collect();
+        (listen && !revents(&fds[0]).is_empty(), ready)
+    }
+
+    fn accept_all(&mut self) {
+        while self.clients.len() < MAX_CLIENTS {
+            let sock = match self.listener.accept() {
+                Ok((sock, _)) => sock,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Logged once per episode (out of descriptors under attack would otherwise
+                    // be a line every pause); the episode ends at the next accepted client.
+                    if self.accept_failures == 0 {
+                        eprintln!(
+                            "epochgate: control.admin_socket {}: accept failed: {e}; pausing the listener, said once until a client is accepted again",
+                            self.path.display()
+                        );
+                    }
+                    self.accept_failures += 1;
+                    self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
+                    return;
+                }
+            };
+            if self.accept_failures > 0 {
+                eprintln!(
+                    "epochgate: control.admin_socket {}: accepting again after {} failed attempt(s)",
+                    self.path.display(),
+                    self.accept_failures
+                );
+                self.accept_failures = 0;
+            }
+            if sock.set_nonblocking(true).is_err() {
+                continue; // dropped: the client sees its connection closed.
+            }
+            let mut client = Client {
+                sock,
+                state: State::Reading,
+                input: Vec::new(),
+                output: Vec::new(),
+                sent: 0,
+                deadline: Instant::now() + READ_TIMEOUT,
+                refused: None,
+            };
+            let verdict = match getsockopt(&client.sock, PeerCredentials) {
+                Ok(c) => admit(&self.access, c.uid(), c.gid(), c.pid()),
+                Err(e) => Err(format!(
+                    "permission denied: the peer's credentials cannot be read: {e}"
+                )),
+            };
+            client.refused = verdict.err();
+            self.clients.push(client);
+        }
+    }
+
+    /// Reads what client `i` sent; answers once its request line is complete.
+    fn read(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        let mut buf = [0u8; 256];
+        let eof = loop {
+            match (&c.sock).read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    c.input.extend_from_slice(&buf[..n]);
+                    if c.input.len() >= MAX_REQUEST || c.input.contains(&b'\n') {
+                        break false;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.state = State::Done;
+                    return;
+                }
+            }
+        };
+        let within = &c.input[..c.input.len().min(MAX_REQUEST)];
+        let line = match within.iter().position(|b| *b == b'\n') {
+            Some(n) => within[..n].to_vec(),
+            None if c.input.len() >= MAX_REQUEST => {
+                let why = format!(
+                    "request longer than {MAX_REQUEST} bytes: send one of {} and a newline",
+                    accepted()
+                );
+                return c.fail(&why);
+            }
+            // The client shut down its side after an unterminated request: take it as is.
+            None if eof && !c.input.is_empty() => c.input.clone(),
+            None if eof => {
+                match c.refused.take() {
+                    Some(why) => c.answer(error_line(&why)),
+                    None => c.state = State::Done,
+                }
+                return;
+            }
+            None => return, // more to come
+        };
+        let reply = match c.refused.take() {
+            Some(why) => error_line(&why),
+            None => respond(&line, &self.source),
+        };
+        self.clients[i].answer(reply);
+    }
+
+    /// Answers clients that said nothing in time, and closes those that did not take their
+    /// answer in time.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        for c in &mut self.clients {
+            if now < c.deadline {
+                continue;
+            }
+            match c.state {
+                State::Reading => {
+                    let why = format!(
+                        "no request within {} ms: send one of {} and a newline",
+                        READ_TIMEOUT.as_millis(),
+                        accepted()
+                    );
+                    c.fail(&why);
+                    // One try only: a client that is not reading is not waited for again.
+                    if c.state == State::Writing {
+                        c.state = State::Done;
+                    }
+                }
+                State::Writing => c.state = State::Done,
+                State::Done => {}
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.clients.clear();
+        if let Some(id) = self.identity {
+            use std::os::unix::fs::MetadataExt;
+            let ours =
+                std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == id);
+            if ours {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Answers with the error `why`, or with the refusal if the peer is not allowed.
+    fn fail(&mut self, why: &str) {
+        let line = error_line(self.refused.as_deref().unwrap_or(why));
+        self.answer(line);
+    }
+
+    /// Queues `line` as the answer and starts sending it.
+    fn answer(&mut self, line: String) {
+        self.output = line.into_bytes();
+        self.output.push(b'\n');
+        self.sent = 0;
+        self.state = State::Writing;
+        self.deadline = Instant::now() + WRITE_TIMEOUT;
+        self.flush();
+    }
+
+    /// Sends what the socket takes of the answer; done once all of it went.
+    fn flush(&mut self) {
+        while self.sent < self.output.len() {
+            match self
+                .sock
+                .send_with_flags(&self.output[self.sent..], nix::libc::MSG_NOSIGNAL)
+            {
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.state = State::Done;
+                    return;
+                }
+            }
+        }
+        self.state = State::Done;
+    }
+}
+
+impl Drop for Client {
+    /// Reads what the client sent beyond its request before closing: closing a Unix socket with
+    /// unread data makes the peer's next read fail with ECONNRESET instead of seeing the end.
+    fn drop(&mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+        let mut buf = [0u8; 512];
+        for _ in 0..16 {
+            match (&self.sock).read(&mut buf) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Whether a peer may use the admin socket; the refusal is the error text it is sent.
+pub(super) fn admit(access: &Access, uid: u32, gid: u32, pid: i32) -> Result<(), String> {
+    if access.allows(uid, gid) {
+        return Ok(());
+    }
+    Err(format!(
+        "permission denied: uid {uid} is not allowed (gid {gid}, pid {pid}): allow it in control.allowed_uids or control.allowed_gids"
+    ))
+}
+
+/// The answer to one request line (without its newline).
+fn respond(line: &[u8], source: &SnapshotFn) -> String {
+    let text = String::from_utf8_lossy(line);
+    let request = text.trim();
+    if !REQUESTS.contains(&request) {
+        return error_line(&format!(
+            "unknown request {request:?}: this socket accepts {}, one per connection, ending with a newline",
+            accepted()
+        ));
+    }
+    let snap = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source())) {
+        Ok(s) => s,
+        Err(_) => {
+            return error_line("internal error: taking the snapshot failed (see epochgate's log)")
+        }
+    };
+    serde_json::to_string(&snap).unwrap_or_else(|e| {
+        error_line(&format!(
+            "internal error: the snapshot cannot be encoded: {e}"
+        ))
+    })
+}
+
+fn accepted() -> String {
+    REQUESTS.map(|r| format!("{r:?}")).join(" or ")
+}
+
+/// `{"error":"..."}`.
+fn error_line(why: &str) -> String {
+    serde_json::json!({ "error": why }).to_string()
+}
