@@ -66,7 +66,7 @@ pub struct Count {
 }
 
 /// Why a fence or a commit was refused. An error never changes the queue.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EpochError {
     /// Fence or commit while the VM is not protected.
     #[error("the VM is not protected: there are no epochs")]
@@ -243,13 +243,7 @@ impl<T: Weighed> EpochQueue<T> {
     /// protected is [`EpochError::NotProtected`]; any epoch but the open one is
     /// [`EpochError::FenceNotOpen`].
     pub fn fence(&mut self, epoch: u64) -> Result<Sealed, EpochError> {
-        if epoch == 0 {
-            return Err(EpochError::Zero);
-        }
-        let open = self.open_epoch().ok_or(EpochError::NotProtected)?;
-        if epoch != open {
-            return Err(EpochError::FenceNotOpen { got: epoch, open });
-        }
+        self.check_fence(epoch)?;
         let (start_seq, start_bytes) = self.open_start();
         self.sealed.push_back(Boundary {
             epoch,
@@ -264,6 +258,19 @@ impl<T: Weighed> EpochQueue<T> {
             frames: self.tail_seq - start_seq,
             bytes: self.tail_bytes - start_bytes,
         })
+    }
+
+    /// Whether [`fence`](Self::fence) of `epoch` would succeed now, and if not why (the same
+    /// errors in the same order), without changing anything.
+    pub fn check_fence(&self, epoch: u64) -> Result<(), EpochError> {
+        if epoch == 0 {
+            return Err(EpochError::Zero);
+        }
+        let open = self.open_epoch().ok_or(EpochError::NotProtected)?;
+        if epoch != open {
+            return Err(EpochError::FenceNotOpen { got: epoch, open });
+        }
+        Ok(())
     }
 
     /// Checkpoint `epoch` is safe: makes every sealed epoch <= `epoch` releasable. O(1) in frames
