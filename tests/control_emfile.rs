@@ -144,8 +144,9 @@ fn child() {
                     let _ = rings.answers.push(Answer {
                         vm: cmd.vm,
                         session: cmd.session,
-                        reply: welcome,
+                        reply: Ok(welcome),
                     });
+                    rings.wake();
                 }
             }
         })

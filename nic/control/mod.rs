@@ -10,6 +10,8 @@ pub use server::{ControlError, ControlServer, ControlVm};
 pub use vmm_shim::proto::{Mode, Release, Reply};
 
 use crossbeam::queue::ArrayQueue;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
 /// A VM's index in the configuration (and in the worker).
 pub type VmIdx = usize;
@@ -48,7 +50,9 @@ pub struct Command {
 pub struct Answer {
     pub vm: VmIdx,
     pub session: u64,
-    pub reply: Reply,
+    /// The reply, or why the command was refused (the control thread writes the error's text:
+    /// the worker builds no strings).
+    pub reply: crate::hold::vm::Outcome,
 }
 
 /// The session number of an event that is not an answer.
@@ -57,19 +61,47 @@ pub const EVENT: u64 = 0;
 /// The rings between the control thread and one worker. Each has one producer and one consumer
 /// (the control thread pushes commands and pops answers; the worker the other way round);
 /// crossbeam's bounded `ArrayQueue` is lock-free and never allocates after creation.
+///
+/// The bell wakes the control thread when answers or events are waiting: the worker rings it
+/// at the end of a round that answered something (one `write` to an eventfd, the only syscall
+/// of the poll loop, and only in rounds that told the control thread something), so the
+/// control thread can sleep in `poll` until then instead of waking on a timer.
 pub struct Rings {
     pub commands: ArrayQueue<Command>,
     pub answers: ArrayQueue<Answer>,
+    bell: EventFd,
 }
 
 impl Rings {
     /// Room for one outstanding command per VM many times over: a session has at most one
     /// command in flight, so the command ring can only fill if sessions outnumber it.
+    ///
+    /// # Panics
+    /// If the kernel refuses an eventfd (out of file descriptors at start).
     pub fn new(vms: usize) -> Rings {
         let n = (vms * 4).max(64);
         Rings {
             commands: ArrayQueue::new(n),
             answers: ArrayQueue::new(n * 4),
+            bell: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .expect("eventfd for the control thread's bell"),
         }
+    }
+
+    /// Rings the bell (the worker, after pushing answers).
+    #[inline]
+    pub fn wake(&self) {
+        // A full counter (2^64 - 2 unread rings) cannot happen: every wakeup reads it to 0.
+        let _ = self.bell.write(1);
+    }
+
+    /// The bell's descriptor, readable while it has rung (for the control thread's `poll`).
+    pub fn bell(&self) -> BorrowedFd<'_> {
+        self.bell.as_fd()
+    }
+
+    /// Silences the bell (the control thread, before it takes the answers).
+    pub fn hush(&self) {
+        let _ = self.bell.read();
     }
 }

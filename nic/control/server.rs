@@ -32,12 +32,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmm_shim::proto::{self, ErrorCode, Reply, Request, VmStats, MAX_MESSAGE};
 
-/// How long the control thread sleeps in `poll` when nothing is in flight. Answers from the
-/// worker are picked up without sleeping while a command is outstanding. Events (checkpoint
-/// requests) cannot wake the thread (the worker makes no syscalls), so this bounds how late a
-/// request reaches its VMM: 1 ms, well inside `defer_delay_ms`, for about 1000 wakeups a second
-/// (measured idle: about 2.3% of one core, against 0.1% at 20 ms).
-const IDLE_POLL: Duration = Duration::from_millis(1);
+/// The longest the control thread sleeps in `poll`: it wakes earlier for a socket, the
+/// worker's bell (answers, checkpoint requests), a stop (which rings the bell) and the next
+/// hello or liveness deadline; this only bounds how stale the session count can get.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
 const BACKLOG: i32 = 64;
 /// File descriptors a new session must leave free for the rest of epochgate (stats file,
 /// admin socket, vhost-user reconnections): beyond, the connection is refused.
@@ -116,6 +114,8 @@ struct Session {
 /// The running control thread.
 pub struct ControlServer {
     stop: Arc<AtomicBool>,
+    /// The worker's rings, whose bell a stop rings (the thread may be asleep in `poll`).
+    bell: Arc<Rings>,
     thread: Option<JoinHandle<()>>,
     counters: Arc<ControlCounters>,
 }
@@ -165,12 +165,14 @@ impl ControlServer {
             next_id: EVENT + 1,
             stop: stop.clone(),
         };
+        let bell = server.rings.clone();
         let thread = std::thread::Builder::new()
             .name("eg-control".into())
             .spawn(move || server.run())
             .map_err(|e| err(format!("cannot start the control thread: {e}")))?;
         Ok(ControlServer {
             stop,
+            bell,
             thread: Some(thread),
             counters,
         })
@@ -186,6 +188,7 @@ impl ControlServer {
     /// Commands still queued for the worker are processed by it before it stops.
     pub fn stop(mut self) {
         self.stop.store(true, Relaxed);
+        self.bell.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -195,6 +198,7 @@ impl ControlServer {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
+        self.bell.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -325,15 +329,24 @@ impl Server {
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
         while !self.stop.load(Relaxed) {
             self.flush_outbox();
-            let busy = !self.outbox.is_empty() || self.sessions.iter().any(|s| s.waiting);
-            // A resting listener is polled again when its pause ends.
-            let rest = self.backoff.left(Instant::now());
-            let timeout = match (busy, rest.is_zero()) {
-                (true, _) => Duration::ZERO,
-                (false, true) => IDLE_POLL,
-                (false, false) => IDLE_POLL.min(rest).max(Duration::from_millis(1)),
+            // Commands the ring had no room for are retried at once; answers ring the bell;
+            // otherwise the thread sleeps until a socket, the bell or the next timer
+            // (hello or liveness deadline, a resting listener's pause).
+            let now = Instant::now();
+            let rest = self.backoff.left(now);
+            let timeout = if self.outbox.is_empty() {
+                let mut t = self.next_deadline(now).unwrap_or(MAX_SLEEP).min(MAX_SLEEP);
+                if !rest.is_zero() {
+                    t = t.min(rest);
+                }
+                t
+            } else {
+                Duration::ZERO
             };
             let ready = self.wait(timeout, rest.is_zero());
+            if ready.bell {
+                self.rings.hush();
+            }
             self.take_answers();
             if ready.listener {
                 self.accept_all();
@@ -345,17 +358,34 @@ impl Server {
             self.check_liveness();
             self.reap();
             self.counters.sessions.set(self.sessions.len() as u64);
-            if busy {
+            if !self.outbox.is_empty() {
                 std::thread::yield_now();
             }
         }
         self.shutdown();
     }
 
-    /// Polls the listener (unless it rests after an accept error) and every session; sessions
-    /// with a command in flight are watched for hang-up only.
+    /// The earliest hello or liveness deadline of an open session.
+    fn next_deadline(&self, now: Instant) -> Option<Duration> {
+        self.sessions
+            .iter()
+            .filter(|s| !s.closed && !s.waiting)
+            .flat_map(|s| {
+                let hello = s.vm.is_none().then(|| s.opened + self.hello_timeout);
+                let live = self.liveness.map(|l| s.last_heard + l);
+                [hello, live]
+            })
+            .flatten()
+            .min()
+            // Checked just after the deadline (the checks compare with `>`).
+            .map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
+    }
+
+    /// Polls the bell, the listener (unless it rests after an accept error) and every session;
+    /// sessions with a command in flight are watched for hang-up only.
     fn wait(&self, timeout: Duration, listen: bool) -> Ready {
-        let mut fds = Vec::with_capacity(self.sessions.len() + 1);
+        let mut fds = Vec::with_capacity(self.sessions.len() + 2);
+        fds.push(PollFd::new(self.rings.bell(), PollFlags::POLLIN));
         let events = if listen {
             PollFlags::POLLIN
         } else {
@@ -370,14 +400,17 @@ impl Server {
             };
             fds.push(PollFd::new(s.sock.as_fd(), events));
         }
-        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        // Rounded up: a deadline 0.3 ms away is not polled with a zero timeout in a loop.
+        let ms = timeout.as_micros().div_ceil(1000);
+        let ms = u16::try_from(ms).unwrap_or(u16::MAX);
         if poll(&mut fds, PollTimeout::from(ms)).is_err() {
             return Ready::default();
         }
         let revents = |fd: &PollFd| fd.revents().unwrap_or(PollFlags::empty());
         Ready {
-            listener: listen && !revents(&fds[0]).is_empty(),
-            sessions: fds[1..]
+            bell: !revents(&fds[0]).is_empty(),
+            listener: listen && !revents(&fds[1]).is_empty(),
+            sessions: fds[2..]
                 .iter()
                 .enumerate()
                 .filter(|(_, fd)| !revents(fd).is_empty())
@@ -402,6 +435,7 @@ impl Server {
 
     fn take_answers(&mut self) {
         while let Some(Answer { vm, session, reply }) = self.rings.answers.pop() {
+            let reply = reply.unwrap_or_else(|refused| refused.reply());
             let target = if session == EVENT {
                 self.owners.get(vm).copied().flatten()
             } else {
@@ -776,6 +810,7 @@ impl Server {
 
 #[derive(Default)]
 struct Ready {
+    bell: bool,
     listener: bool,
     sessions: Vec<(usize, PollFlags)>,
 }
@@ -908,9 +943,10 @@ mod tests {
                     let answer = Answer {
                         vm: cmd.vm,
                         session: cmd.session,
-                        reply,
+                        reply: Ok(reply),
                     };
                     assert!(rings.answers.push(answer).is_ok(), "answer ring full");
+                    rings.wake();
                 }
             });
             FakeWorker {

@@ -13,6 +13,22 @@ pub const BURST: usize = 32;
 /// A burst of owned mbufs in a fixed array: no allocation per burst or per frame.
 pub type Burst = ArrayVec<Mbuf, BURST>;
 
+/// Frees every mbuf of `frames` with one call (`rte_pktmbuf_free_bulk`), leaving it empty.
+#[inline]
+pub fn free_all<const N: usize>(frames: &mut ArrayVec<Mbuf, N>) {
+    let n = frames.len();
+    if n == 0 {
+        return;
+    }
+    // SAFETY: the first n slots are initialised Mbufs (repr(transparent) owning pointers); the
+    // bulk free releases exactly those n references, and setting the length to 0 first keeps
+    // their Drop from running again.
+    unsafe {
+        frames.set_len(0);
+        ffi::eg_pktmbuf_free_bulk(frames.as_mut_ptr().cast(), n as u32);
+    }
+}
+
 /// An owned reference to a packet buffer.
 #[repr(transparent)]
 pub struct Mbuf(NonNull<ffi::rte_mbuf>);

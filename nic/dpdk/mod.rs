@@ -29,7 +29,7 @@ mod ffi {
 }
 
 pub use eal::{cleanup, init, launch_on, tsc, tsc_hz, worker_lcores, Eal, LaunchHandle};
-pub use mbuf::{Burst, Mbuf, BURST};
+pub use mbuf::{free_all, Burst, Mbuf, BURST};
 pub use mempool::Mempool;
 pub use port::{Port, PortConf, PortStats, RxQueue, StatsReader, TxQueue};
 

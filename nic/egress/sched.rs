@@ -717,6 +717,17 @@ impl Scheduler {
         Some(Grant { vm, frames, bytes })
     }
 
+    /// `frames` frames (`bytes`) of a pass-through VM went to TX without a grant (the poll
+    /// loop's direct path, taken only while nothing else waits and the VM has no regulator):
+    /// counted in the stats; deficits and the starvation guard are untouched, as there was
+    /// no contention to arbitrate.
+    #[inline]
+    pub fn bypassed(&mut self, frames: u64, bytes: u64) {
+        let s = &mut self.stats;
+        s.passthrough_bytes = s.passthrough_bytes.saturating_add(bytes);
+        s.passthrough_frames = s.passthrough_frames.saturating_add(frames);
+    }
+
     /// The run granted to `vm` was taken: `frames` frames, `bytes` bytes. Charges what `sent`
     /// would for each frame (deficit, regulator, guard balance, stats), in one step.
     pub fn sent_run(&mut self, vm: usize, frames: u64, bytes: u64) {

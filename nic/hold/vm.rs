@@ -249,6 +249,9 @@ pub struct VmCore<F> {
     events: VmEvents,
     /// The latest time this core was told (every call with `now` moves it forward).
     clock: u64,
+    /// Released frames that took the direct path (they never entered the queue, which counts
+    /// the others).
+    direct: Count,
 }
 
 impl<F: Weighed> VmCore<F> {
@@ -287,6 +290,7 @@ impl<F: Weighed> VmCore<F> {
             full: false,
             events: VmEvents::default(),
             clock: now,
+            direct: Count::default(),
         }
     }
 
@@ -720,6 +724,68 @@ impl<F: Weighed> VmCore<F> {
         self.ledger
             .moved(Place::Ready, Place::Dropped(reason), n, 0);
         n
+    }
+
+    /// Frames (bytes) ever released: by the queue, or on the direct path.
+    pub fn released_total(&self) -> Count {
+        Count {
+            frames: self.queue.released_total() + self.direct.frames,
+            bytes: self.queue.released_total_bytes() + self.direct.bytes,
+        }
+    }
+
+    /// Whether a burst just read may skip the queue and go to TX at once (the poll loop's
+    /// direct path, when nothing else waits for egress): the VM passes through, holds nothing
+    /// and no fence drains it. Its order is kept because nothing of it is queued.
+    #[inline]
+    pub fn direct(&self) -> bool {
+        self.mode == Mode::Passthrough && self.queue.is_empty() && self.fencing.is_none()
+    }
+
+    /// `frames` frames (`bytes`) were received on the direct path: they are staged for TX.
+    #[inline]
+    pub fn received_direct(&mut self, frames: u64, bytes: u64) {
+        debug_assert!(self.direct());
+        self.ledger.received(frames, bytes, Place::Staged);
+    }
+
+    /// Of a direct burst, TX took `frames` frames (`bytes`).
+    #[inline]
+    pub fn transmitted_direct<S: Sink>(&mut self, frames: u64, bytes: u64, now: u64, _: &mut S) {
+        self.at(now);
+        self.direct.frames += frames;
+        self.direct.bytes += bytes;
+        self.ledger
+            .moved(Place::Staged, Place::Transmitted, frames, bytes);
+    }
+
+    /// What TX did not take of a direct burst goes into the queue (empty before, so these
+    /// frames are first in line and keep their order), released.
+    pub fn requeue_direct(&mut self, frames: impl Iterator<Item = F>, now: u64) {
+        let mut n = 0;
+        for frame in frames {
+            self.queue.push(Held { frame, at: now });
+            n += 1;
+        }
+        self.ledger.moved(Place::Staged, Place::Ready, n, 0);
+        self.check();
+    }
+
+    /// If every frame the VM sends now is dropped whatever it is (standby, failed), the reason:
+    /// the poll loop then drops a whole burst at once ([`VmCore::received_dropped`]).
+    #[inline]
+    pub fn refuses_all(&self) -> Option<DropReason> {
+        match self.mode {
+            Mode::Standby => Some(DropReason::Standby),
+            Mode::Failed => Some(DropReason::Failed),
+            _ => None,
+        }
+    }
+
+    /// `frames` frames (`bytes`), none of them a runt, were received and dropped for `reason`
+    /// (from [`VmCore::refuses_all`]); the caller frees them.
+    pub fn received_dropped(&mut self, frames: u64, bytes: u64, reason: DropReason) {
+        self.ledger.received(frames, bytes, Place::Dropped(reason));
     }
 
     /// Released frames waiting for egress.

@@ -2,7 +2,7 @@
 //! file, admin socket). Every frame a VM sent is, at any moment, exactly one of: held (in an
 //! epoch not yet committed), ready (released, waiting for egress or its rate), staged (in the
 //! egress TX burst), transmitted, or dropped under a named [`DropReason`]. The worker keeps
-//! that ledger in its own [`Ledger`] and publishes it with the queue's gauges as one unit
+//! that ledger in its VM cores' [`Ledger`] and publishes it with the queue's gauges as one unit
 //! ([`VmCounters::publish`], a sequence lock), so every reader sees it balance
 //! ([`VmSnapshot::balanced`]), even in the middle of a burst or with TX stalled.
 
@@ -79,41 +79,7 @@ drop_reasons! {
 #[derive(Debug, Default)]
 pub struct DropCounters([Counter; DropReason::ALL.len()]);
 
-/// A VM's ledger as its worker keeps it (plain numbers, no atomics): what it received, what
-/// left, and what was dropped by reason. What is neither is held, ready or staged, which the
-/// worker knows from its queues; [`VmCounters::publish`] makes all of it visible at once.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Ledger {
-    pub rx_frames: u64,
-    pub rx_bytes: u64,
-    pub tx_frames: u64,
-    pub tx_bytes: u64,
-    pub drops: [u64; DropReason::ALL.len()],
-}
-
-impl Ledger {
-    #[inline]
-    pub fn received(&mut self, frames: u64, bytes: u64) {
-        self.rx_frames += frames;
-        self.rx_bytes += bytes;
-    }
-
-    #[inline]
-    pub fn transmitted(&mut self, frames: u64, bytes: u64) {
-        self.tx_frames += frames;
-        self.tx_bytes += bytes;
-    }
-
-    #[inline]
-    pub fn dropped(&mut self, reason: DropReason, frames: u64) {
-        self.drops[reason as usize] += frames;
-    }
-
-    /// Frames received and not yet transmitted or dropped: what the queues must hold.
-    pub fn waiting(&self) -> u64 {
-        self.rx_frames - self.tx_frames - self.drops.iter().sum::<u64>()
-    }
-}
+pub use crate::hold::ledger::{Ledger, Place};
 
 /// Where a VM's frames that are neither transmitted nor dropped are, as gauges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -210,6 +176,14 @@ impl RequestCounters {
             Why::HighWater => 2,
         };
         self.0[i].add(1);
+    }
+
+    /// Sets every count at once (the worker publishes its VM cores' plain counts).
+    #[inline]
+    pub fn set_all(&self, counts: [u64; 3]) {
+        for (c, n) in self.0.iter().zip(counts) {
+            c.set(n);
+        }
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
@@ -819,9 +793,11 @@ mod tests {
     fn snapshot_balance_detects_a_lost_frame() {
         let c = VmCounters::default();
         let mut l = Ledger::default();
-        l.received(10, 640);
-        l.transmitted(6, 384);
-        l.dropped(DropReason::BufferFull, 1);
+        l.received(10, 640, Place::Held);
+        l.moved(Place::Held, Place::Transmitted, 6, 384);
+        l.moved(Place::Held, Place::Dropped(DropReason::BufferFull), 1, 0);
+        l.moved(Place::Held, Place::Ready, 1, 0);
+        l.moved(Place::Held, Place::Staged, 1, 0);
         let w = Waiting {
             held_frames: 1,
             ready_frames: 1,
@@ -834,7 +810,7 @@ mod tests {
         assert!(s.balanced(), "{s:?}");
         assert_eq!((s.waiting, s.staged_frames), (3, 1));
         // A frame nowhere: received, but neither waiting, transmitted nor dropped.
-        l.received(1, 64);
+        l.received(1, 64, Place::Held);
         c.publish(&l, w, |_| {});
         assert!(!VmSnapshot::of("a", &c).balanced());
         // A staged frame not counted as waiting.
@@ -862,24 +838,26 @@ mod tests {
                     x ^= x << 17;
                     match x % 6 {
                         0 => {
-                            l.received(3, 192);
+                            l.received(3, 192, Place::Held);
                             w.held_frames += 3;
                         }
                         1 if w.held_frames > 0 => {
                             w.held_frames -= 1;
                             w.ready_frames += 1;
+                            l.moved(Place::Held, Place::Ready, 1, 0);
                         }
                         2 if w.ready_frames > 0 => {
                             w.ready_frames -= 1;
                             w.staged_frames += 1;
+                            l.moved(Place::Ready, Place::Staged, 1, 0);
                         }
                         3 if w.staged_frames > 0 => {
                             w.staged_frames -= 1;
-                            l.transmitted(1, 64);
+                            l.moved(Place::Staged, Place::Transmitted, 1, 64);
                         }
                         4 if w.held_frames > 0 => {
                             w.held_frames -= 1;
-                            l.dropped(DropReason::Discarded, 1);
+                            l.moved(Place::Held, Place::Dropped(DropReason::Discarded), 1, 0);
                         }
                         _ => {}
                     }
