@@ -41,6 +41,11 @@ impl Weighed for Mbuf {
     }
 }
 
+/// How often a VM whose counters changed is published, at most: fresh enough for any reader
+/// (stats, the admin socket, the control thread's `Stats` answers), rare enough to cost nothing
+/// per round. Commands and `meter::PUBLISH_MS` publish at once.
+const VM_PUBLISH_US: u64 = 50;
+
 /// Inbound frames waiting for one port's TX.
 const INBOUND_STAGE: usize = 128;
 /// Announcements (of promoted VMs) waiting for the egress TX.
@@ -113,6 +118,8 @@ pub struct WorkerVm {
     seen_epoch_at: u64,
     /// Something changed since the counters were last published.
     dirty: bool,
+    /// Frames sent on the direct path whose hold time (none) is not in the histogram yet.
+    direct_unrecorded: u64,
 }
 
 impl WorkerVm {
@@ -149,6 +156,7 @@ impl WorkerVm {
             seen_epoch: None,
             seen_epoch_at: 0,
             dirty: false,
+            direct_unrecorded: 0,
         };
         vm.publish();
         vm
@@ -374,6 +382,12 @@ pub struct Worker {
     /// The earliest TSC at which a core has a timer due (u64::MAX: none). A lower bound: when
     /// it comes, every core is ticked and it is computed again.
     wakeup: u64,
+    /// No core had released frames after this round's reads: fill and TX of the egress stage
+    /// are skipped.
+    egress_quiet: bool,
+    /// When VMs whose counters changed are published next, and how often.
+    next_vm_publish: u64,
+    vm_publish_ticks: u64,
     /// The poll loop's figures, kept here (plain numbers) and published with the meter.
     loop_stats: LoopStats,
     loop_counters: Arc<WorkerCounters>,
@@ -442,6 +456,7 @@ impl Worker {
                 demux.bind(mac, vm.vlan, i, vm.attach());
             }
         }
+        let vm_publish_ticks = opts.tsc_hz / 1_000_000 * VM_PUBLISH_US;
         let mut w = Worker {
             ports,
             vms,
@@ -468,6 +483,9 @@ impl Worker {
             classifier,
             windows,
             wakeup: u64::MAX,
+            egress_quiet: false,
+            next_vm_publish: now,
+            vm_publish_ticks,
             loop_stats: LoopStats::default(),
             loop_counters,
         };
@@ -526,14 +544,18 @@ impl Worker {
         if !self.notices.is_empty() {
             self.tx_notices();
         }
-        self.fill_egress();
-        self.tx_egress();
+        // Nothing released waits (the direct path took it all): the scheduler has no work.
+        if !self.egress_quiet {
+            self.fill_egress();
+            self.tx_egress();
+        }
         let l = &mut self.loop_stats;
         l.rounds += 1;
         l.last_busy = l.round_frames > 0;
         l.busy_rounds += u64::from(l.last_busy);
         l.round_frames = 0;
-        if l.last_busy {
+        if now >= self.next_vm_publish {
+            self.next_vm_publish = now + self.vm_publish_ticks;
             for vm in &mut self.vms {
                 if vm.dirty {
                     vm.dirty = false;
@@ -568,7 +590,11 @@ impl Worker {
         c.tx_frames.set(l.tx_frames);
         c.busy_cycles.set(l.busy_cycles);
         c.idle_cycles.set(l.idle_cycles);
-        for vm in &mut self.vms {
+        for (vi, vm) in self.vms.iter_mut().enumerate() {
+            if vm.direct_unrecorded > 0 {
+                meter::record(&mut self.meter.vm(vi).hold, 0, vm.direct_unrecorded);
+                vm.direct_unrecorded = 0;
+            }
             let open = vm.core.queue().open_epoch();
             if open != vm.seen_epoch {
                 vm.seen_epoch = open;
@@ -619,7 +645,11 @@ impl Worker {
                 }
                 continue;
             }
-            let bytes = burst_bytes(&burst);
+            // One pass over the burst: its bytes, and whether it holds a runt.
+            let (bytes, shortest) = burst.iter().fold((0u64, u32::MAX), |(b, s), m| {
+                let len = m.len() as u32;
+                (b + u64::from(len), s.min(len))
+            });
             count_rx(&port.counters, burst.len(), bytes);
             self.loop_stats.moved_in(burst.len());
             let vm = &self.vms[vi];
@@ -627,14 +657,15 @@ impl Worker {
                 self.learn(vi, &burst);
             }
             let vm = &self.vms[vi];
-            if idle && !vm.regulated() && vm.core.direct() && burst.iter().all(|m| m.len() >= 14) {
+            if idle && shortest >= 14 && !vm.regulated() && vm.core.direct() {
                 idle = self.send_direct(vi, &mut burst, bytes);
             } else {
                 idle = false;
-                self.receive_burst(vi, burst);
+                self.receive_burst(vi, burst, shortest >= 14);
             }
             self.vms[vi].dirty = true;
         }
+        self.egress_quiet = idle;
     }
 
     /// The direct path: VM `vi`'s burst straight to the egress TX. Returns whether TX took all
@@ -654,7 +685,8 @@ impl Worker {
             port.tx_frames.add(sent as u64);
             port.tx_bytes.add(sent_bytes);
             self.sched.bypassed(sent as u64, sent_bytes);
-            meter::record(&mut self.meter.vm(vi).hold, 0, sent as u64);
+            // Held for no time: recorded in one go at the next publish.
+            self.vms[vi].direct_unrecorded += sent as u64;
         }
         let mut sp = speaker!(self, vi);
         let core = &mut self.vms[vi].core;
@@ -683,11 +715,11 @@ impl Worker {
 
     /// A burst of VM `vi`'s frames into its core (held, ready or dropped by reason). A VM that
     /// cannot send (standby, failed) drops the whole burst at once with a bulk free.
-    fn receive_burst(&mut self, vi: VmIdx, mut burst: Burst) {
+    fn receive_burst(&mut self, vi: VmIdx, mut burst: Burst, no_runt: bool) {
         let now = self.now;
         let vm = &mut self.vms[vi];
         let refused = vm.core.refuses_all();
-        if let Some(reason) = refused.filter(|_| burst.iter().all(|m| m.len() >= 14)) {
+        if let Some(reason) = refused.filter(|_| no_runt) {
             let bytes = burst_bytes(&burst);
             vm.core.received_dropped(burst.len() as u64, bytes, reason);
             free_all(&mut burst);
@@ -736,6 +768,7 @@ impl Worker {
         }
         count_rx(&port.counters, burst.len(), burst_bytes(&burst));
         self.loop_stats.moved_in(burst.len());
+        self.egress_quiet = false;
         let now = self.now;
         for m in burst {
             // Only VMs attached here can send here: a frame with the address of a VM that has
