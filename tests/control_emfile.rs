@@ -11,7 +11,7 @@
 mod common;
 
 use epochgate::config::ControlConfig;
-use epochgate::control::{Answer, ControlServer, ControlVm, Mode, Op, Reply, Rings};
+use epochgate::control::{Answer, ControlServer, ControlVm, Mode, Op, Reply, Rings, Workers};
 use epochgate::stats::VmCounters;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -125,7 +125,8 @@ fn child() {
         dir.path().join("control.state"),
         vec![("vm".into(), epochgate::control::Mode::Passthrough)],
     );
-    let server = ControlServer::start(&cfg, vms, rings.clone(), modes).expect("control server");
+    let workers = Workers::single(rings.clone(), 1);
+    let server = ControlServer::start(&cfg, vms, workers, modes).expect("control server");
     // The stand-in worker only welcomes.
     let quit = Arc::new(AtomicBool::new(false));
     let worker = {

@@ -14,7 +14,9 @@
 //! episode is logged once when it starts and once when it ends.
 
 use super::state::{self, Tracker};
-use super::{Answer, Command, Op, Rings, VmIdx, EVENT};
+#[cfg(test)]
+use super::Rings;
+use super::{Answer, Command, Op, VmIdx, Workers, EVENT};
 use crate::config::ControlConfig;
 use crate::stats::{ControlCounters, ControlSnapshot, VmCounters};
 use nix::errno::Errno;
@@ -114,8 +116,8 @@ struct Session {
 /// The running control thread.
 pub struct ControlServer {
     stop: Arc<AtomicBool>,
-    /// The worker's rings, whose bell a stop rings (the thread may be asleep in `poll`).
-    bell: Arc<Rings>,
+    /// The workers, whose bell a stop rings (the thread may be asleep in `poll`).
+    bell: Arc<Workers>,
     thread: Option<JoinHandle<()>>,
     counters: Arc<ControlCounters>,
 }
@@ -126,9 +128,10 @@ impl ControlServer {
     pub fn start(
         cfg: &ControlConfig,
         vms: Vec<ControlVm>,
-        rings: Arc<Rings>,
+        workers: Workers,
         modes: Tracker,
     ) -> Result<ControlServer, ControlError> {
+        let workers = Arc::new(workers);
         let path = cfg.socket.clone();
         let err = |why: String| ControlError::Socket {
             path: path.display().to_string(),
@@ -146,7 +149,7 @@ impl ControlServer {
             sessions: Vec::new(),
             vms,
             owners,
-            rings,
+            workers,
             modes,
             outbox: VecDeque::new(),
             access: Access {
@@ -165,7 +168,7 @@ impl ControlServer {
             next_id: EVENT + 1,
             stop: stop.clone(),
         };
-        let bell = server.rings.clone();
+        let bell = server.workers.clone();
         let thread = std::thread::Builder::new()
             .name("eg-control".into())
             .spawn(move || server.run())
@@ -253,7 +256,7 @@ struct Server {
     vms: Vec<ControlVm>,
     /// The session that adopted each VM.
     owners: Vec<Option<u64>>,
-    rings: Arc<Rings>,
+    workers: Arc<Workers>,
     /// Every VM's mode, persisted beside the socket for the next run.
     modes: Tracker,
     /// Commands not yet taken by the command ring, in order: none is ever lost (a lost `Fail`
@@ -345,7 +348,7 @@ impl Server {
             };
             let ready = self.wait(timeout, rest.is_zero());
             if ready.bell {
-                self.rings.hush();
+                self.workers.hush();
             }
             self.take_answers();
             if ready.listener {
@@ -384,8 +387,13 @@ impl Server {
     /// Polls the bell, the listener (unless it rests after an accept error) and every session;
     /// sessions with a command in flight are watched for hang-up only.
     fn wait(&self, timeout: Duration, listen: bool) -> Ready {
-        let mut fds = Vec::with_capacity(self.sessions.len() + 2);
-        fds.push(PollFd::new(self.rings.bell(), PollFlags::POLLIN));
+        let bells = self.workers.count();
+        let mut fds = Vec::with_capacity(self.sessions.len() + bells + 1);
+        fds.extend(
+            self.workers
+                .bells()
+                .map(|b| PollFd::new(b, PollFlags::POLLIN)),
+        );
         let events = if listen {
             PollFlags::POLLIN
         } else {
@@ -408,9 +416,9 @@ impl Server {
         }
         let revents = |fd: &PollFd| fd.revents().unwrap_or(PollFlags::empty());
         Ready {
-            bell: !revents(&fds[0]).is_empty(),
-            listener: listen && !revents(&fds[1]).is_empty(),
-            sessions: fds[2..]
+            bell: fds[..bells].iter().any(|fd| !revents(fd).is_empty()),
+            listener: listen && !revents(&fds[bells]).is_empty(),
+            sessions: fds[bells + 1..]
                 .iter()
                 .enumerate()
                 .filter(|(_, fd)| !revents(fd).is_empty())
@@ -421,7 +429,7 @@ impl Server {
 
     fn flush_outbox(&mut self) {
         while let Some(cmd) = self.outbox.pop_front() {
-            if let Err(cmd) = self.rings.commands.push(cmd) {
+            if let Err(cmd) = self.workers.push(cmd) {
                 self.outbox.push_front(cmd);
                 break;
             }
@@ -434,7 +442,7 @@ impl Server {
     }
 
     fn take_answers(&mut self) {
-        while let Some(Answer { vm, session, reply }) = self.rings.answers.pop() {
+        while let Some(Answer { vm, session, reply }) = self.workers.pop() {
             let reply = reply.unwrap_or_else(|refused| refused.reply());
             let target = if session == EVENT {
                 self.owners.get(vm).copied().flatten()
@@ -980,7 +988,8 @@ mod tests {
             dir.join("control.state"),
             vec![("vm".into(), Mode::Passthrough)],
         );
-        let server = ControlServer::start(&cfg, vms, rings.clone(), modes).expect("control server");
+        let workers = Workers::single(rings.clone(), 1);
+        let server = ControlServer::start(&cfg, vms, workers, modes).expect("control server");
         (server, FakeWorker::start(rings, fence))
     }
 

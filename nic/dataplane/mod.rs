@@ -10,7 +10,7 @@ pub use worker::{DrainProof, PortRole, Worker, WorkerLinks, WorkerOptions, Worke
 use crate::admin::{AdminError, AdminServer};
 use crate::config::{Config, PortSpec};
 use crate::control::state;
-use crate::control::{ControlError, ControlServer, ControlVm, Rings};
+use crate::control::{ControlError, ControlServer, ControlVm, Rings, Workers};
 use crate::dpdk::{self, DpdkError, Eal, LaunchHandle, Mempool, Port, PortConf, StatsReader};
 use crate::stats::meter::MeterHub;
 use crate::stats::{
@@ -81,7 +81,8 @@ pub struct StatsSource {
     vms: Vec<VmView>,
     ports: Vec<PortView>,
     meter: Arc<MeterHub>,
-    egress: Arc<EgressCounters>,
+    /// Per worker.
+    egress: Vec<Arc<EgressCounters>>,
     control: Arc<ControlCounters>,
     workers: Vec<Arc<WorkerCounters>>,
     started: Instant,
@@ -122,7 +123,7 @@ impl StatsSource {
                     driver: p.driver.read(),
                 })
                 .collect(),
-            egress: EgressSnapshot::of(&self.egress),
+            egress: EgressSnapshot::sum(&self.egress),
             control: ControlSnapshot::of(&self.control),
             workers: self.workers.iter().map(|w| WorkerSnapshot::of(w)).collect(),
         }
@@ -355,7 +356,9 @@ impl Appliance {
                     counters: v.counters.clone(),
                 })
                 .collect(),
-            rings.clone(),
+            // One worker owns every VM today; `Workers` and everything per worker below
+            // (rings, meter ids, egress and loop counters) take more.
+            Workers::single(rings.clone(), vms.len()),
             tracker,
         )?;
         let quit = Arc::new(AtomicBool::new(false));
@@ -385,6 +388,7 @@ impl Appliance {
                 rings,
                 pool,
                 meter: meter.clone(),
+                vm_ids: (0..vms.len()).collect(),
                 egress: egress.clone(),
                 counters: worker_counters.clone(),
             },
@@ -393,7 +397,7 @@ impl Appliance {
             vms,
             ports: views,
             meter,
-            egress,
+            egress: vec![egress],
             control: control.counters(),
             workers: vec![worker_counters],
             started: Instant::now(),

@@ -319,8 +319,10 @@ pub struct WorkerLinks {
     pub rings: Arc<Rings>,
     /// For the frames the worker makes itself (announcements).
     pub pool: Arc<Mempool>,
-    /// Where the latency histograms go.
+    /// Where the latency histograms go, and each of this worker's VMs' index there (its index
+    /// in the configuration).
     pub meter: Arc<MeterHub>,
+    pub vm_ids: Vec<usize>,
     /// The scheduler's counters.
     pub egress: Arc<EgressCounters>,
     /// The poll loop's own counters (rounds, busy and idle cycles).
@@ -425,6 +427,7 @@ impl Worker {
             rings,
             pool,
             meter,
+            vm_ids,
             egress: egress_counters,
             counters: loop_counters,
         } = links;
@@ -447,7 +450,8 @@ impl Worker {
             sched.set_regulator(i, regulator(vm.rate, opts.tsc_hz, now));
             vm.publish();
         }
-        let meter = WorkerMeter::new(meter, vms.len());
+        assert_eq!(vm_ids.len(), vms.len(), "one meter id per VM");
+        let meter = WorkerMeter::new(meter, vm_ids);
         let classifier = opts.classifier.clone();
         let windows = opts.windows.map(|(n, t)| WindowTable::new(n, t));
         let mut demux = Demux::new();

@@ -144,13 +144,17 @@ pub struct WorkerMeter {
     // Boxed because the sets travel through the hub's rings: handing one over moves a pointer.
     #[allow(clippy::vec_box)]
     local: Vec<Box<VmHistograms>>,
+    /// Each local set's VM in the hub (its index in the configuration).
+    ids: Vec<usize>,
 }
 
 impl WorkerMeter {
-    pub fn new(hub: Arc<MeterHub>, vms: usize) -> WorkerMeter {
+    /// The sets of one worker's VMs; `ids[i]` is its VM `i`'s index in the hub.
+    pub fn new(hub: Arc<MeterHub>, ids: Vec<usize>) -> WorkerMeter {
         WorkerMeter {
             hub,
-            local: (0..vms).map(|_| Box::default()).collect(),
+            local: ids.iter().map(|_| Box::default()).collect(),
+            ids,
         }
     }
 
@@ -171,7 +175,7 @@ impl WorkerMeter {
                 return;
             };
             let full = std::mem::replace(h, fresh);
-            if let Err((_, full)) = self.hub.filled.push((vm, full)) {
+            if let Err((_, full)) = self.hub.filled.push((self.ids[vm], full)) {
                 let fresh = std::mem::replace(h, full);
                 let _ = self.hub.spare.push(fresh);
                 return;
@@ -190,7 +194,7 @@ impl WorkerMeter {
             }
             let fresh = self.hub.spare.pop().unwrap_or_default();
             let full = std::mem::replace(h, fresh);
-            if let Err((_, full)) = self.hub.filled.push((vm, full)) {
+            if let Err((_, full)) = self.hub.filled.push((self.ids[vm], full)) {
                 // Unreachable: `filled` has room for every set there is.
                 *h = full;
             }
@@ -205,7 +209,7 @@ mod tests {
     #[test]
     fn recorded_values_reach_the_totals_once() {
         let hub = MeterHub::new(2);
-        let mut w = WorkerMeter::new(hub.clone(), 2);
+        let mut w = WorkerMeter::new(hub.clone(), vec![0, 1]);
         record(&mut w.vm(1).hold, 1_000, 3);
         record(&mut w.vm(1).fence_drain, 50_000, 1);
         w.publish();
@@ -224,7 +228,7 @@ mod tests {
     #[test]
     fn buckets_are_cumulative_and_add_up_to_the_count() {
         let hub = MeterHub::new(1);
-        let mut w = WorkerMeter::new(hub.clone(), 1);
+        let mut w = WorkerMeter::new(hub.clone(), vec![0]);
         record(&mut w.vm(0).hold, 800, 2); // <= 1 µs
         record(&mut w.vm(0).hold, 40_000, 3); // <= 50 µs
         record(&mut w.vm(0).hold, 20_000_000_000, 1); // beyond the last bound (10 s)
@@ -253,7 +257,7 @@ mod tests {
     #[test]
     fn nothing_is_lost_when_the_hub_has_no_spare() {
         let hub = MeterHub::new(1);
-        let mut w = WorkerMeter::new(hub.clone(), 1);
+        let mut w = WorkerMeter::new(hub.clone(), vec![0]);
         // Nobody collects: the 4 spares run out, then the worker keeps its own.
         for _ in 0..10 {
             record(&mut w.vm(0).hold, 10, 1);
@@ -267,7 +271,7 @@ mod tests {
     #[test]
     fn the_last_hand_over_needs_no_spare() {
         let hub = MeterHub::new(2);
-        let mut w = WorkerMeter::new(hub.clone(), 2);
+        let mut w = WorkerMeter::new(hub.clone(), vec![0, 1]);
         for i in 0..20 {
             record(&mut w.vm(i % 2).fence_drain, 100, 1);
             w.publish();
@@ -281,7 +285,7 @@ mod tests {
     #[test]
     fn out_of_range_values_are_clamped_not_lost() {
         let hub = MeterHub::new(1);
-        let mut w = WorkerMeter::new(hub.clone(), 1);
+        let mut w = WorkerMeter::new(hub.clone(), vec![0]);
         record(&mut w.vm(0).commit_to_wire, u64::MAX, 1);
         record(&mut w.vm(0).commit_to_wire, 0, 1);
         w.publish();

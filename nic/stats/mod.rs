@@ -725,6 +725,21 @@ impl EgressSnapshot {
             guarded_frames: c.guarded_frames.get(),
         }
     }
+
+    /// The egress stage of every worker together.
+    pub fn sum(workers: &[std::sync::Arc<EgressCounters>]) -> EgressSnapshot {
+        workers
+            .iter()
+            .map(|c| EgressSnapshot::of(c))
+            .fold(EgressSnapshot::default(), |a, b| EgressSnapshot {
+                released_frames: a.released_frames + b.released_frames,
+                released_bytes: a.released_bytes + b.released_bytes,
+                passthrough_frames: a.passthrough_frames + b.passthrough_frames,
+                passthrough_bytes: a.passthrough_bytes + b.passthrough_bytes,
+                contended_frames: a.contended_frames + b.contended_frames,
+                guarded_frames: a.guarded_frames + b.guarded_frames,
+            })
+    }
 }
 
 impl Snapshot {
