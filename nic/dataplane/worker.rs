@@ -461,6 +461,8 @@ impl Worker {
             }
         }
         let vm_publish_ticks = opts.tsc_hz / 1_000_000 * VM_PUBLISH_US;
+        let (ports_len, vms_len) = (ports.len(), vms.len());
+        let answer_room = rings.answers.capacity();
         let mut w = Worker {
             ports,
             vms,
@@ -475,12 +477,14 @@ impl Worker {
             next_publish: now,
             now,
             ns: Nanos::new(opts.tsc_hz),
-            group_ports: Vec::new(),
-            group_vms: Vec::new(),
+            group_ports: Vec::with_capacity(ports_len),
+            group_vms: Vec::with_capacity(vms_len),
             quit,
             opts,
             rings,
-            unsent: VecDeque::with_capacity(64),
+            // As many answers as the answer ring holds: the overflow list does not grow unless
+            // the control thread stops reading altogether.
+            unsent: VecDeque::with_capacity(answer_room),
             told: false,
             pool,
             notices: ArrayVec::new(),

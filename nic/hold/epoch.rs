@@ -162,7 +162,7 @@ pub struct EpochQueue<T> {
 
 /// Sealed epochs outstanding at once before the boundary list has to grow: deep pipelining is
 /// rare, and growing is amortised anyway.
-const SEALED_CAPACITY: usize = 16;
+const SEALED_CAPACITY: usize = 64;
 
 impl<T: Weighed> EpochQueue<T> {
     /// An empty, unprotected queue with room for `capacity` frames before it allocates.

@@ -29,8 +29,13 @@ use vmm_shim::proto::{ErrorCode, Urgency};
 /// it is read).
 pub const FRAME_ROOM: u64 = 2048;
 
-/// Commits whose epochs are still being transmitted, before the list grows.
-const COMMITS_IN_FLIGHT: usize = 16;
+/// Commits whose epochs are still being transmitted, before the list grows (it grows only if
+/// more than this many committed epochs wait for TX at once).
+const COMMITS_IN_FLIGHT: usize = 64;
+
+/// The most frames a VM's queue reserves room for at start (16 bytes each); a buffer limit
+/// above it grows the queue, amortised, the first time it is reached.
+const QUEUE_RESERVE: u64 = 1 << 20;
 
 /// The shortest Ethernet frame epochgate accepts from a VM (a header).
 const MIN_FRAME: u64 = 14;
@@ -257,7 +262,8 @@ pub struct VmCore<F> {
 impl<F: Weighed> VmCore<F> {
     /// A VM in its configured mode at `now`; a protected VM starts in epoch 1.
     pub fn new(s: VmSettings, now: u64) -> Self {
-        let mut queue = EpochQueue::new(s.limits.max_frames.min(1 << 16) as usize);
+        // Reserved for the whole buffer limit: the queue never reallocates on the worker.
+        let mut queue = EpochQueue::new(s.limits.max_frames.min(QUEUE_RESERVE) as usize);
         let mode = match s.mode {
             crate::config::Mode::Passthrough => Mode::Passthrough,
             crate::config::Mode::Protected => {
