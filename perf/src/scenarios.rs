@@ -52,6 +52,9 @@ pub struct Row {
     /// Share of epochgate's worker cycles spent in rounds that moved frames (None: testpmd).
     /// Near 1: epochgate was the bottleneck; well below: the harness or the rate was.
     pub worker_busy: Option<f64>,
+    /// The worker's busy-round time per frame it received, in ns (None: testpmd): what a frame
+    /// costs epochgate, whoever was the bottleneck.
+    pub worker_ns_per_frame: Option<f64>,
     /// The traffic loop was descheduled this long (other load on core 0), of `window_s`.
     pub stalled_ms: f64,
     pub window_s: f64,
@@ -103,6 +106,12 @@ impl Row {
                     (b + w.busy_cycles, i + w.idle_cycles)
                 });
                 (b + i > 0).then(|| b as f64 / (b + i) as f64)
+            }),
+            worker_ns_per_frame: m.stats.as_ref().and_then(|s| {
+                let (c, f, hz) = s.workers.iter().fold((0u64, 0u64, 0u64), |(c, f, hz), w| {
+                    (c + w.busy_cycles, f + w.rx_frames, hz.max(w.tsc_hz))
+                });
+                (f > 0 && hz > 0).then(|| c as f64 / f as f64 / hz as f64 * 1e9)
             }),
             stalled_ms: t.stalled_ms,
             window_s: t.window_s,
@@ -381,15 +390,21 @@ impl Runner<'_> {
         }
         let ns = t.elapsed().as_nanos() as f64 / n as f64;
         std::hint::black_box(requests);
-        let protected = self
-            .rows
-            .iter()
-            .find(|r| r.name == "protected-64")
-            .map(|r| r.rx_pps);
-        let share = protected.map(|pps| ns / (1e9 / pps));
+        let row = |name: &str| self.rows.iter().find(|r| r.name == name);
+        // A frame's cost to epochgate: the worker's busy time per frame when it reported it,
+        // else (an older binary) the whole per-frame time at the measured rate.
+        let cost = |name: &str| {
+            row(name).and_then(|r| {
+                r.worker_ns_per_frame
+                    .or((r.rx_pps > 0.0).then(|| 1e9 / r.rx_pps))
+            })
+        };
+        let (protected, unprotected) = (cost("protected-64"), cost("unprotected-64"));
+        let share = protected.map(|p| ns / p);
         self.extra.insert(
             "classifier_policy".into(),
-            json!({"ns_per_frame": ns, "frames": n, "protected_64_pps": protected, "share": share}),
+            json!({"ns_per_frame": ns, "frames": n, "protected_64_ns_per_frame": protected,
+                   "unprotected_64_ns_per_frame": unprotected, "share": share}),
         );
         if let Some(share) = share {
             self.target(
@@ -397,7 +412,17 @@ impl Runner<'_> {
                 share,
                 "<= 0.10",
                 share <= 0.10,
-                "in-process loop over the harness's frames vs protected-64",
+                "in-process loop over the harness's frames vs the worker's ns/frame in protected-64",
+            );
+        }
+        if let (Some(p), Some(u)) = (protected, unprotected) {
+            let ratio = p / (u + ns);
+            self.target(
+                "protected (40 Hz) ns/frame / (pass-through ns/frame + classifier), 64 B",
+                ratio,
+                "<= 1.00",
+                ratio <= 1.0,
+                "worker busy time per frame: protected-64 vs unprotected-64 plus the in-process classifier + policy",
             );
         }
         Ok(())
@@ -537,9 +562,10 @@ pub fn write_report(dir: &std::path::Path, r: &Runner, meta: Value) -> Result<St
          `stalled` is how long the harness's loop was descheduled by other load (over 5% of the \
          run marks the row: its numbers say more about the machine).\n\n\
          `busy` is the share of epochgate's worker cycles in rounds that moved frames (near 1: \
-         epochgate was the bottleneck; lower: the harness or the offered rate was).\n\n\
-         | run | target | Mpps | Gb/s | busy | checked | violations | latency | fence rtt | commit->first | commit->last | request | hold (epochgate) | hold budget | stalled ms |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+         epochgate was the bottleneck; lower: the harness or the offered rate was); `ns/frame` \
+         the worker's busy time per frame received (what a frame costs epochgate).\n\n\
+         | run | target | Mpps | Gb/s | busy | ns/frame | checked | violations | latency | fence rtt | commit->first | commit->last | request | hold (epochgate) | hold budget | stalled ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for row in &r.rows {
         let worst = |f: &dyn Fn(&VmResult) -> &Dist| {
@@ -576,13 +602,14 @@ pub fn write_report(dir: &std::path::Path, r: &Runner, meta: Value) -> Result<St
         let _ =
             writeln!(
             md,
-            "| {}{} | {} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            "| {}{} | {} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
             row.name,
             if row.stalled_ms > 0.05 * row.window_s * 1e3 { " (starved)" } else { "" },
             row.target,
             row.rx_pps / 1e6,
             row.rx_bps / 1e9,
             row.worker_busy.map_or("-".into(), |b| format!("{b:.2}")),
+            row.worker_ns_per_frame.map_or("-".into(), |n| format!("{n:.1}")),
             row.checked,
             row.violations,
             worst(&|v| &v.latency),
