@@ -494,7 +494,13 @@ impl Worker {
 
     /// Runs until told to quit, then drains (see [`Worker::shutdown`]). Returns 0.
     pub fn run(mut self) -> i32 {
+        #[cfg(debug_assertions)]
+        let fault = super::fault::Fault::from_env();
         while !self.quit.load(Relaxed) {
+            #[cfg(debug_assertions)]
+            if fault.fires(self.loop_stats.rx_frames) {
+                return -1;
+            }
             self.poll_once();
         }
         self.shutdown();
