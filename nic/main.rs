@@ -198,7 +198,10 @@ fn admin(args: &AdminArgs, request: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs the appliance until a signal or the duration, printing counters; returns the final ones.
+/// Runs the appliance until a signal, the duration or a worker's failure, printing counters;
+/// returns the final ones. A failed worker (it panicked or stopped by itself) stops the process:
+/// sessions are told why, nothing it held is sent, the final counters are written and the
+/// error names the worker and the reason (exit status 1).
 fn run(
     cfg: &Config,
     duration: Option<f64>,
@@ -235,7 +238,10 @@ fn run(
     let mut next_stats = started + interval;
     let deadline = duration.map(|d| started + Duration::from_secs_f64(d.max(0.0)));
     let mut stats_failing = false;
-    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+    while !stop.load(Ordering::Relaxed)
+        && deadline.is_none_or(|d| Instant::now() < d)
+        && app.failure().is_none()
+    {
         std::thread::sleep(Duration::from_millis(20));
         if Instant::now() >= next_stats {
             next_stats += interval;
@@ -264,18 +270,37 @@ fn run(
             }
         }
     }
-    // The clean stop ("Restart for upgrade") begins: systemd shows the unit as deactivating.
-    if let Err(e) = epochgate::admin::notify::notify("STOPPING=1") {
+    // The clean stop ("Restart for upgrade") begins, or a failed worker's: systemd shows the
+    // unit as deactivating.
+    let status = match app.failure() {
+        Some(why) => format!("STOPPING=1\nSTATUS={why}"),
+        None => "STOPPING=1".to_string(),
+    };
+    if let Err(e) = epochgate::admin::notify::notify(&status) {
         eprintln!("epochgate: {e}");
     }
     let eal = app.eal();
-    let snap = app.stop();
-    println!("epochgate: stopped; final counters:");
+    let stopped = app.stop();
+    let snap = stopped.snapshot;
+    match &stopped.failure {
+        None => println!("epochgate: stopped; final counters:"),
+        Some(_) => println!("epochgate: stopped after a worker failed; final counters:"),
+    }
     print!("{}", snap.render());
     if let Some(path) = stats_file {
-        write_stats(path, &snap)?;
+        match write_stats(path, &snap) {
+            // After a failure, the error that ends the process is the worker's.
+            Err(e) if stopped.failure.is_some() => eprintln!("epochgate: {e:#}"),
+            written => written?,
+        }
     }
     dpdk::cleanup(eal);
+    if let Some(why) = stopped.failure {
+        anyhow::bail!(
+            "{why}; stopped without sending anything it held: {} frame(s) it had not sent were discarded (counted as worker-failed)",
+            stopped.discarded
+        );
+    }
     Ok(snap)
 }
 

@@ -28,8 +28,8 @@ use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmm_shim::proto::{self, ErrorCode, Reply, Request, VmStats, MAX_MESSAGE};
@@ -116,6 +116,8 @@ struct Session {
 /// The running control thread.
 pub struct ControlServer {
     stop: Arc<AtomicBool>,
+    /// What sessions are told when the control thread stops, if not the clean stop's text.
+    why: Arc<OnceLock<String>>,
     /// The workers, whose bell a stop rings (the thread may be asleep in `poll`).
     bell: Arc<Workers>,
     thread: Option<JoinHandle<()>>,
@@ -141,6 +143,7 @@ impl ControlServer {
         // Only now is this process the one whose state the file records.
         modes.write()?;
         let stop = Arc::new(AtomicBool::new(false));
+        let why = Arc::new(OnceLock::new());
         let owners = vec![None; vms.len()];
         let counters = Arc::new(ControlCounters::default());
         let server = Server {
@@ -167,6 +170,7 @@ impl ControlServer {
             counters: counters.clone(),
             next_id: EVENT + 1,
             stop: stop.clone(),
+            why: why.clone(),
         };
         let bell = server.workers.clone();
         let thread = std::thread::Builder::new()
@@ -175,6 +179,7 @@ impl ControlServer {
             .map_err(|e| err(format!("cannot start the control thread: {e}")))?;
         Ok(ControlServer {
             stop,
+            why,
             bell,
             thread: Some(thread),
             counters,
@@ -190,11 +195,19 @@ impl ControlServer {
     /// (see [`state`]): a start that finds it but no state file refuses to guess.
     /// Commands still queued for the worker are processed by it before it stops.
     pub fn stop(mut self) {
-        self.stop.store(true, Relaxed);
+        self.stop.store(true, Release);
         self.bell.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+
+    /// Like [`ControlServer::stop`], after a failure: every session is told `why` (with the
+    /// same error code, so a shim knows the session ends and reconnects) instead of the clean
+    /// stop's text.
+    pub fn fail(self, why: String) {
+        let _ = self.why.set(why);
+        self.stop()
     }
 }
 
@@ -277,6 +290,7 @@ struct Server {
     counters: Arc<ControlCounters>,
     next_id: u64,
     stop: Arc<AtomicBool>,
+    why: Arc<OnceLock<String>>,
 }
 
 /// How long the listener rests after an accept error.
@@ -330,7 +344,8 @@ fn reserve_fd() -> Option<File> {
 impl Server {
     fn run(mut self) {
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
-        while !self.stop.load(Relaxed) {
+        // Acquire: a stop that was told why (ControlServer::fail) set it before the flag.
+        while !self.stop.load(Acquire) {
             self.flush_outbox();
             // Commands the ring had no room for are retried at once; answers ring the bell;
             // otherwise the thread sleeps until a socket, the bell or the next timer
@@ -806,8 +821,11 @@ impl Server {
 
     fn shutdown(&mut self) {
         self.flush_outbox();
+        let text = self.why.get().map_or(
+            "epochgate is stopping: released output is sent, held output is discarded (it can never be proven committed); reconnect to the new process and start a new epoch",
+            String::as_str,
+        );
         for s in &mut self.sessions {
-            let text = "epochgate is stopping: released output is sent, held output is discarded (it can never be proven committed); reconnect to the new process and start a new epoch";
             send(s, &Reply::error(ErrorCode::ShuttingDown, text));
         }
         self.sessions.clear();

@@ -2,7 +2,17 @@
 //! [`Appliance::start`] brings it up, [`Appliance::snapshot`] reads its counters at any time,
 //! [`Appliance::stop`] drains it, closes the ports (a pcap port flushes its file then) and gives
 //! the final counters.
+//!
+//! Failing closed: a worker whose poll loop panics, or returns while nobody told it to stop,
+//! sends nothing more. The unwind (or the return) drops the worker and with it every mbuf it
+//! held: they go back to the pool, and no drop path transmits (an `Mbuf`'s drop only frees it);
+//! its shutdown drain, which transmits released output, does not run. The lcore function
+//! catches the unwind and records why in the appliance's [`Failure`] slot, which the main loop
+//! polls ([`Appliance::failure`]); [`Appliance::stop`] then tells every session why, moves what
+//! the worker's VMs still had waiting to the `worker-failed` drop reason, and says so.
 
+#[cfg(debug_assertions)]
+mod fault;
 mod worker;
 
 pub use worker::{DrainProof, PortRole, Worker, WorkerLinks, WorkerOptions, WorkerPort, WorkerVm};
@@ -18,7 +28,7 @@ use crate::stats::{
     Snapshot, VmCounters, VmSetup, VmSnapshot, WorkerCounters, WorkerSnapshot,
 };
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long a stopping worker keeps transmitting what it may still send.
@@ -206,6 +216,51 @@ pub fn free_hugepages() -> u64 {
         .unwrap_or(0)
 }
 
+/// Why a worker stopped by itself: set once, by the worker's lcore, when its poll loop panicked
+/// or returned without being told to stop. Reading it is one atomic load.
+type Failure = Arc<OnceLock<String>>;
+
+/// Runs `worker` on `lcore`. A panic is caught here, in the lcore function (it must not unwind
+/// into DPDK's C), after it dropped the worker and every frame it held; it and an early return
+/// are recorded in `failure` as "worker lcore N failed: ...". Returns the lcore's status: 0 for
+/// a worker that stopped when told, -1 for a failed one.
+fn launch_worker(
+    eal: &Eal,
+    lcore: u32,
+    worker: Worker,
+    quit: Arc<AtomicBool>,
+    failure: Failure,
+) -> Result<LaunchHandle, DpdkError> {
+    dpdk::launch_on(eal, lcore, move || {
+        let why = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run())) {
+            Ok(0) if quit.load(Relaxed) => return 0,
+            Ok(rc) => format!("its poll loop returned ({rc}) before it was told to stop"),
+            Err(panic) => {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(a panic without a message)");
+                format!("panicked: {text}")
+            }
+        };
+        let _ = failure.set(format!("worker lcore {lcore} failed: {why}"));
+        -1
+    })
+}
+
+/// What [`Appliance::stop`] ends with.
+pub struct Stopped {
+    /// The final counters.
+    pub snapshot: Snapshot,
+    /// Set if a worker failed ("worker lcore N failed: ..."): the process must exit non-zero.
+    pub failure: Option<String>,
+    /// Frames the failed worker's VMs still had waiting (held, released or staged) as of its
+    /// last published counters: freed with the worker, never sent, now counted as
+    /// `worker-failed`.
+    pub discarded: u64,
+}
+
 /// A running epochgate data plane.
 pub struct Appliance {
     eal: &'static Eal,
@@ -213,6 +268,7 @@ pub struct Appliance {
     ports: Vec<Port>,
     quit: Arc<AtomicBool>,
     worker: Option<LaunchHandle>,
+    failure: Failure,
     control: Option<ControlServer>,
     admin: Option<AdminServer>,
     metrics: Option<crate::admin::metrics::MetricsServer>,
@@ -412,13 +468,15 @@ impl Appliance {
             .metrics_listen
             .map(|addr| crate::admin::metrics::MetricsServer::start(addr, source))
             .transpose()?;
-        let handle = dpdk::launch_on(eal, lcore, move || worker.run())?;
+        let failure = Failure::default();
+        let handle = launch_worker(eal, lcore, worker, quit.clone(), failure.clone())?;
         Ok(Appliance {
             eal,
             stats,
             ports,
             quit,
             worker: Some(handle),
+            failure,
             control: Some(control),
             admin: Some(admin),
             metrics,
@@ -440,13 +498,25 @@ impl Appliance {
         self.eal
     }
 
+    /// Set once a worker has failed (its poll loop panicked or returned by itself): why,
+    /// naming its lcore. The main loop polls this and then stops the appliance.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
     /// Stops the worker (it drains what it may send), closes every port and returns the final
-    /// counters.
-    pub fn stop(mut self) -> Snapshot {
+    /// counters. After a worker failed, sessions are told why instead, and what its VMs still
+    /// had waiting is counted as discarded (`worker-failed`): nothing of it was sent.
+    pub fn stop(mut self) -> Stopped {
         // Sessions are told first and no command is taken after this; the worker then
-        // discards what is held and sends what was released.
+        // discards what is held and sends what was released (a failed one sends nothing).
         if let Some(c) = self.control.take() {
-            c.stop();
+            match self.failure() {
+                Some(why) => c.fail(format!(
+                    "epochgate is stopping: {why}; nothing it held was sent (held output is discarded: it can never be proven committed); reconnect to the new process and start a new epoch"
+                )),
+                None => c.stop(),
+            }
         }
         if let Some(a) = self.admin.take() {
             a.stop();
@@ -458,6 +528,22 @@ impl Appliance {
         if let Some(h) = self.worker.take() {
             h.wait();
         }
+        // Joined: the worker is gone (a failure during its drain is seen here too), so its
+        // VMs' counters have no writer but this thread. (One worker owns every VM today; with
+        // several, only the failed one's VMs would be counted here.)
+        let failure = self.failure.get().cloned();
+        let discarded = match failure {
+            Some(_) => self
+                .stats
+                .vms
+                .iter()
+                .map(|v| {
+                    v.counters
+                        .discard_waiting(crate::stats::DropReason::WorkerFailed)
+                })
+                .sum(),
+            None => 0,
+        };
         let snap = self.snapshot();
         for p in self.ports.drain(..) {
             if let Err(port) = p.close() {
@@ -468,6 +554,10 @@ impl Appliance {
                 );
             }
         }
-        snap
+        Stopped {
+            snapshot: snap,
+            failure,
+            discarded,
+        }
     }
 }

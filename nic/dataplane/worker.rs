@@ -519,12 +519,46 @@ impl Worker {
     }
 
     /// Runs until told to quit, then drains (see [`Worker::shutdown`]). Returns 0.
+    ///
+    /// If a round panics, every VM's counters are published as they stand before the panic
+    /// goes on (so what the failed worker held is counted exactly, see
+    /// [`super::Appliance::stop`]); nothing more is transmitted: the frames are freed as the
+    /// worker unwinds.
     pub fn run(mut self) -> i32 {
-        while !self.quit.load(Relaxed) {
-            self.poll_once();
+        #[cfg(debug_assertions)]
+        let fault = super::fault::Fault::from_env();
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            while !self.quit.load(Relaxed) {
+                #[cfg(debug_assertions)]
+                if fault.fires(self.loop_stats.rx_frames) {
+                    return false;
+                }
+                self.poll_once();
+            }
+            true
+        }));
+        match polled {
+            Ok(true) => {
+                self.shutdown();
+                0
+            }
+            Ok(false) => {
+                self.publish_all();
+                -1
+            }
+            Err(panic) => {
+                self.publish_all();
+                std::panic::resume_unwind(panic)
+            }
         }
-        self.shutdown();
-        0
+    }
+
+    /// Every VM's counters now (a failing worker's last word).
+    fn publish_all(&mut self) {
+        for vm in &mut self.vms {
+            vm.dirty = false;
+            vm.publish();
+        }
     }
 
     /// One round of the poll loop.

@@ -73,6 +73,7 @@ drop_reasons! {
     Failed => "failed": "output of a failed VM (no controller), which may not leave until a session adopts it",
     Demoted => "demoted": "held or waiting output of a VM returned to standby (Demote): its output now leaves from another host",
     NoticeLost => "announcement-lost": "an announcement of a promoted VM that found no mbuf or no room in the egress stage",
+    WorkerFailed => "worker-failed": "output (held, released or staged) in the queues of a worker that failed (panicked or stopped by itself): freed with the worker, never sent; counted as of its last published counters",
 }
 
 /// One counter per drop reason.
@@ -286,6 +287,30 @@ impl VmCounters {
             .set(w.held_frames + w.ready_frames + w.staged_frames);
         more(self);
         self.seq.store(s.wrapping_add(2), Release);
+    }
+
+    /// Once the VM's worker is gone (failed and joined), the caller is the only writer left:
+    /// the frames still waiting as of the worker's last publish (held, ready, staged) were
+    /// freed with it and never sent, so they move to the drop reason `why`, keeping the ledger
+    /// balanced. Returns how many frames moved.
+    pub fn discard_waiting(&self, why: DropReason) -> u64 {
+        let s = self.seq.load(Relaxed);
+        self.seq.store(s.wrapping_add(1), Relaxed);
+        fence(Release);
+        let n = self.waiting.get();
+        self.drops.add(why, n);
+        for c in [
+            &self.waiting,
+            &self.held_frames,
+            &self.held_bytes,
+            &self.ready_frames,
+            &self.ready_bytes,
+            &self.staged_frames,
+        ] {
+            c.set(0);
+        }
+        self.seq.store(s.wrapping_add(2), Release);
+        n
     }
 
     /// `read` of the counters as of one [`VmCounters::publish`] (retried while one is under way).
@@ -831,6 +856,29 @@ mod tests {
         // A staged frame not counted as waiting.
         c.waiting.set(2);
         assert!(!VmSnapshot::of("a", &c).balanced());
+    }
+
+    #[test]
+    fn a_failed_workers_waiting_frames_are_counted_discarded() {
+        let c = VmCounters::default();
+        let mut l = Ledger::default();
+        l.received(10, 640, Place::Held);
+        l.moved(Place::Held, Place::Transmitted, 6, 384);
+        l.moved(Place::Held, Place::Ready, 1, 64);
+        l.moved(Place::Held, Place::Staged, 1, 64);
+        let w = Waiting {
+            held_frames: 2,
+            held_bytes: 128,
+            ready_frames: 1,
+            ready_bytes: 64,
+            staged_frames: 1,
+        };
+        c.publish(&l, w, |_| {});
+        assert_eq!(c.discard_waiting(DropReason::WorkerFailed), 4);
+        let s = VmSnapshot::of("a", &c);
+        assert!(s.balanced(), "{s:?}");
+        assert_eq!((s.waiting, s.held_frames, s.tx_frames), (0, 0, 6));
+        assert_eq!(s.dropped.get("worker-failed"), Some(&4));
     }
 
     /// The worker moves frames through the ledger while readers snapshot it: every snapshot
