@@ -708,7 +708,7 @@ fn random_step(r: &mut Rng) -> Step {
     }
 }
 
-/// The campaign: `EPOCHGATE_MODEL_SEQUENCES` sequences (default 30,000) of up to 80 steps from
+/// The campaign: `EPOCHGATE_MODEL_SEQUENCES` sequences (default 100,000) of up to 80 steps from
 /// `EPOCHGATE_MODEL_SEED` (default fixed, so a failure is reproducible; the seed of the failing
 /// sequence is printed).
 #[test]
@@ -716,7 +716,7 @@ fn random_sequences_agree_with_the_model_and_keep_invariants_1_to_4() {
     let n: u64 = std::env::var("EPOCHGATE_MODEL_SEQUENCES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30_000);
+        .unwrap_or(100_000);
     let seed: u64 = std::env::var("EPOCHGATE_MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
