@@ -214,6 +214,9 @@ fn run(
         ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
             .context("installing the SIGINT/SIGTERM handler")?;
     }
+    for w in cfg.warnings() {
+        eprintln!("epochgate: warning: {w}");
+    }
     let app = Appliance::start(cfg).context("starting the data plane")?;
     println!(
         "epochgate: running (pid {}): {} VM(s), egress {}; Ctrl-C to stop",

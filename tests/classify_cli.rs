@@ -782,8 +782,8 @@ fn replay_json_gives_the_exact_numbers() {
             "defer_delay_ms": 5.0,
             "max_defer_ms": 10.0,
             "min_checkpoint_interval_ms": 0.0,
-            "high_water_frames": 768,
-            "high_water_bytes": 0
+            "high_water_frames": 6144,
+            "high_water_bytes": 9_326_592
         }
     });
     assert_eq!(j, want);

@@ -196,11 +196,58 @@ fn the_topology_shows_the_egress_share_and_each_vms_limits_and_rate() {
         "egress:    net_pcap0,tx_pcap=/tmp/out.pcap (vdev net_pcap0), pass-through min share 20% (while released frames wait)\n",
         // "a" is on the shared ingress and sets nothing: the defaults, and drop when full.
         "vm \"a\": passthrough, shared ingress, mac 52:54:00:00:00:01\n  \
-         buffer:  at most 1024 frames (no byte limit), high water 768 frames, when full: drop\n  \
+         buffer:  at most 8192 frames and 12435456 bytes, high water 6144 frames or 9326592 bytes, when full: drop\n  \
+         budget:  8192 frames / 11.9 MiB = 100.8 ms at 1 Gb/s of 1500-byte frames (no rate limit); frames: the pool's share, bytes: 1518 per frame\n  \
          rate:    unlimited\n",
-        // "b" has its own port: backpressure; its rate's bursts are 1 ms of it.
+        // "b" has its own port: backpressure; its rate's bursts are 1 ms of it. Its byte limit
+        // binds first: 692 frames of 1514 bytes, at 50 Mbit/s (4128 of them a second).
         "  buffer:  at most 2048 frames and 1048576 bytes, high water 1024 frames or 524288 bytes, when full: backpressure\n  \
+         budget:  2048 frames / 1.0 MiB = 167.6 ms (the byte limit holds 692 1500-byte frames) at its rate limit 50 Mbit/s and 10000 pps (of 1500-byte frames); frames: max_held_frames, bytes: max_held_bytes\n  \
          rate:    50 Mbit/s (burst 6250 bytes), 10000 pps (burst 10 frames)\n",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+}
+
+#[test]
+fn check_config_shows_each_vms_hold_budget_and_warns_when_the_pool_is_short() {
+    // The defaults, without hugepages: 512 MB hold (512 - 16) x 256 = 126976 mbufs; the rings of
+    // 3 ports and the caches of 2 lcores take 3 x 2048 + 2 x 384 + 32 = 6944; each VM gets the
+    // cap, 8192 frames: two 25 ms epochs at 1 Gb/s need 4064.
+    let text = "[eal]\nhugepages = false\n[egress]\nport = \"net_pcap0,tx_pcap=/tmp/out.pcap\"\n\
+                [[vm]]\nname = \"web\"\nport = \"net_vhost0,iface=/tmp/web.sock\"\nmode = \"protected\"\n\
+                [[vm]]\nname = \"batch\"\nport = \"net_vhost1,iface=/tmp/batch.sock\"\nrate_mbps = 500\n";
+    let (ok, out) = check(text);
+    assert!(ok, "{out}");
+    for want in [
+        "vm \"web\": protected, port net_vhost0,iface=/tmp/web.sock (vdev net_vhost0), mac learned from its first frame\n  \
+         buffer:  at most 8192 frames and 12435456 bytes, high water 6144 frames or 9326592 bytes, when full: backpressure\n  \
+         budget:  8192 frames / 11.9 MiB = 100.8 ms at 1 Gb/s of 1500-byte frames (no rate limit); frames: the pool's share, bytes: 1518 per frame\n",
+        // At its own rate: 500 Mbit/s is 41 282 frames/s of 1514 bytes.
+        "  budget:  8192 frames / 11.9 MiB = 198.4 ms at its rate limit 500 Mbit/s (of 1500-byte frames); frames: the pool's share, bytes: 1518 per frame\n",
+        "dataplane: 126976 mbufs (cache 256), rx ring 1024, tx ring 1024, vm queue 8192 frames (the pool's share, at most 8192), stats every 1000 ms\n",
+        "pool:      126976 mbufs (from eal.memory_mb = 512; 4096 bytes each without hugepages, 16 MB more for EAL): 6944 for 3 port(s)' rings and 2 lcores' caches, 16384 for 2 VM(s)' hold budgets, 103648 spare\n",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    assert!(!out.contains("warning:"), "{out}");
+
+    // Written budgets beyond the pool: accepted, with a warning naming the keys and numbers.
+    let text = format!(
+        "[dataplane]\nmbufs = 16383\nvm_queue = 4000\n{}",
+        text.replace(
+            "mode = \"protected\"\n",
+            "mode = \"protected\"\nmax_held_frames = 8000\n"
+        )
+    );
+    let (ok, out) = check(&text);
+    assert!(ok, "{out}");
+    for want in [
+        "  budget:  8000 frames / 11.6 MiB = 98.4 ms at 1 Gb/s of 1500-byte frames (no rate limit); frames: max_held_frames, bytes: 1518 per frame\n",
+        "  budget:  4000 frames / 5.8 MiB = 96.9 ms at its rate limit 500 Mbit/s (of 1500-byte frames); frames: dataplane.vm_queue, bytes: 1518 per frame\n",
+        "pool:      16383 mbufs (dataplane.mbufs; 4096 bytes each without hugepages, 16 MB more for EAL): 6944 for 3 port(s)' rings and 2 lcores' caches, 12000 for 2 VM(s)' hold budgets, 2561 more than the pool has (see the warning)\n",
+        // 16383 - 6944 = 9439 left for 8000 + 4000.
+        "warning:   dataplane.mbufs: the VMs' hold budgets add up to 12000 frames (dataplane.vm_queue = 4000 for 1 VM(s) (vm[1] (\"batch\")) + vm[0] (\"web\").max_held_frames = 8000), more than the 9439 mbufs the pool (dataplane.mbufs = 16383) has left after the rings and caches take 6944: if they all fill, the ports run out of mbufs and drop what they receive, even for VMs on backpressure; lower them, or raise dataplane.mbufs to 18944 (eal.memory_mb to at least 90 without hugepages)\n",
     ] {
         assert!(out.contains(want), "missing {want:?} in\n{out}");
     }

@@ -27,12 +27,13 @@ mod tests;
 
 pub use eal::eal_args;
 pub use ports::{known_vdev_driver, PortSpec};
+pub use validate::PoolPlan;
 
 use eal::validate_eal;
 use ports::check_devices_unique;
 use validate::{
-    check_announce_unique, check_pool, passthrough_share_ppm, validate_control, validate_dataplane,
-    validate_vm,
+    check_announce_unique, check_pool, passthrough_share_ppm, resolve_hold_budgets,
+    validate_control, validate_dataplane, validate_vm,
 };
 
 /// Why a config was rejected. Display is `<key>: <why>`, so the operator knows where to look.
@@ -342,11 +343,12 @@ pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
     }
 }
 
-/// `[dataplane]`: pool, ring and queue sizes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields, expecting = "the [dataplane] table")]
+/// `[dataplane]`: pool, ring and queue sizes, resolved: what is not written is derived (the pool
+/// from `eal.memory_mb`, each VM's default hold budget from the pool; see [`HoldFrom`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataplaneConfig {
-    /// Mbufs in the packet pool (2^n - 1 is what DPDK's ring-backed pools use best).
+    /// Mbufs in the packet pool. Default: as many as `eal.memory_mb` holds after what EAL and
+    /// the ports keep (see `check_pool`).
     pub mbufs: u32,
     /// Per-lcore mempool cache.
     pub mbuf_cache: u32,
@@ -355,23 +357,116 @@ pub struct DataplaneConfig {
     /// Descriptors per TX ring: a power of two in 64..=4096.
     pub tx_ring: u16,
     /// The default `max_held_frames` of each VM: how many frames epochgate keeps for it (held
-    /// in epochs, or released and waiting for egress or its rate).
+    /// in epochs, or released and waiting for egress or its rate). Default: the pool's mbufs
+    /// left after the rings and caches (and the VMs that set `max_held_frames`), shared by the
+    /// VMs that do not, at most [`HOLD_DEFAULT_MAX_FRAMES`] each.
     pub vm_queue: u32,
     /// How often counters are published.
     pub stats_interval_ms: u64,
+    /// `mbufs` was derived from `eal.memory_mb` (not written).
+    pub mbufs_derived: bool,
+    /// `vm_queue` was derived from the pool (not written).
+    pub vm_queue_derived: bool,
 }
 
 impl Default for DataplaneConfig {
+    /// The sizes of a config that writes none with the default `[eal]` and few VMs (the pool's
+    /// share is then above the cap): what a replay without a config assumes.
     fn default() -> Self {
-        DataplaneConfig {
-            mbufs: 16383,
+        RawDataplane::default().resolve(&EalConfig::default(), HOLD_DEFAULT_MAX_FRAMES as u32)
+    }
+}
+
+/// `[dataplane]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [dataplane] table")]
+struct RawDataplane {
+    mbufs: Option<u32>,
+    mbuf_cache: u32,
+    rx_ring: u16,
+    tx_ring: u16,
+    vm_queue: Option<u32>,
+    stats_interval_ms: u64,
+}
+
+impl Default for RawDataplane {
+    fn default() -> Self {
+        RawDataplane {
+            mbufs: None,
             mbuf_cache: 256,
             rx_ring: 1024,
             tx_ring: 1024,
-            vm_queue: 1024,
+            vm_queue: None,
             stats_interval_ms: 1000,
         }
     }
+}
+
+impl RawDataplane {
+    /// The written sizes, `mbufs` derived from `eal` when absent and `vm_queue` set to
+    /// `vm_queue` when absent (the caller derives it from the pool once it knows the VMs).
+    fn resolve(self, eal: &EalConfig, vm_queue: u32) -> DataplaneConfig {
+        DataplaneConfig {
+            mbufs: self
+                .mbufs
+                .unwrap_or_else(|| validate::default_mbufs(eal.memory_mb, eal.hugepages)),
+            mbuf_cache: self.mbuf_cache,
+            rx_ring: self.rx_ring,
+            tx_ring: self.tx_ring,
+            vm_queue: self.vm_queue.unwrap_or(vm_queue),
+            stats_interval_ms: self.stats_interval_ms,
+            mbufs_derived: self.mbufs.is_none(),
+            vm_queue_derived: self.vm_queue.is_none(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hold budgets: what the defaults are sized for
+// ---------------------------------------------------------------------------------------------
+
+/// The frame hold budgets are measured in: a 1500-byte payload with its 14-byte Ethernet
+/// header, as epochgate counts frame bytes (no preamble, no FCS; what `rate_mbps` counts).
+pub const BUDGET_FRAME_BYTES: u64 = 1514;
+/// The same frame on the wire: + 4 bytes of FCS, 8 of preamble and 12 of inter-frame gap.
+pub const BUDGET_WIRE_BYTES: u64 = 1538;
+/// The line rate a budget of a VM without a rate limit is stated at: 1 Gb/s (on the wire),
+/// about 81 274 frames/s of [`BUDGET_FRAME_BYTES`].
+pub const BUDGET_LINE_BPS: u64 = 1_000_000_000;
+/// The target of the defaults: two 25 ms epochs (one open, one waiting for its commit).
+pub const HOLD_TARGET_NS: u64 = 2 * 25_000_000;
+/// [`HOLD_TARGET_NS`] of [`BUDGET_FRAME_BYTES`]-frames at [`BUDGET_LINE_BPS`], rounded up:
+/// 50 ms x 10^9 / (8 x 1538) = 4064 frames (6.15 MB).
+pub const HOLD_TARGET_FRAMES: u64 = (HOLD_TARGET_NS as u128 * BUDGET_LINE_BPS as u128)
+    .div_ceil(1_000_000_000 * 8 * BUDGET_WIRE_BYTES as u128)
+    as u64;
+/// The most a VM's default hold budget takes from the pool: twice the target, as a power of
+/// two (8192 frames, ~100 ms at 1 Gb/s). A bigger queue mostly adds latency for a VM waiting
+/// on egress or its rate (8192 full frames are 2 s at 50 Mbit/s); `max_held_frames` sets more.
+pub const HOLD_DEFAULT_MAX_FRAMES: u64 = (2 * HOLD_TARGET_FRAMES).next_power_of_two();
+/// The default `max_held_bytes` per frame of `max_held_frames`: a full-size frame (1500-byte
+/// payload, 14-byte header, 4-byte VLAN tag; no FCS), so a budget of standard frames is bound
+/// by its frames and one of larger frames (an mbuf carries up to 2048 bytes) by its bytes.
+pub const HOLD_BYTES_PER_FRAME: u64 = 1518;
+
+/// Where a VM's hold budget (`max_held_frames`, `max_held_bytes`) came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldFrom {
+    pub frames: FramesFrom,
+    /// `max_held_bytes` was written (0 included: no byte limit); otherwise it is
+    /// [`HOLD_BYTES_PER_FRAME`] per frame of the budget.
+    pub bytes_set: bool,
+}
+
+/// Where a VM's `max_held_frames` came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramesFrom {
+    /// `[[vm]] max_held_frames`.
+    MaxHeldFrames,
+    /// `[dataplane] vm_queue`, written.
+    VmQueue,
+    /// The pool's share (`vm_queue` derived).
+    Pool,
 }
 
 /// How epochgate treats a VM's outbound frames.
@@ -440,6 +535,8 @@ pub struct VmConfig {
     pub defer: crate::classify::VmDefer,
     /// How much epochgate keeps for it, and what happens when that is full.
     pub limits: BufferLimits,
+    /// Where `limits`' frames and bytes came from (written or derived).
+    pub hold_from: HoldFrom,
     /// Its regulator (token buckets); all zero: unlimited.
     pub rate: RateLimit,
 }
@@ -487,16 +584,17 @@ pub struct BufferLimits {
 }
 
 impl BufferLimits {
-    /// The limits of a VM that sets none of the keys: `vm_queue` frames, no byte limit, high
-    /// water at 0.75, and `on_full` by attachment (backpressure on its own port, drop on the
-    /// shared ingress).
+    /// The limits of a VM that sets none of the keys: `vm_queue` frames,
+    /// [`HOLD_BYTES_PER_FRAME`] bytes per frame, high water at 0.75, and `on_full` by
+    /// attachment (backpressure on its own port, drop on the shared ingress).
     pub fn default_for(vm_queue: u32, own_port: bool) -> BufferLimits {
         let max_frames = u64::from(vm_queue);
+        let max_bytes = max_frames * HOLD_BYTES_PER_FRAME;
         BufferLimits {
             max_frames,
-            max_bytes: 0,
+            max_bytes,
             high_water_frames: high_water_mark(HIGH_WATER_DEFAULT, max_frames),
-            high_water_bytes: 0,
+            high_water_bytes: high_water_mark(HIGH_WATER_DEFAULT, max_bytes),
             on_full: if own_port {
                 OnFull::Backpressure
             } else {
@@ -602,7 +700,7 @@ struct RawConfig {
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
-    dataplane: DataplaneConfig,
+    dataplane: RawDataplane,
     #[serde(default)]
     classifier: RawClassifier,
     #[serde(default)]
@@ -732,7 +830,7 @@ impl RawConfig {
 
         let control = validate_control(self.control, self.vm.len())?;
         let admin = self.admin.validate()?;
-        let dataplane = validate_dataplane(self.dataplane)?;
+        let dataplane = validate_dataplane(self.dataplane, &eal)?;
         let classifier = self.classifier.validate()?;
 
         if self.vm.is_empty() {
@@ -742,11 +840,13 @@ impl RawConfig {
             ));
         }
         let mut vms = Vec::with_capacity(self.vm.len());
+        let mut drafts = Vec::with_capacity(self.vm.len());
         let mut names: HashMap<String, usize> = HashMap::new();
         // (mac, vlan) -> label of the VM that has it: the pair is what the data plane matches on.
         let mut addrs: HashMap<(MacAddr, Option<u16>), String> = HashMap::new();
         for (i, raw) in self.vm.into_iter().enumerate() {
-            let vm = validate_vm(i, raw, ingress.is_some(), &dataplane)?;
+            let (vm, draft) = validate_vm(i, raw, ingress.is_some())?;
+            drafts.push(draft);
             if let Some(&j) = names.get(&vm.name) {
                 return Err(invalid(
                     format!("vm[{i}].name"),
@@ -768,7 +868,7 @@ impl RawConfig {
             vms.push(vm);
         }
 
-        let config = Config {
+        let mut config = Config {
             eal,
             egress,
             ingress,
@@ -781,6 +881,7 @@ impl RawConfig {
         };
         check_devices_unique(&config)?;
         check_pool(&config)?;
+        resolve_hold_budgets(&mut config, &drafts)?;
         check_announce_unique(&config)?;
         for (i, rule) in config.classifier.rules.iter().enumerate() {
             if let Some(name) = &rule.vm {

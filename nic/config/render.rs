@@ -1,7 +1,10 @@
 //! What `epochgate check-config` prints: [`Config::topology`] and its `describe_*` helpers,
 //! with the EAL line shell-quoted.
 
-use super::{eal_args, BufferLimits, Config, PortSpec, RateLimit};
+use super::{
+    eal_args, BufferLimits, Config, FramesFrom, HoldFrom, PortSpec, RateLimit, BUDGET_FRAME_BYTES,
+    BUDGET_LINE_BPS, BUDGET_WIRE_BYTES, HOLD_BYTES_PER_FRAME, HOLD_DEFAULT_MAX_FRAMES,
+};
 
 impl Config {
     /// The resolved topology as human-readable text (what `epochgate check-config` prints).
@@ -61,6 +64,10 @@ impl Config {
             }
             line(s);
             line(format!("  buffer:  {}", describe_limits(&vm.limits)));
+            line(format!(
+                "  budget:  {}",
+                describe_budget(&vm.limits, &vm.rate, vm.hold_from)
+            ));
             line(format!("  rate:    {}", describe_rate(&vm.rate)));
         }
         let c = &self.control;
@@ -100,8 +107,45 @@ impl Config {
         ));
         let d = &self.dataplane;
         line(format!(
-            "dataplane: {} mbufs (cache {}), rx ring {}, tx ring {}, vm queue {} frames, stats every {} ms",
-            d.mbufs, d.mbuf_cache, d.rx_ring, d.tx_ring, d.vm_queue, d.stats_interval_ms
+            "dataplane: {} mbufs (cache {}), rx ring {}, tx ring {}, vm queue {} frames{}, stats every {} ms",
+            d.mbufs,
+            d.mbuf_cache,
+            d.rx_ring,
+            d.tx_ring,
+            d.vm_queue,
+            if d.vm_queue_derived {
+                format!(" (the pool's share, at most {HOLD_DEFAULT_MAX_FRAMES})")
+            } else {
+                String::new()
+            },
+            d.stats_interval_ms
+        ));
+        let p = self.pool();
+        line(format!(
+            "pool:      {} mbufs ({}; {} bytes each {}, {} MB more for EAL): {} for {} port(s)' rings and {} lcores' caches, {} for {} VM(s)' hold budgets, {}",
+            p.mbufs,
+            if d.mbufs_derived {
+                format!("from eal.memory_mb = {}", self.eal.memory_mb)
+            } else {
+                "dataplane.mbufs".to_string()
+            },
+            p.mbuf_bytes,
+            if self.eal.hugepages {
+                "with hugepages"
+            } else {
+                "without hugepages"
+            },
+            p.memory_mb_for(0),
+            p.rings,
+            p.ports,
+            p.lcores,
+            p.held,
+            self.vms.len(),
+            if p.held <= p.free() {
+                format!("{} spare", p.free() - p.held)
+            } else {
+                format!("{} more than the pool has (see the warning)", p.held - p.free())
+            }
         ));
         let c = &self.classifier;
         let ms = |ns: u64| ns as f64 / 1e6;
@@ -120,7 +164,90 @@ impl Config {
             },
             c.rules.len()
         ));
+        for w in self.warnings() {
+            line(format!("warning:   {w}"));
+        }
         out
+    }
+}
+
+/// "8192 frames / 11.9 MiB = 100.8 ms at 1 Gb/s of 1500-byte frames (no rate limit); frames:
+/// the pool's share, bytes: 1518 per frame": what a VM's buffer holds, as time at its rate
+/// limit (or, without one, at 1 Gb/s), counted in 1500-byte frames.
+fn describe_budget(l: &BufferLimits, r: &RateLimit, from: HoldFrom) -> String {
+    let bytes = if l.max_bytes == 0 {
+        "no byte limit".to_string()
+    } else {
+        describe_bytes(l.max_bytes)
+    };
+    // 1500-byte frames that fit in both limits.
+    let frames = if l.max_bytes == 0 {
+        l.max_frames
+    } else {
+        l.max_frames.min(l.max_bytes / BUDGET_FRAME_BYTES)
+    };
+    let (fps, at) = if r.is_unlimited() {
+        (
+            BUDGET_LINE_BPS as f64 / (8 * BUDGET_WIRE_BYTES) as f64,
+            format!(
+                "{} Gb/s of 1500-byte frames (no rate limit)",
+                BUDGET_LINE_BPS as f64 / 1e9
+            ),
+        )
+    } else {
+        let mut fps = f64::INFINITY;
+        let mut limits = Vec::new();
+        if r.bytes_per_s != 0 {
+            fps = fps.min(r.bytes_per_s as f64 / BUDGET_FRAME_BYTES as f64);
+            limits.push(format!("{} Mbit/s", r.bytes_per_s as f64 * 8.0 / 1e6));
+        }
+        if r.pps != 0 {
+            fps = fps.min(r.pps as f64);
+            limits.push(format!("{} pps", r.pps));
+        }
+        (
+            fps,
+            format!(
+                "its rate limit {} (of 1500-byte frames)",
+                limits.join(" and ")
+            ),
+        )
+    };
+    let s = frames as f64 / fps;
+    let time = if s < 1.0 {
+        format!("{:.1} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    };
+    let frames_from = match from.frames {
+        FramesFrom::MaxHeldFrames => "max_held_frames",
+        FramesFrom::VmQueue => "dataplane.vm_queue",
+        FramesFrom::Pool => "the pool's share",
+    };
+    let bytes_from = if from.bytes_set {
+        "max_held_bytes".to_string()
+    } else {
+        format!("{HOLD_BYTES_PER_FRAME} per frame")
+    };
+    let fit = if frames < l.max_frames {
+        format!(" (the byte limit holds {frames} 1500-byte frames)")
+    } else {
+        String::new()
+    };
+    format!(
+        "{} frames / {bytes} = {time}{fit} at {at}; frames: {frames_from}, bytes: {bytes_from}",
+        l.max_frames
+    )
+}
+
+/// "11.9 MiB", "512.0 KiB", "1000 bytes".
+fn describe_bytes(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.1} MiB", b as f64 / f64::from(1 << 20))
+    } else if b >= 1 << 10 {
+        format!("{:.1} KiB", b as f64 / f64::from(1 << 10))
+    } else {
+        format!("{b} bytes")
     }
 }
 

@@ -173,6 +173,8 @@ fn full_config_parses_every_key() {
             tx_ring: 2048,
             vm_queue: 4096,
             stats_interval_ms: 250,
+            mbufs_derived: false,
+            vm_queue_derived: false,
         }
     );
     assert_eq!(
@@ -193,6 +195,10 @@ fn full_config_parses_every_key() {
                     high_water_bytes: 2_000_000,
                     on_full: OnFull::Backpressure,
                 },
+                hold_from: HoldFrom {
+                    frames: FramesFrom::MaxHeldFrames,
+                    bytes_set: true,
+                },
                 rate: RateLimit {
                     bytes_per_s: 12_500_000,
                     burst_bytes: 50_000,
@@ -210,10 +216,14 @@ fn full_config_parses_every_key() {
                 defer: crate::classify::VmDefer::All,
                 limits: BufferLimits {
                     max_frames: 4096,
-                    max_bytes: 0,
+                    max_bytes: 4096 * 1518,
                     high_water_frames: 0,
                     high_water_bytes: 0,
                     on_full: OnFull::Drop,
+                },
+                hold_from: HoldFrom {
+                    frames: FramesFrom::VmQueue,
+                    bytes_set: false,
                 },
                 rate: RateLimit {
                     bytes_per_s: 0,
@@ -234,10 +244,14 @@ fn full_config_parses_every_key() {
                 defer: crate::classify::VmDefer::Builtin,
                 limits: BufferLimits {
                     max_frames: 4096,
-                    max_bytes: 0,
+                    max_bytes: 4096 * 1518,
                     high_water_frames: 3072,
-                    high_water_bytes: 0,
+                    high_water_bytes: 4096 * 1518 * 3 / 4,
                     on_full: OnFull::Drop,
+                },
+                hold_from: HoldFrom {
+                    frames: FramesFrom::VmQueue,
+                    bytes_set: false,
                 },
                 rate: RateLimit::default(),
             },
@@ -338,7 +352,10 @@ fn absent_sections_take_defaults() {
         Path::new("/run/epochgate/admin.sock")
     );
     assert_eq!(c.dataplane, DataplaneConfig::default());
-    assert_eq!(c.dataplane.mbufs, 16383);
+    // 512 MB less 16 for EAL, at 2432 bytes per mbuf (hugepages); one VM: the cap of 8192.
+    assert_eq!(c.dataplane.mbufs, 213_854);
+    assert_eq!(c.dataplane.vm_queue, 8192);
+    assert!(c.dataplane.mbufs_derived && c.dataplane.vm_queue_derived);
     assert_eq!(c.ingress, None);
     assert_eq!(c.vms[0].mode, Mode::Passthrough);
     assert_eq!(c.vms[0].mac, None);
@@ -346,14 +363,21 @@ fn absent_sections_take_defaults() {
     assert_eq!(
         c.vms[0].limits,
         BufferLimits {
-            max_frames: 1024,
-            max_bytes: 0,
-            high_water_frames: 768,
-            high_water_bytes: 0,
+            max_frames: 8192,
+            max_bytes: 8192 * 1518,
+            high_water_frames: 6144,
+            high_water_bytes: 8192 * 1518 * 3 / 4,
             on_full: OnFull::Backpressure,
         }
     );
-    assert_eq!(c.vms[0].limits, BufferLimits::default_for(1024, true));
+    assert_eq!(c.vms[0].limits, BufferLimits::default_for(8192, true));
+    assert_eq!(
+        c.vms[0].hold_from,
+        HoldFrom {
+            frames: FramesFrom::Pool,
+            bytes_set: false
+        }
+    );
     assert_eq!(c.vms[0].rate, RateLimit::default());
     assert!(c.vms[0].rate.is_unlimited());
     assert_eq!(c.classifier.policy.high_water_frames, 0);
@@ -377,7 +401,7 @@ fn on_full_defaults_by_attachment() {
     assert_eq!(one_vm(false, "").vms[0].limits.on_full, OnFull::Drop);
     assert_eq!(
         one_vm(false, "").vms[0].limits,
-        BufferLimits::default_for(1024, false)
+        BufferLimits::default_for(8192, false)
     );
     assert_eq!(
         one_vm(true, "on_full = \"drop\"").vms[0].limits.on_full,
@@ -403,13 +427,15 @@ fn high_water_is_computed_from_the_limits() {
     let l = |keys: &str| one_vm(true, keys).vms[0].limits;
     // (keys, frames, bytes)
     let cases: &[(&str, u64, u64)] = &[
-        ("", 768, 0),
+        // The default budget: 8192 frames of 1518 bytes.
+        ("", 6144, 9_326_592),
         // TOML tables may come in any order: this [dataplane] ends the [[vm]].
-        ("[dataplane]\nvm_queue = 100", 75, 0),
-        ("max_held_frames = 100\nhigh_water = 0.7", 70, 0), // 0.7 * 100 is 70.00000000000001
-        ("max_held_frames = 100\nhigh_water = 0.3333", 34, 0),
-        ("max_held_frames = 33\nhigh_water = 0.01", 1, 0),
-        ("max_held_frames = 100\nhigh_water = 1", 100, 0),
+        ("[dataplane]\nvm_queue = 100", 75, 113_850),
+        // 0.7 * 100 is 70.00000000000001; 0.7 * 151800 is 106259.99999999999.
+        ("max_held_frames = 100\nhigh_water = 0.7", 70, 106_260),
+        ("max_held_frames = 100\nhigh_water = 0.3333", 34, 50_595),
+        ("max_held_frames = 33\nhigh_water = 0.01", 1, 501),
+        ("max_held_frames = 100\nhigh_water = 1", 100, 151_800),
         ("max_held_frames = 100\nhigh_water = 0", 0, 0),
         ("max_held_frames = 100\nmax_held_bytes = 100001", 75, 75001),
         (
@@ -418,7 +444,7 @@ fn high_water_is_computed_from_the_limits() {
             50001,
         ),
         ("max_held_bytes = 16384\nhigh_water = 0", 0, 0),
-        ("max_held_bytes = 0", 768, 0),
+        ("max_held_bytes = 0", 6144, 0),
     ];
     for &(keys, frames, bytes) in cases {
         let got = l(keys);
@@ -597,12 +623,22 @@ fn limit_and_rate_errors_are_exact() {
             "vm[0] (\"a\").max_held_frames: 1048577 is out of range 32..=1048576 frames".to_string(),
         ),
         (
-            own("max_held_frames = 16384"),
-            "vm[0] (\"a\").max_held_frames: 16384 can never be reached: the mbuf pool (dataplane.mbufs) has only 16383".to_string(),
+            own("max_held_frames = 300000"),
+            "vm[0] (\"a\").max_held_frames: 300000 can never be reached: the mbuf pool (dataplane.mbufs) has only 213854".to_string(),
         ),
         (
-            format!("[dataplane]\nmbufs = 1023\n{EGRESS}{vm}"),
-            "dataplane.vm_queue: 1024, the default max_held_frames of vm[0] (\"a\"), can never be reached: the mbuf pool (dataplane.mbufs) has only 1023".to_string(),
+            format!("[dataplane]\nmbufs = 8191\nvm_queue = 8192\n{EGRESS}{vm}"),
+            "dataplane.vm_queue: 8192, the default max_held_frames of vm[0] (\"a\"), can never be reached: the mbuf pool (dataplane.mbufs) has only 8191".to_string(),
+        ),
+        (
+            // 2 ports x 2048 + 2 lcores x 384 + 32 = 4896 for the rings and caches: 4 left.
+            format!("[dataplane]\nmbufs = 4900\n{EGRESS}{vm}"),
+            "dataplane.mbufs: 4900 mbufs leave 4 for the hold budgets of 1 VM(s) without max_held_frames (after 4896 for the rings and caches and 0 for the written max_held_frames): 4 each is fewer than 32; raise dataplane.mbufs (to 8960 for two 25 ms epochs at 1 Gb/s each, with eal.memory_mb at least 37), set dataplane.vm_queue, or give the VMs max_held_frames".to_string(),
+        ),
+        (
+            // Without hugepages 64 MB hold (64 - 16) x 256 = 12288 mbufs; 4 ports' rings take 8992.
+            format!("[eal]\nmemory_mb = 64\nhugepages = false\n{EGRESS}{INGRESS}{vm}[[vm]]\nname = \"b\"\nport = \"net_tap1\"\nmax_held_frames = 3250\n[[vm]]\nname = \"c\"\nmac = \"52:54:00:00:00:03\"\n"),
+            "eal.memory_mb: 64 holds 12288 mbufs (dataplane.mbufs is not set), which leave 46 for the hold budgets of 2 VM(s) without max_held_frames (after 8992 for the rings and caches and 3250 for the written max_held_frames): 23 each is fewer than 32; raise dataplane.mbufs (to 20370 for two 25 ms epochs at 1 Gb/s each, with eal.memory_mb at least 96), set dataplane.vm_queue, or give the VMs max_held_frames".to_string(),
         ),
         (
             format!("[dataplane]\nvm_queue = 1048577\n{EGRESS}{vm}"),
@@ -1083,16 +1119,21 @@ fn topology_describes_everything() {
             "ingress:   net_pcap1,rx_pcap=in.pcap (vdev net_pcap1)",
             "vm \"web\": protected, port net_vhost0,iface=/tmp/web.sock,queues=1 (vdev net_vhost0), mac learned from its first frame\n  \
                  buffer:  at most 2048 frames and 4000000 bytes, high water 1024 frames or 2000000 bytes, when full: backpressure\n  \
+                 budget:  2048 frames / 3.8 MiB = 248.1 ms at its rate limit 100 Mbit/s and 20000 pps (of 1500-byte frames); frames: max_held_frames, bytes: max_held_bytes\n  \
                  rate:    100 Mbit/s (burst 50000 bytes), 20000 pps (burst 20 frames)\n",
             "vm \"db\": standby, shared ingress, mac 52:54:00:00:00:02, vlan 10, announces 10.0.0.2 fd00::2 on promotion\n  \
-                 buffer:  at most 4096 frames (no byte limit), high water off, when full: drop\n  \
+                 buffer:  at most 4096 frames and 6217728 bytes, high water off, when full: drop\n  \
+                 budget:  4096 frames / 5.9 MiB = 4.10 s at its rate limit 1000 pps (of 1500-byte frames); frames: dataplane.vm_queue, bytes: 1518 per frame\n  \
                  rate:    no byte rate limit, 1000 pps (burst 4 frames)\n",
             "vm \"cache.1\": passthrough, port 0000:04:00.1 (PCI), mac 52:54:00:00:00:03\n  \
-                 buffer:  at most 4096 frames (no byte limit), high water 3072 frames, when full: drop\n  \
+                 buffer:  at most 4096 frames and 6217728 bytes, high water 3072 frames or 4663296 bytes, when full: drop\n  \
+                 budget:  4096 frames / 5.9 MiB = 50.4 ms at 1 Gb/s of 1500-byte frames (no rate limit); frames: dataplane.vm_queue, bytes: 1518 per frame\n  \
                  rate:    unlimited\n",
             "control:   socket /tmp/eg/control.sock (mode 0600), admin socket /tmp/eg/admin.sock, fence drain <= 25 ms, liveness 3000 ms, Hello within 1500 ms, at most 16 sessions",
             "sessions:  uids root, owner, 1000, 1001; gids 27",
-            "dataplane: 32767 mbufs (cache 128), rx ring 512, tx ring 2048, vm queue 4096 frames, stats every 250 ms",
+            "dataplane: 32767 mbufs (cache 128), rx ring 512, tx ring 2048, vm queue 4096 frames, stats every 250 ms\n",
+            // 4 ports x (512 + 2048) + 3 lcores x 192 + 32 = 10848; 2048 + 2 x 4096 held.
+            "pool:      32767 mbufs (dataplane.mbufs; 4096 bytes each without hugepages, 16 MB more for EAL): 10848 for 4 port(s)' rings and 3 lcores' caches, 10240 for 3 VM(s)' hold budgets, 11679 spare\n",
             "classifier: defer 5 ms (at most 10 ms), min checkpoint interval 0 ms, window updates on (below 1460 bytes in 4096 flows), 0 rule(s)",
         ],
     );
@@ -1103,7 +1144,11 @@ fn topology_describes_everything() {
         &[
             "ingress:   none",
             "egress:    net_pcap0,tx_pcap=out.pcap (vdev net_pcap0), pass-through min share 10% (while released frames wait)\n",
-            "  buffer:  at most 1024 frames (no byte limit), high water 768 frames, when full: backpressure\n  rate:    unlimited\n",
+            "  buffer:  at most 8192 frames and 12435456 bytes, high water 6144 frames or 9326592 bytes, when full: backpressure\n  \
+             budget:  8192 frames / 11.9 MiB = 100.8 ms at 1 Gb/s of 1500-byte frames (no rate limit); frames: the pool's share, bytes: 1518 per frame\n  \
+             rate:    unlimited\n",
+            "dataplane: 213854 mbufs (cache 256), rx ring 1024, tx ring 1024, vm queue 8192 frames (the pool's share, at most 8192), stats every 1000 ms\n",
+            "pool:      213854 mbufs (from eal.memory_mb = 512; 2432 bytes each with hugepages, 16 MB more for EAL): 4896 for 2 port(s)' rings and 2 lcores' caches, 8192 for 1 VM(s)' hold budgets, 200766 spare\n",
         ],
     );
     let t = Config::from_toml_str(
@@ -1115,7 +1160,9 @@ fn topology_describes_everything() {
         &t,
         &[
             "egress:    net_null0 (vdev), pass-through min share 0% (released frames have strict priority)\n",
-            "  buffer:  at most 1024 frames and 65536 bytes, high water 512 frames or 32768 bytes, when full: backpressure\n",
+            "  buffer:  at most 8192 frames and 65536 bytes, high water 4096 frames or 32768 bytes, when full: backpressure\n",
+            // The byte limit binds: 43 frames of 1514 bytes at 2.5 Mbit/s.
+            "  budget:  8192 frames / 64.0 KiB = 208.3 ms (the byte limit holds 43 1500-byte frames) at its rate limit 2.5 Mbit/s (of 1500-byte frames); frames: the pool's share, bytes: max_held_bytes\n",
             "  rate:    2.5 Mbit/s (burst 3036 bytes), no frame rate limit\n",
         ],
     );
@@ -1634,8 +1681,31 @@ fn build(
     }
     let rx_ring = 64u16 << ring_shift.0;
     let tx_ring = 64u16 << ring_shift.1;
+    // The default hold budget: the pool's mbufs after the rings, caches (1.5 x 256 per lcore)
+    // and the written max_held_frames, shared, at most 8192; where that share is under 32 the
+    // config would be refused, so vm_queue is written instead.
+    let ports = 1
+        + u64::from(ingress.is_some())
+        + vms
+            .iter()
+            .filter(|g| !(g.attach >= 3 && ingress.is_some() && g.has_mac))
+            .count() as u64;
+    let lcore_count = lcore_ids(lcores).unwrap().len() as u64;
+    let rings = ports * (u64::from(rx_ring) + u64::from(tx_ring)) + lcore_count * 384 + 32;
+    let written: u64 = vms
+        .iter()
+        .filter_map(|g| g.limits.max_frames)
+        .map(u64::from)
+        .sum();
+    let defaulted = vms.iter().filter(|g| g.limits.max_frames.is_none()).count() as u64;
+    let share = (u64::from(GEN_MBUFS) - rings).saturating_sub(written) / defaulted.max(1);
+    let (vm_queue, vm_queue_text, from) = if defaulted > 0 && share < 32 {
+        (1024, "vm_queue = 1024\n", FramesFrom::VmQueue)
+    } else {
+        (share.clamp(32, 8192), "", FramesFrom::Pool)
+    };
     text.push_str(&format!(
-        "\n[dataplane]\nmbufs = {GEN_MBUFS}\nrx_ring = {rx_ring}\ntx_ring = {tx_ring}\n"
+        "\n[dataplane]\nmbufs = {GEN_MBUFS}\nrx_ring = {rx_ring}\ntx_ring = {tx_ring}\n{vm_queue_text}"
     ));
     let mut expected = Vec::new();
     for (i, g) in vms.iter().enumerate() {
@@ -1694,7 +1764,8 @@ fn build(
             text.push_str(&format!("vlan = {v}\n"));
         }
         let gl = &g.limits;
-        let max_frames = u64::from(gl.max_frames.unwrap_or(1024));
+        let max_frames = gl.max_frames.map_or(vm_queue, u64::from);
+        let max_bytes = max_frames * 1518;
         let (hw_text, num, den) = gl.high_water.map_or(("", 3, 4), |k| HIGH_WATERS[k]);
         if let Some(n) = gl.max_frames {
             text.push_str(&format!("max_held_frames = {n}\n"));
@@ -1723,14 +1794,22 @@ fn build(
             defer: crate::classify::VmDefer::Builtin,
             limits: BufferLimits {
                 max_frames,
-                max_bytes: 0,
+                max_bytes,
                 high_water_frames: (max_frames * num).div_ceil(den),
-                high_water_bytes: 0,
+                high_water_bytes: (max_bytes * num).div_ceil(den),
                 on_full: if port.is_some() {
                     OnFull::Backpressure
                 } else {
                     OnFull::Drop
                 },
+            },
+            hold_from: HoldFrom {
+                frames: if gl.max_frames.is_some() {
+                    FramesFrom::MaxHeldFrames
+                } else {
+                    from
+                },
+                bytes_set: false,
             },
             rate,
         });
@@ -1752,6 +1831,9 @@ fn build(
             mbufs: GEN_MBUFS,
             rx_ring,
             tx_ring,
+            vm_queue: vm_queue as u32,
+            mbufs_derived: false,
+            vm_queue_derived: from == FramesFrom::Pool,
             ..DataplaneConfig::default()
         },
         vms: expected,
@@ -1790,4 +1872,217 @@ proptest! {
         prop_assert_eq!(eal.iter().any(|a| a == "--no-huge"), !hugepages);
         prop_assert!(eal.ends_with(&args));
     }
+}
+
+/// `n` VMs, each on its own vhost port, the first protected, every size left to the defaults.
+fn own_port_vms(eal: &str, dataplane: &str, n: usize, extra: &str) -> String {
+    let mut t = format!("[eal]\n{eal}\n[dataplane]\n{dataplane}\n{EGRESS}");
+    for i in 0..n {
+        let mode = if i == 0 { "protected" } else { "passthrough" };
+        t.push_str(&format!(
+            "[[vm]]\nname = \"vm{i}\"\nport = \"net_vhost{i},iface=/tmp/vm{i}.sock\"\nmode = \"{mode}\"\n{}",
+            if i == 0 { extra } else { "" }
+        ));
+    }
+    t
+}
+
+#[test]
+fn the_target_is_two_25_ms_epochs_at_1_gbps_of_1500_byte_frames() {
+    // 1 Gb/s of 1500-byte payloads: 1538 bytes on the wire each, 81 274 frames/s; 50 ms of it.
+    assert_eq!(HOLD_TARGET_FRAMES, 4064);
+    assert!(HOLD_TARGET_FRAMES as f64 >= 0.050 * 1e9 / (8.0 * 1538.0));
+    assert!(((HOLD_TARGET_FRAMES - 1) as f64) < 0.050 * 1e9 / (8.0 * 1538.0));
+    assert_eq!(HOLD_DEFAULT_MAX_FRAMES, 8192);
+    // The default byte limit does not bind before the frames for 1500-byte payloads.
+    const { assert!(HOLD_BYTES_PER_FRAME >= BUDGET_FRAME_BYTES + 4) };
+}
+
+#[test]
+fn the_default_config_holds_two_25_ms_epochs_at_1_gbps_for_each_vm() {
+    let at_1_gbps = 1e9 / (8.0 * BUDGET_WIRE_BYTES as f64);
+    // The default [eal] (512 MB), with and without hugepages; up to 20 VMs with their own
+    // ports (34 with hugepages), and as many on the shared ingress.
+    for (eal, most) in [("", 34), ("hugepages = false", 20)] {
+        for n in (1..=most).chain([most / 2]) {
+            let c = Config::from_toml_str(&own_port_vms(eal, "", n, "")).unwrap();
+            let pool = c.pool();
+            assert!(pool.held <= pool.free(), "{eal:?} {n}: {pool:?}");
+            assert!(c.warnings().is_empty(), "{eal:?} {n}: {:?}", c.warnings());
+            for vm in &c.vms {
+                let l = vm.limits;
+                assert_eq!(vm.hold_from.frames, FramesFrom::Pool);
+                assert!(l.max_frames >= HOLD_TARGET_FRAMES, "{eal:?} {n}: {l:?}");
+                assert!(l.max_frames <= HOLD_DEFAULT_MAX_FRAMES);
+                assert!(
+                    l.max_frames as f64 / at_1_gbps >= 0.050,
+                    "{eal:?} {n}: {l:?}"
+                );
+                // ~6.1 MB of 1514-byte frames fit in the byte limit too.
+                assert!(l.max_bytes >= HOLD_TARGET_FRAMES * BUDGET_FRAME_BYTES);
+                assert_eq!(l.max_bytes, l.max_frames * HOLD_BYTES_PER_FRAME);
+            }
+        }
+        // One more VM than that gets less: said, not refused.
+        let c = Config::from_toml_str(&own_port_vms(eal, "", most + 1, "")).unwrap();
+        assert!(c.dataplane.vm_queue < HOLD_TARGET_FRAMES as u32);
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_contains(
+            &w[0],
+            &[
+                "dataplane.vm_queue: the pool (",
+                &format!(
+                    "gives each of the {} VM(s) without max_held_frames",
+                    most + 1
+                ),
+                "fewer than the 4064 of two 25 ms epochs at 1 Gb/s of 1500-byte frames",
+            ],
+        );
+    }
+    // The example configurations: every VM that sets nothing meets the target.
+    for name in ["demo.toml", "qemu-vhost.toml", "physical-nic.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config")
+            .join(name);
+        let c = Config::load(&path).unwrap();
+        assert!(c.warnings().is_empty(), "{name}: {:?}", c.warnings());
+        for vm in &c.vms {
+            if vm.hold_from.frames != FramesFrom::MaxHeldFrames {
+                assert!(vm.limits.max_frames >= HOLD_TARGET_FRAMES, "{name}: {vm:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_pool_is_derived_from_memory_and_shared_by_the_vms() {
+    // (512 - 16) MB at 2432 bytes (hugepages) or 4096 (without).
+    let c = Config::from_toml_str(&own_port_vms("", "", 1, "")).unwrap();
+    assert_eq!(c.dataplane.mbufs, 213_854);
+    let c = Config::from_toml_str(&own_port_vms("hugepages = false", "", 1, "")).unwrap();
+    assert_eq!(c.dataplane.mbufs, 126_976);
+    let c = Config::from_toml_str(&own_port_vms("memory_mb = 2048", "", 1, "")).unwrap();
+    assert_eq!(c.dataplane.mbufs, ((2048 - 16) << 20) / 2432);
+    // 64 MB without hugepages: 12288 mbufs; rings 2 x 2048 + 768 + 32 = 4896; one VM: 7392.
+    let c = Config::from_toml_str(&own_port_vms(
+        "memory_mb = 64\nhugepages = false",
+        "",
+        1,
+        "",
+    ))
+    .unwrap();
+    assert_eq!((c.dataplane.mbufs, c.pool().rings), (12_288, 4896));
+    assert_eq!(c.vms[0].limits.max_frames, 7392);
+    // Three VMs: (12288 - 4 x 2048 - 800) / 3 = 1098 each, and the warning says it is short.
+    let c = Config::from_toml_str(&own_port_vms(
+        "memory_mb = 64\nhugepages = false",
+        "",
+        3,
+        "",
+    ))
+    .unwrap();
+    assert!(c.vms.iter().all(|v| v.limits.max_frames == 1098));
+    assert_eq!(c.dataplane.vm_queue, 1098);
+    let p = c.pool();
+    assert_eq!((p.held, p.free()), (3 * 1098, 3296));
+    assert_eq!(c.warnings().len(), 1);
+    // A written max_held_frames is taken first; the others share the rest.
+    let c = Config::from_toml_str(&own_port_vms(
+        "memory_mb = 64\nhugepages = false",
+        "",
+        3,
+        "max_held_frames = 2000\n",
+    ))
+    .unwrap();
+    let frames: Vec<u64> = c.vms.iter().map(|v| v.limits.max_frames).collect();
+    assert_eq!(frames, [2000, 648, 648]);
+    assert_eq!(c.vms[0].hold_from.frames, FramesFrom::MaxHeldFrames);
+    assert_eq!(c.vms[1].hold_from.frames, FramesFrom::Pool);
+}
+
+#[test]
+fn written_sizes_win_over_the_derived_ones() {
+    let c = Config::from_toml_str(&own_port_vms(
+        "hugepages = false",
+        "mbufs = 65535\nvm_queue = 2048",
+        2,
+        "max_held_frames = 5000\nmax_held_bytes = 1000000\n",
+    ))
+    .unwrap();
+    let d = &c.dataplane;
+    assert_eq!((d.mbufs, d.vm_queue), (65_535, 2048));
+    assert!(!d.mbufs_derived && !d.vm_queue_derived);
+    assert_eq!(
+        (c.vms[0].limits.max_frames, c.vms[0].limits.max_bytes),
+        (5000, 1_000_000)
+    );
+    assert_eq!(
+        c.vms[0].hold_from,
+        HoldFrom {
+            frames: FramesFrom::MaxHeldFrames,
+            bytes_set: true
+        }
+    );
+    assert_eq!(
+        (c.vms[1].limits.max_frames, c.vms[1].limits.max_bytes),
+        (2048, 2048 * 1518)
+    );
+    assert_eq!(c.vms[1].hold_from.frames, FramesFrom::VmQueue);
+    // max_held_bytes = 0 is no byte limit, as before.
+    let c = Config::from_toml_str(&own_port_vms("", "", 1, "max_held_bytes = 0\n")).unwrap();
+    assert_eq!(c.vms[0].limits.max_bytes, 0);
+    assert!(c.vms[0].hold_from.bytes_set);
+    assert_contains(
+        &c.topology(),
+        &["  budget:  8192 frames / no byte limit = 100.8 ms at 1 Gb/s"],
+    );
+    // A written vm_queue is not capped at 8192, and the pool is not shared out.
+    let c = Config::from_toml_str(&own_port_vms("", "vm_queue = 50000", 2, "")).unwrap();
+    assert!(c.vms.iter().all(|v| v.limits.max_frames == 50_000));
+    assert!(c.warnings().is_empty());
+}
+
+#[test]
+fn hold_budgets_beyond_the_pool_are_reported_naming_keys_and_numbers() {
+    // 2 ports x 2048 + 2 x 384 + 32 = 4896 of 16383 for the rings: 11487 left, 12000 asked.
+    let c = Config::from_toml_str(&own_port_vms(
+        "",
+        "mbufs = 16383\nvm_queue = 4000",
+        2,
+        "max_held_frames = 8000\n",
+    ))
+    .unwrap();
+    let p = c.pool();
+    assert_eq!((p.rings, p.free(), p.held), (6944, 9439, 12_000));
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(
+        w[0],
+        "dataplane.mbufs: the VMs' hold budgets add up to 12000 frames (dataplane.vm_queue = 4000 for 1 VM(s) (vm[1] (\"vm1\")) + vm[0] (\"vm0\").max_held_frames = 8000), more than the 9439 mbufs the pool (dataplane.mbufs = 16383) has left after the rings and caches take 6944: if they all fill, the ports run out of mbufs and drop what they receive, even for VMs on backpressure; lower them, or raise dataplane.mbufs to 18944 (eal.memory_mb to at least 60 with hugepages)"
+    );
+    let t = c.topology();
+    assert_contains(
+        &t,
+        &[
+            "pool:      16383 mbufs (dataplane.mbufs; 2432 bytes each with hugepages, 16 MB more for EAL): 6944 for 3 port(s)' rings and 2 lcores' caches, 12000 for 2 VM(s)' hold budgets, 2561 more than the pool has (see the warning)\n",
+            &format!("warning:   {}\n", w[0]),
+        ],
+    );
+    // With the pool derived, the warning names eal.memory_mb.
+    let c = Config::from_toml_str(&own_port_vms(
+        "memory_mb = 64\nhugepages = false",
+        "",
+        1,
+        "max_held_frames = 12000\n",
+    ))
+    .unwrap();
+    assert_contains(
+        &c.warnings()[0],
+        &[
+            "eal.memory_mb: the VMs' hold budgets add up to 12000 frames (vm[0] (\"vm0\").max_held_frames = 12000)",
+            "the pool (12288 mbufs, derived from eal.memory_mb = 64)",
+            "raise dataplane.mbufs to 16896 (eal.memory_mb to at least 82 without hugepages)",
+        ],
+    );
 }

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use super::eal::lcore_ids;
 use super::{
     high_water_mark, invalid, parse_mode, vm_label, BufferLimits, Config, ConfigError,
-    ControlConfig, DataplaneConfig, Mode, ModeParseError, OnFull, PortSpec, RateLimit, RawLimits,
-    RawVm, VmConfig, HIGH_WATER_DEFAULT,
+    ControlConfig, DataplaneConfig, EalConfig, FramesFrom, HoldFrom, Mode, ModeParseError, OnFull,
+    PortSpec, RateLimit, RawDataplane, RawLimits, RawVm, VmConfig, HIGH_WATER_DEFAULT,
+    HOLD_BYTES_PER_FRAME, HOLD_DEFAULT_MAX_FRAMES, HOLD_TARGET_FRAMES,
 };
 use crate::wire::frame::MacAddr;
 
@@ -156,7 +157,30 @@ pub(super) fn validate_control(
     Ok(control)
 }
 
-pub(super) fn validate_dataplane(d: DataplaneConfig) -> Result<DataplaneConfig, ConfigError> {
+/// The pool `eal.memory_mb` holds when `dataplane.mbufs` is not written: everything
+/// [`check_pool`] lets it take (the memory less [`EAL_RESERVE_MB`], at [`mbuf_bytes`] each),
+/// within 1023..=2^24 - 1.
+pub(super) fn default_mbufs(memory_mb: u32, hugepages: bool) -> u32 {
+    let bytes = u64::from(memory_mb).saturating_sub(EAL_RESERVE_MB) << 20;
+    (bytes / mbuf_bytes(hugepages)).clamp(u64::from(MBUFS_MIN), u64::from(MBUFS_MAX)) as u32
+}
+
+/// Pool memory per mbuf: [`MBUF_BYTES_HUGE`] or [`MBUF_BYTES_NO_HUGE`].
+pub(super) fn mbuf_bytes(hugepages: bool) -> u64 {
+    if hugepages {
+        MBUF_BYTES_HUGE
+    } else {
+        MBUF_BYTES_NO_HUGE
+    }
+}
+
+/// The written `[dataplane]` keys; `mbufs` is derived from `eal` when absent, `vm_queue` (when
+/// absent) by [`resolve_hold_budgets`] once the VMs are known.
+pub(super) fn validate_dataplane(
+    raw: RawDataplane,
+    eal: &EalConfig,
+) -> Result<DataplaneConfig, ConfigError> {
+    let d = raw.resolve(eal, VM_QUEUE_MIN);
     if d.mbufs < MBUFS_MIN {
         return Err(invalid(
             "dataplane.mbufs",
@@ -194,7 +218,7 @@ pub(super) fn validate_dataplane(d: DataplaneConfig) -> Result<DataplaneConfig, 
             ));
         }
     }
-    if d.vm_queue < VM_QUEUE_MIN {
+    if !d.vm_queue_derived && d.vm_queue < VM_QUEUE_MIN {
         return Err(invalid(
             "dataplane.vm_queue",
             format!(
@@ -243,8 +267,7 @@ pub(super) fn validate_vm(
     i: usize,
     raw: RawVm,
     have_ingress: bool,
-    dataplane: &DataplaneConfig,
-) -> Result<VmConfig, ConfigError> {
+) -> Result<(VmConfig, LimitsDraft), ConfigError> {
     let lim = RawLimits {
         max_held_frames: raw.max_held_frames,
         max_held_bytes: raw.max_held_bytes,
@@ -378,10 +401,10 @@ pub(super) fn validate_vm(
         }
     };
 
-    let limits = validate_limits(&label, &lim, port.is_some(), dataplane)?;
+    let draft = validate_limits(&label, &lim, port.is_some())?;
     let rate = validate_rate(&label, &lim)?;
 
-    Ok(VmConfig {
+    let vm = VmConfig {
         name,
         port,
         mac,
@@ -389,9 +412,26 @@ pub(super) fn validate_vm(
         mode,
         announce,
         defer,
-        limits,
+        // Set by resolve_hold_budgets once every VM is known.
+        limits: BufferLimits::default_for(0, draft.on_full == OnFull::Backpressure),
+        hold_from: HoldFrom {
+            frames: FramesFrom::Pool,
+            bytes_set: false,
+        },
         rate,
-    })
+    };
+    Ok((vm, draft))
+}
+
+/// A VM's buffer keys, checked one by one; its frames (when not written) come from the pool,
+/// which needs every VM (see [`resolve_hold_budgets`]).
+pub(super) struct LimitsDraft {
+    /// `max_held_frames`, when written (32..=2^20).
+    frames: Option<u64>,
+    /// `max_held_bytes`, when written (0: no byte limit).
+    bytes: Option<u64>,
+    high_water: f64,
+    on_full: OnFull,
 }
 
 /// `max_held_frames`, `max_held_bytes`, `high_water` and `on_full` of the VM labelled `label`.
@@ -399,42 +439,23 @@ fn validate_limits(
     label: &str,
     raw: &RawLimits,
     own_port: bool,
-    dataplane: &DataplaneConfig,
-) -> Result<BufferLimits, ConfigError> {
-    let (max_frames, frames_key) = match raw.max_held_frames {
-        None => (
-            i64::from(dataplane.vm_queue),
-            "dataplane.vm_queue".to_string(),
-        ),
+) -> Result<LimitsDraft, ConfigError> {
+    let frames = match raw.max_held_frames {
+        None => None,
         Some(n) => {
-            let key = format!("{label}.max_held_frames");
             if !(i64::from(VM_QUEUE_MIN)..=i64::from(MAX_HELD_FRAMES_MAX)).contains(&n) {
                 return Err(invalid(
-                    key,
+                    format!("{label}.max_held_frames"),
                     format!("{n} is out of range {VM_QUEUE_MIN}..={MAX_HELD_FRAMES_MAX} frames"),
                 ));
             }
-            (n, key)
+            Some(n as u64)
         }
     };
-    if max_frames > i64::from(dataplane.mbufs) {
-        let what = if raw.max_held_frames.is_none() {
-            format!(", the default max_held_frames of {label},")
-        } else {
-            String::new()
-        };
-        return Err(invalid(
-            frames_key,
-            format!(
-                "{max_frames}{what} can never be reached: the mbuf pool (dataplane.mbufs) has only {}",
-                dataplane.mbufs
-            ),
-        ));
-    }
-    let max_frames = max_frames as u64;
 
-    let max_bytes = match raw.max_held_bytes {
-        None | Some(0) => 0,
+    let bytes = match raw.max_held_bytes {
+        None => None,
+        Some(0) => Some(0),
         Some(n) if n < MAX_HELD_BYTES_MIN => {
             return Err(invalid(
                 format!("{label}.max_held_bytes"),
@@ -443,7 +464,7 @@ fn validate_limits(
                 ),
             ))
         }
-        Some(n) => n as u64,
+        Some(n) => Some(n as u64),
     };
 
     let high_water = raw.high_water.unwrap_or(HIGH_WATER_DEFAULT);
@@ -475,11 +496,10 @@ fn validate_limits(
         }
     };
 
-    Ok(BufferLimits {
-        max_frames,
-        max_bytes,
-        high_water_frames: high_water_mark(high_water, max_frames),
-        high_water_bytes: high_water_mark(high_water, max_bytes),
+    Ok(LimitsDraft {
+        frames,
+        bytes,
+        high_water,
         on_full,
     })
 }
@@ -551,20 +571,148 @@ fn validate_rate(label: &str, raw: &RawLimits) -> Result<RateLimit, ConfigError>
     Ok(rate)
 }
 
+/// How the mbuf pool is spent: what the ports' rings and the per-lcore caches can take, and the
+/// VMs' hold budgets (`max_held_frames`), which must fit in the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolPlan {
+    /// `dataplane.mbufs`.
+    pub mbufs: u64,
+    /// Ports: the egress, the shared ingress and every VM port.
+    pub ports: u64,
+    /// Worker and main lcores, each with a cache.
+    pub lcores: u64,
+    /// What one per-lcore cache may hold: 1.5 x `dataplane.mbuf_cache`.
+    pub cache: u64,
+    /// `ports x (rx_ring + tx_ring) + lcores x cache + a burst`: mbufs the VMs cannot have.
+    pub rings: u64,
+    /// The VMs' `max_held_frames`, added up.
+    pub held: u64,
+    /// Pool memory per mbuf (with or without hugepages).
+    pub mbuf_bytes: u64,
+}
+
+impl PoolPlan {
+    /// The mbufs left for hold budgets once the rings and caches are full.
+    pub fn free(&self) -> u64 {
+        self.mbufs.saturating_sub(self.rings)
+    }
+
+    /// The `eal.memory_mb` that a pool of `mbufs` needs (what [`check_pool`] asks for).
+    pub fn memory_mb_for(&self, mbufs: u64) -> u64 {
+        (mbufs * self.mbuf_bytes).div_ceil(1 << 20) + EAL_RESERVE_MB
+    }
+}
+
+impl Config {
+    /// How the mbuf pool is spent (see [`PoolPlan`]).
+    pub fn pool(&self) -> PoolPlan {
+        let d = &self.dataplane;
+        let lcores = lcore_ids(&self.eal.lcores).map_or(2, |l| l.len()) as u64;
+        // A per-lcore cache holds up to 1.5 x its size before it flushes (CALC_CACHE_FLUSHTHRESH).
+        let cache = u64::from(d.mbuf_cache).saturating_mul(3).div_ceil(2);
+        let ports = self.ports().len() as u64;
+        PoolPlan {
+            mbufs: u64::from(d.mbufs),
+            ports,
+            lcores,
+            cache,
+            rings: ports * (u64::from(d.rx_ring) + u64::from(d.tx_ring))
+                + lcores * cache
+                + POOL_SLACK,
+            held: self.vms.iter().map(|v| v.limits.max_frames).sum(),
+            mbuf_bytes: mbuf_bytes(self.eal.hugepages),
+        }
+    }
+
+    /// What is valid but probably not meant: hold budgets that add up to more than the pool
+    /// has after its rings and caches, or a derived budget below the target of the defaults.
+    /// `epochgate check-config` prints them, `epochgate run` too (on stderr).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let p = self.pool();
+        let d = &self.dataplane;
+        let pool_from = if d.mbufs_derived {
+            format!(
+                "{} mbufs, derived from eal.memory_mb = {}",
+                p.mbufs, self.eal.memory_mb
+            )
+        } else {
+            format!("dataplane.mbufs = {}", p.mbufs)
+        };
+        if p.held > p.free() {
+            let mut parts = Vec::new();
+            let defaulted: Vec<String> = self
+                .vms
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.hold_from.frames != FramesFrom::MaxHeldFrames)
+                .map(|(i, v)| vm_label(i, &v.name))
+                .collect();
+            if !defaulted.is_empty() {
+                parts.push(format!(
+                    "dataplane.vm_queue = {} for {} VM(s) ({})",
+                    d.vm_queue,
+                    defaulted.len(),
+                    defaulted.join(", ")
+                ));
+            }
+            for (i, v) in self.vms.iter().enumerate() {
+                if v.hold_from.frames == FramesFrom::MaxHeldFrames {
+                    parts.push(format!(
+                        "{}.max_held_frames = {}",
+                        vm_label(i, &v.name),
+                        v.limits.max_frames
+                    ));
+                }
+            }
+            let need = p.held + p.rings;
+            out.push(format!(
+                "{}: the VMs' hold budgets add up to {} frames ({}), more than the {} mbufs the pool ({pool_from}) has left after the rings and caches take {}: if they all fill, the ports run out of mbufs and drop what they receive, even for VMs on backpressure; lower them, or raise dataplane.mbufs to {need} (eal.memory_mb to at least {} {})",
+                if d.mbufs_derived { "eal.memory_mb" } else { "dataplane.mbufs" },
+                p.held,
+                parts.join(" + "),
+                p.free(),
+                p.rings,
+                p.memory_mb_for(need),
+                if self.eal.hugepages { "with hugepages" } else { "without hugepages" },
+            ));
+        }
+        let pooled = self
+            .vms
+            .iter()
+            .filter(|v| v.hold_from.frames == FramesFrom::Pool)
+            .count() as u64;
+        if pooled > 0 && u64::from(d.vm_queue) < HOLD_TARGET_FRAMES {
+            let explicit: u64 = self
+                .vms
+                .iter()
+                .filter(|v| v.hold_from.frames == FramesFrom::MaxHeldFrames)
+                .map(|v| v.limits.max_frames)
+                .sum();
+            let need = p.rings + explicit + pooled * HOLD_TARGET_FRAMES;
+            out.push(format!(
+                "dataplane.vm_queue: the pool ({pool_from}) gives each of the {pooled} VM(s) without max_held_frames {} frames, fewer than the {HOLD_TARGET_FRAMES} of two 25 ms epochs at 1 Gb/s of 1500-byte frames; raise dataplane.mbufs to {need} (eal.memory_mb to at least {}), or set max_held_frames",
+                d.vm_queue,
+                p.memory_mb_for(need),
+            ));
+        }
+        out
+    }
+}
+
 /// The mbuf pool must fit in `eal.memory_mb` and be large enough to fill every port's rings.
 pub(super) fn check_pool(cfg: &Config) -> Result<(), ConfigError> {
     let d = &cfg.dataplane;
-    let mbufs = u64::from(d.mbufs);
-    let (per_mbuf, pages) = if cfg.eal.hugepages {
-        (MBUF_BYTES_HUGE, "with hugepages")
+    let plan = cfg.pool();
+    let mbufs = plan.mbufs;
+    let per_mbuf = plan.mbuf_bytes;
+    let pages = if cfg.eal.hugepages {
+        "with hugepages"
     } else {
-        (
-            MBUF_BYTES_NO_HUGE,
-            "without hugepages (one 4 KiB page each)",
-        )
+        "without hugepages (one 4 KiB page each)"
     };
     let mb = 1u64 << 20;
-    let need_mb = (mbufs * per_mbuf).div_ceil(mb) + EAL_RESERVE_MB;
+    let need_mb = plan.memory_mb_for(mbufs);
     let memory = u64::from(cfg.eal.memory_mb);
     if need_mb > memory {
         let fits = (memory.saturating_sub(EAL_RESERVE_MB) * mb) / per_mbuf;
@@ -575,19 +723,103 @@ pub(super) fn check_pool(cfg: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
-    let ports = cfg.ports().len() as u64;
-    let lcores = lcore_ids(&cfg.eal.lcores).map_or(2, |l| l.len()) as u64;
-    // A per-lcore cache holds up to 1.5 x its size before it flushes (CALC_CACHE_FLUSHTHRESH).
-    let cache = u64::from(d.mbuf_cache).saturating_mul(3).div_ceil(2);
+    let (ports, lcores, cache, need) = (plan.ports, plan.lcores, plan.cache, plan.rings);
     let (rx, tx) = (u64::from(d.rx_ring), u64::from(d.tx_ring));
-    let need = ports * (rx + tx) + lcores * cache + POOL_SLACK;
     if mbufs < need {
+        let (key, lead) = if d.mbufs_derived {
+            (
+                "eal.memory_mb",
+                format!("{memory} holds {mbufs} mbufs {pages} (dataplane.mbufs is not set), which"),
+            )
+        } else {
+            ("dataplane.mbufs", mbufs.to_string())
+        };
         return Err(invalid(
-            "dataplane.mbufs",
+            key,
             format!(
-                "{mbufs} cannot fill the rings: {ports} port(s) x (dataplane.rx_ring {rx} + dataplane.tx_ring {tx}) + {lcores} lcores x {cache} (1.5 x dataplane.mbuf_cache, what a per-lcore cache may hold) + {POOL_SLACK} (a burst) = {need} mbufs are needed"
+                "{lead} cannot fill the rings: {ports} port(s) x (dataplane.rx_ring {rx} + dataplane.tx_ring {tx}) + {lcores} lcores x {cache} (1.5 x dataplane.mbuf_cache, what a per-lcore cache may hold) + {POOL_SLACK} (a burst) = {need} mbufs are needed"
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Each VM's hold budget: `max_held_frames` when written, else `dataplane.vm_queue`; that,
+/// when not written, is the pool's mbufs left after the rings, caches and the written
+/// `max_held_frames`, shared by the VMs without one, at most [`HOLD_DEFAULT_MAX_FRAMES`].
+/// `max_held_bytes` when written, else [`HOLD_BYTES_PER_FRAME`] per frame.
+pub(super) fn resolve_hold_budgets(
+    cfg: &mut Config,
+    drafts: &[LimitsDraft],
+) -> Result<(), ConfigError> {
+    let plan = cfg.pool();
+    let free = plan.free();
+    let written: u64 = drafts.iter().filter_map(|d| d.frames).sum();
+    let defaulted = drafts.iter().filter(|d| d.frames.is_none()).count() as u64;
+    let memory_mb = cfg.eal.memory_mb;
+    let d = &mut cfg.dataplane;
+    if d.vm_queue_derived {
+        let left = free.saturating_sub(written);
+        let share = left / defaulted.max(1);
+        if defaulted > 0 && share < u64::from(VM_QUEUE_MIN) {
+            let (key, pool) = if d.mbufs_derived {
+                (
+                    "eal.memory_mb",
+                    format!(
+                        "{memory_mb} holds {} mbufs (dataplane.mbufs is not set), which leave",
+                        plan.mbufs
+                    ),
+                )
+            } else {
+                ("dataplane.mbufs", format!("{} mbufs leave", plan.mbufs))
+            };
+            let need = plan.rings + written + defaulted * HOLD_TARGET_FRAMES;
+            return Err(invalid(
+                key,
+                format!(
+                    "{pool} {left} for the hold budgets of {defaulted} VM(s) without max_held_frames (after {} for the rings and caches and {written} for the written max_held_frames): {share} each is fewer than {VM_QUEUE_MIN}; raise dataplane.mbufs (to {need} for two 25 ms epochs at 1 Gb/s each, with eal.memory_mb at least {}), set dataplane.vm_queue, or give the VMs max_held_frames",
+                    plan.rings,
+                    plan.memory_mb_for(need),
+                ),
+            ));
+        }
+        d.vm_queue = share.clamp(u64::from(VM_QUEUE_MIN), HOLD_DEFAULT_MAX_FRAMES) as u32;
+    }
+    let (vm_queue, mbufs, derived) = (d.vm_queue, d.mbufs, d.vm_queue_derived);
+    for (i, (vm, draft)) in cfg.vms.iter_mut().zip(drafts).enumerate() {
+        let label = vm_label(i, &vm.name);
+        let (max_frames, frames) = match draft.frames {
+            Some(n) => (n, FramesFrom::MaxHeldFrames),
+            None if derived => (u64::from(vm_queue), FramesFrom::Pool),
+            None => (u64::from(vm_queue), FramesFrom::VmQueue),
+        };
+        if max_frames > u64::from(mbufs) {
+            let (key, what) = match frames {
+                FramesFrom::MaxHeldFrames => (format!("{label}.max_held_frames"), String::new()),
+                _ => (
+                    "dataplane.vm_queue".to_string(),
+                    format!(", the default max_held_frames of {label},"),
+                ),
+            };
+            return Err(invalid(
+                key,
+                format!(
+                    "{max_frames}{what} can never be reached: the mbuf pool (dataplane.mbufs) has only {mbufs}"
+                ),
+            ));
+        }
+        let max_bytes = draft.bytes.unwrap_or(max_frames * HOLD_BYTES_PER_FRAME);
+        vm.limits = BufferLimits {
+            max_frames,
+            max_bytes,
+            high_water_frames: high_water_mark(draft.high_water, max_frames),
+            high_water_bytes: high_water_mark(draft.high_water, max_bytes),
+            on_full: draft.on_full,
+        };
+        vm.hold_from = HoldFrom {
+            frames,
+            bytes_set: draft.bytes.is_some(),
+        };
     }
     Ok(())
 }

@@ -147,10 +147,8 @@ port = "net_pcap1,rx_pcap={shared},tx_pcap={shared_in}"
 socket = "{dir}/control.sock"
 admin_socket = "{dir}/admin.sock"
 
-[dataplane]
-# The shared ingress is a capture read at full speed: room for all of ledger's held output.
-mbufs = 65535
-vm_queue = 32768
+# [dataplane] is left out: the mbuf pool comes from memory_mb, and each VM that does not set
+# max_held_frames gets a share of it (`epochgate check-config` shows every VM's hold budget).
 
 [[vm]]
 name = "web"
@@ -161,6 +159,9 @@ mode = "passthrough"
 name = "db"
 mac = "{db_mac}"
 mode = "passthrough"
+# The shared ingress is a capture read at full speed: room for its frames while ledger's
+# released ones go first.
+max_held_frames = 32768
 
 [[vm]]
 # Protected: its output is held until the demo's stand-in VMM commits the epoch that covers it
@@ -170,6 +171,8 @@ name = "ledger"
 mac = "{ledger_mac}"
 vlan = 10
 mode = "protected"
+# Room for all of its held output (the capture is read at full speed).
+max_held_frames = 32768
 "#,
         cfg = p("demo.toml"),
         uplink = p("uplink-in.pcap"),

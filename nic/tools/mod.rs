@@ -74,8 +74,8 @@ in the checkpoints (final_checkpoint_* says whether there was one) but not in th
 Two runs: with the policy (the classifier's verdicts: defer -> deferrable, immediate ->
 immediate; the [classifier] timings) and without deferral (every frame immediate, same minimum
 interval and high-water mark). The high-water mark is the VM's ([[vm]] high_water of its
-max_held_frames / max_held_bytes; with no VM, the defaults: 0.75 of dataplane.vm_queue frames,
-no byte mark), checked against the frames and bytes (as captured) of the open epoch.
+max_held_frames / max_held_bytes; with no VM, the defaults: 0.75 of dataplane.vm_queue frames
+and of 1518 bytes per frame), checked against the frames and bytes (as captured) of the open epoch.
 Output (text): a short report. Output (--json): one object with frames, duration_ns,
 duration_s, commit_delay_ms, vm, defer_frames, immediate_frames, checkpoints_with_policy,
 checkpoints_without_deferral, checkpoints_per_s_with_policy, checkpoints_per_s_without_deferral
@@ -1208,10 +1208,10 @@ high_water = 0
             hw(&Setup::from_config(Some(&cfg), Some("b")).unwrap()),
             (50, 10_000)
         );
-        // "a" sets nothing: 0.75 of vm_queue.
+        // "a" sets nothing: 0.75 of vm_queue (and of its 1518 bytes per frame).
         assert_eq!(
             hw(&Setup::from_config(Some(&cfg), Some("a")).unwrap()),
-            (150, 0)
+            (150, 227_700)
         );
         assert_eq!(
             hw(&Setup::from_config(Some(&cfg), Some("c")).unwrap()),
@@ -1224,11 +1224,14 @@ high_water = 0
         .unwrap();
         assert_eq!(
             hw(&Setup::from_config(Some(&no_protected), None).unwrap()),
-            (48, 0)
+            (48, 72_864)
         );
-        // No configuration: the default vm_queue of 1024 frames.
-        assert_eq!(hw(&Setup::default()), (768, 0));
-        assert_eq!(hw(&Setup::from_config(None, None).unwrap()), (768, 0));
+        // No configuration: the default budget of one VM, 8192 frames of 1518 bytes.
+        assert_eq!(hw(&Setup::default()), (6144, 9_326_592));
+        assert_eq!(
+            hw(&Setup::from_config(None, None).unwrap()),
+            (6144, 9_326_592)
+        );
         // The timings stay the classifier's.
         let s = Setup::from_config(Some(&cfg), Some("b")).unwrap();
         assert_eq!(s.policy.defer_delay_ns, 5 * MS);
@@ -1330,8 +1333,10 @@ high_water = 0
         assert_eq!(j["policy"]["high_water_frames"], 0);
         assert!(r.to_text("x").contains("high water 1311 bytes;"));
         let r = replay(&frames, &Setup::default(), 0);
-        assert!(r.to_text("x").contains("high water 768 frames;"));
-        assert_eq!(r.to_json()["policy"]["high_water_bytes"], 0);
+        assert!(r
+            .to_text("x")
+            .contains("high water 6144 frames or 9326592 bytes;"));
+        assert_eq!(r.to_json()["policy"]["high_water_bytes"], 9_326_592);
     }
 
     #[test]
