@@ -531,6 +531,11 @@ pub struct VmConfig {
     /// Addresses announced (gratuitous ARP, unsolicited neighbour advertisement) when the VM
     /// is promoted on this host.
     pub announce: Vec<std::net::IpAddr>,
+    /// How many times the addresses are announced after a promotion (`announce_count`), and
+    /// how far apart (`announce_interval_ms`): QEMU's `announce-self` repeats, as a switch or
+    /// a peer may miss one frame.
+    pub announce_count: u32,
+    pub announce_interval_ms: u64,
     /// Whether its held frames may be deferred: the rules and built-in classes, all, or never.
     pub defer: crate::classify::VmDefer,
     /// How much epochgate keeps for it, and what happens when that is full.
@@ -774,6 +779,8 @@ struct RawVm {
     mode: Option<String>,
     #[serde(default)]
     announce: Vec<String>,
+    announce_count: Option<i64>,
+    announce_interval_ms: Option<i64>,
     defer: Option<String>,
     // Integers as i64 for the same reason as vlan.
     max_held_frames: Option<i64>,

@@ -60,7 +60,13 @@ impl Config {
             }
             if !vm.announce.is_empty() {
                 let a: Vec<String> = vm.announce.iter().map(|a| a.to_string()).collect();
-                s.push_str(&format!(", announces {} on promotion", a.join(" ")));
+                s.push_str(&format!(
+                    ", announces {} on promotion ({} time{}, {} ms apart)",
+                    a.join(" "),
+                    vm.announce_count,
+                    if vm.announce_count == 1 { "" } else { "s" },
+                    vm.announce_interval_ms
+                ));
             }
             line(s);
             line(format!("  buffer:  {}", describe_limits(&vm.limits)));

@@ -187,6 +187,8 @@ fn full_config_parses_every_key() {
                 vlan: None,
                 mode: Mode::Protected,
                 announce: vec![],
+                announce_count: 5,
+                announce_interval_ms: 100,
                 defer: crate::classify::VmDefer::Builtin,
                 limits: BufferLimits {
                     max_frames: 2048,
@@ -213,6 +215,8 @@ fn full_config_parses_every_key() {
                 vlan: Some(10),
                 mode: Mode::Standby,
                 announce: vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
+                announce_count: 5,
+                announce_interval_ms: 100,
                 defer: crate::classify::VmDefer::All,
                 limits: BufferLimits {
                     max_frames: 4096,
@@ -241,6 +245,8 @@ fn full_config_parses_every_key() {
                 vlan: None,
                 mode: Mode::Passthrough,
                 announce: vec![],
+                announce_count: 5,
+                announce_interval_ms: 100,
                 defer: crate::classify::VmDefer::Builtin,
                 limits: BufferLimits {
                     max_frames: 4096,
@@ -1121,7 +1127,7 @@ fn topology_describes_everything() {
                  buffer:  at most 2048 frames and 4000000 bytes, high water 1024 frames or 2000000 bytes, when full: backpressure\n  \
                  budget:  2048 frames / 3.8 MiB = 248.1 ms at its rate limit 100 Mbit/s and 20000 pps (of 1500-byte frames); frames: max_held_frames, bytes: max_held_bytes\n  \
                  rate:    100 Mbit/s (burst 50000 bytes), 20000 pps (burst 20 frames)\n",
-            "vm \"db\": standby, shared ingress, mac 52:54:00:00:00:02, vlan 10, announces 10.0.0.2 fd00::2 on promotion\n  \
+            "vm \"db\": standby, shared ingress, mac 52:54:00:00:00:02, vlan 10, announces 10.0.0.2 fd00::2 on promotion (5 times, 100 ms apart)\n  \
                  buffer:  at most 4096 frames and 6217728 bytes, high water off, when full: drop\n  \
                  budget:  4096 frames / 5.9 MiB = 4.10 s at its rate limit 1000 pps (of 1500-byte frames); frames: dataplane.vm_queue, bytes: 1518 per frame\n  \
                  rate:    no byte rate limit, 1000 pps (burst 4 frames)\n",
@@ -1791,6 +1797,8 @@ fn build(
             vlan,
             mode: g.mode,
             announce: vec![],
+            announce_count: 5,
+            announce_interval_ms: 100,
             defer: crate::classify::VmDefer::Builtin,
             limits: BufferLimits {
                 max_frames,
@@ -2085,4 +2093,49 @@ fn hold_budgets_beyond_the_pool_are_reported_naming_keys_and_numbers() {
             "raise dataplane.mbufs to 16896 (eal.memory_mb to at least 82 without hugepages)",
         ],
     );
+}
+
+#[test]
+fn announcements_repeat_five_times_100_ms_apart_unless_configured_and_bad_values_are_named() {
+    let base = "[egress]\nport = \"net_null0\"\n[[vm]]\nname = \"a\"\nport = \"net_null1\"\nmac = \"52:54:00:00:00:01\"\nmode = \"standby\"\nannounce = [\"10.0.0.1\"]\n";
+    let c = Config::from_toml_str(base).expect("valid");
+    assert_eq!(
+        (c.vms[0].announce_count, c.vms[0].announce_interval_ms),
+        (5, 100)
+    );
+    let c = Config::from_toml_str(&format!(
+        "{base}announce_count = 2\nannounce_interval_ms = 30\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        (c.vms[0].announce_count, c.vms[0].announce_interval_ms),
+        (2, 30)
+    );
+    for (extra, key, why) in [
+        (
+            "announce_count = 0",
+            "vm[0] (\"a\").announce_count",
+            "1 to 100 times",
+        ),
+        (
+            "announce_count = 101",
+            "vm[0] (\"a\").announce_count",
+            "1 to 100 times",
+        ),
+        (
+            "announce_interval_ms = 0",
+            "vm[0] (\"a\").announce_interval_ms",
+            "1 to 60000 ms",
+        ),
+        (
+            "announce_interval_ms = -5",
+            "vm[0] (\"a\").announce_interval_ms",
+            "1 to 60000 ms",
+        ),
+    ] {
+        let e = Config::from_toml_str(&format!("{base}{extra}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key) && e.contains(why), "{extra}: {e}");
+    }
 }

@@ -47,6 +47,13 @@ const FENCE_DRAIN_MAX_MS: u64 = 1000;
 const HELLO_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
 const MAX_SESSIONS_MAX: usize = 65_536;
 const ANNOUNCE_MAX: usize = 16;
+/// Announcement rounds after a promotion, and their spacing, by default (QEMU's
+/// `announce-self` sends 5 rounds, 50 ms then 100 ms more apart each; a fixed 100 ms keeps
+/// the schedule simple to check).
+const ANNOUNCE_COUNT_DEFAULT: u32 = 5;
+const ANNOUNCE_INTERVAL_MS_DEFAULT: u64 = 100;
+const ANNOUNCE_COUNT_MAX: i64 = 100;
+const ANNOUNCE_INTERVAL_MS_MAX: i64 = 60_000;
 
 /// `[egress] passthrough_min_share` in parts per million.
 pub(super) fn passthrough_share_ppm(share: f64) -> Result<u32, ConfigError> {
@@ -388,6 +395,26 @@ pub(super) fn validate_vm(
             ),
         ));
     }
+    let announce_count = match raw.announce_count {
+        None => ANNOUNCE_COUNT_DEFAULT,
+        Some(n) if (1..=ANNOUNCE_COUNT_MAX).contains(&n) => n as u32,
+        Some(n) => {
+            return Err(invalid(
+                format!("{label}.announce_count"),
+                format!("{n}: the addresses are announced 1 to {ANNOUNCE_COUNT_MAX} times after a promotion"),
+            ))
+        }
+    };
+    let announce_interval_ms = match raw.announce_interval_ms {
+        None => ANNOUNCE_INTERVAL_MS_DEFAULT,
+        Some(n) if (1..=ANNOUNCE_INTERVAL_MS_MAX).contains(&n) => n as u64,
+        Some(n) => {
+            return Err(invalid(
+                format!("{label}.announce_interval_ms"),
+                format!("{n}: announcements are 1 to {ANNOUNCE_INTERVAL_MS_MAX} ms apart"),
+            ))
+        }
+    };
 
     let defer = match raw.defer.as_deref() {
         None | Some("builtin") => crate::classify::VmDefer::Builtin,
@@ -411,6 +438,8 @@ pub(super) fn validate_vm(
         vlan,
         mode,
         announce,
+        announce_count,
+        announce_interval_ms,
         defer,
         // Set by resolve_hold_budgets once every VM is known.
         limits: BufferLimits::default_for(0, draft.on_full == OnFull::Backpressure),

@@ -389,7 +389,7 @@ impl Appliance {
                         .or(cfg.ingress.as_ref())
                         .map_or(DrainProof::Unproven, DrainProof::of),
                 )
-                .with_announcements(announce)
+                .with_announcements(announce, vm.announce_count, vm.announce_interval_ms)
                 .with_classification(&vm.name, vm.defer),
             );
             vms.push(VmView {

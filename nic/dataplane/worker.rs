@@ -107,8 +107,15 @@ pub struct WorkerVm {
     pub counters: Arc<VmCounters>,
     /// The regulator's configuration (the buckets themselves live in the scheduler).
     rate: RateLimit,
-    /// Frames that announce its addresses when it is promoted (built from the config).
+    /// Frames that announce its addresses when it is promoted (built from the config), how
+    /// many rounds of them a promotion sends and how far apart (ms, then TSC ticks).
     announce: Vec<Vec<u8>>,
+    announce_rounds: u32,
+    announce_ms: u64,
+    announce_every: u64,
+    /// Rounds still to send after a promotion, and when the next one is due.
+    announce_left: u32,
+    announce_next: u64,
     /// For the classifier: its name (rules may name it) and its deferral setting.
     name: String,
     defer: VmDefer,
@@ -151,6 +158,11 @@ impl WorkerVm {
             counters,
             rate: RateLimit::default(),
             announce: Vec::new(),
+            announce_rounds: 1,
+            announce_ms: 0,
+            announce_every: 0,
+            announce_left: 0,
+            announce_next: u64::MAX,
             name: String::new(),
             defer: VmDefer::Builtin,
             seen_epoch: None,
@@ -162,10 +174,23 @@ impl WorkerVm {
         vm
     }
 
-    /// Frames sent on the VM's behalf when it is promoted.
-    pub fn with_announcements(mut self, frames: Vec<Vec<u8>>) -> Self {
+    /// Frames sent on the VM's behalf when it is promoted: `rounds` times, `interval_ms`
+    /// apart (the first at once, ahead of any output).
+    pub fn with_announcements(
+        mut self,
+        frames: Vec<Vec<u8>>,
+        rounds: u32,
+        interval_ms: u64,
+    ) -> Self {
         self.announce = frames;
+        self.announce_rounds = rounds.max(1);
+        self.announce_ms = interval_ms;
         self
+    }
+
+    /// When its next announcement round is due, if one is.
+    fn announce_due(&self) -> Option<u64> {
+        (self.announce_left > 0).then_some(self.announce_next)
     }
 
     /// What its port (its own, or the shared ingress) proves when seen empty during a fence.
@@ -445,6 +470,7 @@ impl Worker {
             vm.settings.policy = opts.policy;
             vm.settings.fence_drain_ticks = opts.fence_drain_ticks;
             vm.settings.tsc_hz = opts.tsc_hz;
+            vm.announce_every = opts.tsc_hz / 1000 * vm.announce_ms;
             vm.core = VmCore::new(vm.settings, now);
             sched.set_class(i, vm.class());
             sched.set_regulator(i, regulator(vm.rate, opts.tsc_hz, now));
@@ -864,6 +890,12 @@ impl Worker {
                 self.vms[vi].core.tick(now, &mut sp);
                 self.vms[vi].dirty = true;
             }
+            if self.vms[vi].announce_due().is_some_and(|t| t <= now) {
+                let vm = &mut self.vms[vi];
+                vm.announce_left -= 1;
+                vm.announce_next = vm.announce_next.saturating_add(vm.announce_every);
+                self.stage_announcements(vi);
+            }
         }
         self.schedule_wakeups();
     }
@@ -872,7 +904,8 @@ impl Worker {
         self.wakeup = self
             .vms
             .iter()
-            .filter_map(|v| v.core.next_wakeup())
+            .flat_map(|v| [v.core.next_wakeup(), v.announce_due()])
+            .flatten()
             .min()
             .unwrap_or(u64::MAX);
     }
@@ -1028,6 +1061,12 @@ impl Worker {
         let promoted = sp.promoted.take();
         if let Some((session, Ok(Reply::Promoted { mode, .. }))) = promoted {
             let announced = self.stage_announcements(vi);
+            let vm = &mut self.vms[vi];
+            vm.announce_left = vm.announce_rounds - 1;
+            vm.announce_next = now.saturating_add(vm.announce_every);
+            if let Some(t) = vm.announce_due() {
+                self.wakeup = self.wakeup.min(t);
+            }
             let a = Answer {
                 vm: vi,
                 session,
@@ -1039,6 +1078,10 @@ impl Worker {
         let vm = &mut self.vms[vi];
         vm.dirty = true;
         vm.publish();
+        if vm.core.mode() == Mode::Standby {
+            // Demoted: its addresses are announced from the other host now.
+            vm.announce_left = 0;
+        }
         if vm.core.mode() != was {
             let class = vm.class();
             if self.sched.class(vi) != class {
