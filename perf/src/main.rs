@@ -67,7 +67,8 @@ enum Cmd {
     Full(Common),
     /// Throughput unprotected / protected at 40 Hz / mixed, against testpmd, over frame sizes.
     Throughput(Common),
-    /// Fence round trip, checkpoint request latency, pass-through latency idle and under bursts.
+    /// Fence round trip, checkpoint request latency (immediate frame, deferral), pass-through
+    /// latency idle and under bursts.
     Latency(Common),
     /// Cost per frame over the number of VMs (own ports and shared ingress).
     SweepVms(Common),
@@ -89,7 +90,7 @@ enum Cmd {
         /// Simulated VMs, each on its own port.
         #[arg(long, default_value_t = 2)]
         vms: usize,
-        /// udpN (N = 64..1518), imix, acks, fragN or mix.
+        /// udpN (N = 64..1518), imix, acks, ack (pure ACKs only), fragN or mix.
         #[arg(long, default_value = "udp64", value_parser = wire::Profile::parse)]
         profile: wire::Profile,
         /// How many of the VMs are protected (the first ones).
