@@ -256,12 +256,12 @@ impl Runner<'_> {
     }
 
     pub fn latency_runs(&self) -> u64 {
-        6
+        7
     }
 
     /// Fence round trip of an idle VM; immediate frame -> checkpoint request at the shim;
     /// a deferral's request after its deadline; pass-through latency at a low rate, alone and
-    /// while protected VMs release bursts.
+    /// while protected VMs release bursts; the idle control thread's CPU with 64 sessions.
     pub fn latency(&mut self) -> Result<()> {
         let s = self.scale.seconds;
         let idle = Setup::new(
@@ -346,6 +346,7 @@ impl Runner<'_> {
             a > 0 && b <= 2 * a,
             "passthrough-bursts vs passthrough-idle",
         );
+        self.control_idle(64, s.max(5.0))?;
         Ok(())
     }
 
@@ -408,6 +409,33 @@ impl Runner<'_> {
                 if all_expiries { "" } else { ": NOT all deferral-expired, the figure is not a deferral's" }
             ),
         );
+        Ok(())
+    }
+
+    /// The idle control thread's CPU with `sessions` idle sessions, beside no session.
+    fn control_idle(&mut self, sessions: usize, seconds: f64) -> Result<()> {
+        interrupted()?;
+        self.bar.set_message("control-idle: epochgate");
+        let dir = self.env.out.join("runs").join("control-idle");
+        let m = crate::control_idle::measure(&self.env.epochgate, &dir, sessions, seconds)?;
+        self.bar.inc(1);
+        let (base, idle) = (&m.baseline, &m.idle_sessions);
+        self.target(
+            &format!("idle control thread with {sessions} idle sessions, % of one core"),
+            idle.percent,
+            "<= 2",
+            idle.percent <= 2.0,
+            &format!(
+                "control-idle (eg-control utime+stime over {:.1} s{}; 0 sessions: {:.2}%{})",
+                idle.seconds,
+                idle.percent_schedstat
+                    .map_or(String::new(), |p| format!(", schedstat {p:.3}%")),
+                base.percent,
+                base.percent_schedstat
+                    .map_or(String::new(), |p| format!(", schedstat {p:.3}%")),
+            ),
+        );
+        self.extra.insert("control_idle".into(), json!(m));
         Ok(())
     }
 
