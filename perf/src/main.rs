@@ -7,6 +7,7 @@
 //! every frame against its epoch's commit. A run with any violation exits non-zero.
 
 mod check;
+mod control_idle;
 mod demo;
 mod passthrough;
 mod plan;
@@ -67,7 +68,8 @@ enum Cmd {
     Full(Common),
     /// Throughput unprotected / protected at 40 Hz / mixed, against testpmd, over frame sizes.
     Throughput(Common),
-    /// Fence round trip, checkpoint request latency, pass-through latency idle and under bursts.
+    /// Fence round trip, checkpoint request latency (immediate frame, deferral), pass-through
+    /// latency idle and under bursts, the idle control thread's CPU with 64 sessions.
     Latency(Common),
     /// Cost per frame over the number of VMs (own ports and shared ingress).
     SweepVms(Common),
@@ -89,7 +91,7 @@ enum Cmd {
         /// Simulated VMs, each on its own port.
         #[arg(long, default_value_t = 2)]
         vms: usize,
-        /// udpN (N = 64..1518), imix, acks, fragN or mix.
+        /// udpN (N = 64..1518), imix, acks, ack (pure ACKs only), fragN or mix.
         #[arg(long, default_value = "udp64", value_parser = wire::Profile::parse)]
         profile: wire::Profile,
         /// How many of the VMs are protected (the first ones).
@@ -115,6 +117,20 @@ enum Cmd {
         rounds: usize,
         #[arg(long, default_value_t = 64)]
         size: u32,
+        #[arg(long)]
+        epochgate: Option<PathBuf>,
+        #[arg(long, default_value = "perf-out")]
+        out: PathBuf,
+    },
+    /// CPU of epochgate's idle control thread (eg-control), with no session and then with N
+    /// idle sessions (N protected VMs on a net_null shared ingress), as % of one core.
+    ControlIdle {
+        /// Idle sessions (one protected VM each) in the second window.
+        #[arg(long, default_value_t = 64)]
+        sessions: usize,
+        /// Seconds of each sampling window.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
         #[arg(long)]
         epochgate: Option<PathBuf>,
         #[arg(long, default_value = "perf-out")]
@@ -298,6 +314,12 @@ fn main() {
             epochgate,
             out,
         } => passthrough::run(seconds, rounds.max(1), size, epochgate, &out).map(|()| true),
+        Cmd::ControlIdle {
+            sessions,
+            seconds,
+            epochgate,
+            out,
+        } => control_idle::run(epochgate, &out, sessions, seconds.max(0.1)).map(|()| true),
         Cmd::Traffic { plan } => traffic_main(&plan).map(|()| true),
     };
     match r {

@@ -265,11 +265,12 @@ impl Runner<'_> {
     }
 
     pub fn latency_runs(&self) -> u64 {
-        5
+        7
     }
 
     /// Fence round trip of an idle VM; immediate frame -> checkpoint request at the shim;
-    /// pass-through latency at a low rate, alone and while protected VMs release bursts.
+    /// a deferral's request after its deadline; pass-through latency at a low rate, alone and
+    /// while protected VMs release bursts; the idle control thread's CPU with 64 sessions.
     pub fn latency(&mut self) -> Result<()> {
         let s = self.scale.seconds;
         let idle = Setup::new(
@@ -303,6 +304,7 @@ impl Runner<'_> {
             r.vms[0].request_latency.count > 0 && p99 <= 20_000,
             "request",
         );
+        self.deferral(s)?;
         // Release latency where the egress is not the bottleneck (at saturation, every release
         // waits behind the ones before it and the figure is the queue, not epochgate).
         let vms = vec![
@@ -353,6 +355,96 @@ impl Runner<'_> {
             a > 0 && b <= 2 * a,
             "passthrough-bursts vs passthrough-idle",
         );
+        self.control_idle(64, s.max(5.0))?;
+        Ok(())
+    }
+
+    /// One protected VM sending only pure ACKs (each deferrable), so rarely that every epoch
+    /// holds one frame: its request comes when the deferral armed by that frame runs out,
+    /// `defer_delay` after it arrived. The harness times requests from the epoch's first frame
+    /// sent, so lateness = request latency - `defer_delay`. The run counts only if epochgate's
+    /// requests were all deferral expiries.
+    fn deferral(&mut self, s: f64) -> Result<()> {
+        // epochgate's defaults, which the run's config does not change.
+        let policy = epochgate::config::ClassifierConfig::default().policy;
+        let (delay_ns, max_ns) = (policy.defer_delay_ns, policy.max_defer_ns);
+        // A frame at most every two longest deferrals: each deferral holds one frame, and its
+        // checkpoint (0.5 ms transfer) is over before the next frame.
+        let rate = (1e9 / (2.0 * max_ns.max(1) as f64)).min(50.0);
+        let setup = Setup::new(
+            vec![VmSpec::new("defer", Profile::Ack)
+                .rate(rate)
+                .protected(SimPlan {
+                    epoch_ms: 10_000.0,
+                    transfer_ms: 0.5,
+                    honour_requests: true,
+                    early_release: false,
+                })],
+            s,
+        );
+        let r = self.eg("latency", "deferral", &setup, 1024)?;
+        let v = &r.vms[0];
+        let by_reason: std::collections::BTreeMap<String, u64> = r
+            .epochgate
+            .first()
+            .and_then(|e| serde_json::from_value(e["checkpoint_requests"].clone()).ok())
+            .unwrap_or_default();
+        let expired = by_reason.get("deferral-expired").copied().unwrap_or(0);
+        let others: u64 = by_reason
+            .iter()
+            .filter(|(k, _)| k.as_str() != "deferral-expired")
+            .map(|(_, n)| n)
+            .sum();
+        let late = |ns: u64| (ns as f64 - delay_ns as f64) / 1e3;
+        let p99 = late(v.request_latency.p99);
+        let all_expiries = expired > 0 && others == 0;
+        self.extra.insert(
+            "deferral".into(),
+            json!({"defer_delay_ns": delay_ns, "max_defer_ns": max_ns, "rate_pps": rate,
+                   "requests_by_reason": by_reason, "requests_at_shim": v.requests,
+                   "timed_requests": v.request_latency.count, "all_deferral_expiries": all_expiries,
+                   "late_us": {"p50": late(v.request_latency.p50), "p99": p99,
+                               "max": late(v.request_latency.max)}}),
+        );
+        self.target(
+            "deferral request after its deadline, p99 (us)",
+            p99,
+            "<= 20",
+            all_expiries && v.request_latency.count > 0 && p99 <= 20.0,
+            &format!(
+                "deferral (pure ACKs at {rate:.0}/s, defer_delay {} ms: request latency - defer_delay; requests by reason {}{})",
+                delay_ns as f64 / 1e6,
+                serde_json::to_string(&by_reason).unwrap_or_default(),
+                if all_expiries { "" } else { ": NOT all deferral-expired, the figure is not a deferral's" }
+            ),
+        );
+        Ok(())
+    }
+
+    /// The idle control thread's CPU with `sessions` idle sessions, beside no session.
+    fn control_idle(&mut self, sessions: usize, seconds: f64) -> Result<()> {
+        interrupted()?;
+        self.bar.set_message("control-idle: epochgate");
+        let dir = self.env.out.join("runs").join("control-idle");
+        let m = crate::control_idle::measure(&self.env.epochgate, &dir, sessions, seconds)?;
+        self.bar.inc(1);
+        let (base, idle) = (&m.baseline, &m.idle_sessions);
+        self.target(
+            &format!("idle control thread with {sessions} idle sessions, % of one core"),
+            idle.percent,
+            "<= 2",
+            idle.percent <= 2.0,
+            &format!(
+                "control-idle (eg-control utime+stime over {:.1} s{}; 0 sessions: {:.2}%{})",
+                idle.seconds,
+                idle.percent_schedstat
+                    .map_or(String::new(), |p| format!(", schedstat {p:.3}%")),
+                base.percent,
+                base.percent_schedstat
+                    .map_or(String::new(), |p| format!(", schedstat {p:.3}%")),
+            ),
+        );
+        self.extra.insert("control_idle".into(), json!(m));
         Ok(())
     }
 

@@ -63,6 +63,9 @@ pub enum Profile {
     Imix,
     /// A TCP-like ACK-heavy stream: seven pure ACKs (deferrable) per 1518-byte data segment.
     Acks,
+    /// Pure TCP ACKs only (74 B, every one deferrable by the built-in classifier): a VM whose
+    /// checkpoint requests all come from deferrals running out.
+    Ack,
     /// IPv4 fragments of `size`-byte UDP datagrams: a first fragment (more-fragments set,
     /// deferrable) and a last one (immediate), each `size` bytes on the wire.
     Fragments { size: u32 },
@@ -71,7 +74,7 @@ pub enum Profile {
 }
 
 impl Profile {
-    /// Parses `udp64`, `udp1518`, `imix`, `acks`, `frag1518`, `mix`.
+    /// Parses `udp64`, `udp1518`, `imix`, `acks`, `ack`, `frag1518`, `mix`.
     pub fn parse(s: &str) -> Result<Profile, String> {
         let size = |rest: &str| -> Result<u32, String> {
             let n: u32 = rest
@@ -87,6 +90,7 @@ impl Profile {
         match s {
             "imix" => Ok(Profile::Imix),
             "acks" => Ok(Profile::Acks),
+            "ack" => Ok(Profile::Ack),
             "mix" => Ok(Profile::Mix),
             _ if s.starts_with("udp") => Ok(Profile::Udp {
                 size: size(&s[3..])?,
@@ -95,7 +99,7 @@ impl Profile {
                 size: size(&s[4..])?.max(96),
             }),
             _ => Err(format!(
-                "unknown profile {s:?}: expected udpN (N = 64..1518), imix, acks, fragN or mix"
+                "unknown profile {s:?}: expected udpN (N = 64..1518), imix, acks, ack, fragN or mix"
             )),
         }
     }
@@ -105,6 +109,7 @@ impl Profile {
             Profile::Udp { size } => format!("udp{size}"),
             Profile::Imix => "imix".into(),
             Profile::Acks => "acks".into(),
+            Profile::Ack => "ack".into(),
             Profile::Fragments { size } => format!("frag{size}"),
             Profile::Mix => "mix".into(),
         }
@@ -129,6 +134,7 @@ impl Profile {
                 v.push(tcp_frame(mac, src_ip, 1518, 8, true));
                 v
             }
+            Profile::Ack => vec![tcp_frame(mac, src_ip, MIN_ACK_SIZE, 1, false)],
             Profile::Fragments { size } => fragments(mac, src_ip, size),
             Profile::Mix => {
                 let mut v = vec![udp(64)];
@@ -232,6 +238,7 @@ mod tests {
             Profile::Udp { size: 1518 },
             Profile::Imix,
             Profile::Acks,
+            Profile::Ack,
             Profile::Fragments { size: 1518 },
             Profile::Fragments { size: 96 },
             Profile::Mix,
@@ -285,6 +292,7 @@ mod tests {
         assert_eq!(deferrable(Profile::Udp { size: 64 }), vec![false]);
         let acks = deferrable(Profile::Acks);
         assert_eq!(acks, [vec![true; 7], vec![false]].concat());
+        assert_eq!(deferrable(Profile::Ack), vec![true]);
         assert_eq!(
             deferrable(Profile::Fragments { size: 1518 }),
             vec![true, false]
