@@ -51,7 +51,7 @@ impl Gate {
              [[vm]]\nname = \"pass\"\nport = \"net_vhost2,iface={d}/pass.sock\"\nmac = \"{PASS}\"\n\n\
              [[vm]]\nname = \"other\"\nport = \"net_vhost3,iface={d}/other.sock\"\nmac = \"{OTHER}\"\nmode = \"protected\"\n\n\
              [[vm]]\nname = \"spare\"\nport = \"net_vhost4,iface={d}/spare.sock\"\nmac = \"{SPARE}\"\nmode = \"standby\"\n\
-             announce = [\"10.9.0.4\", \"fd00::4\"]\n",
+             announce = [\"10.9.0.4\", \"fd00::4\"]\nannounce_count = 1\n",
             pid = std::process::id(),
         );
         let mut eg = Running::start(dir, &config);
