@@ -130,7 +130,7 @@ fn promotion_announces_every_address_in_rounds_and_demotion_stops_them() {
     );
     let mut eg = Running::start(d, &config);
     eg.wait_for_path(&d.join("control.sock"));
-    let connect = |name: &str| Client::connect(&d.join("control.sock"), name).expect("connect");
+    let connect = |name: &str| Client::connect(d.join("control.sock"), name).expect("connect");
     let (mut a, mut b, mut c) = (connect("a"), connect("b"), connect("c"));
     assert_eq!(
         a.promote(Mode::Protected).expect("promote a"),
