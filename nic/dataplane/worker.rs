@@ -409,9 +409,6 @@ pub struct Worker {
     /// The earliest TSC at which a core has a timer due (u64::MAX: none). A lower bound: when
     /// it comes, every core is ticked and it is computed again.
     wakeup: u64,
-    /// No core had released frames after this round's reads: fill and TX of the egress stage
-    /// are skipped.
-    egress_quiet: bool,
     /// When VMs whose counters changed are published next, and how often.
     next_vm_publish: u64,
     vm_publish_ticks: u64,
@@ -517,7 +514,6 @@ impl Worker {
             classifier,
             windows,
             wakeup: u64::MAX,
-            egress_quiet: false,
             next_vm_publish: now,
             vm_publish_ticks,
             loop_stats: LoopStats::default(),
@@ -612,11 +608,8 @@ impl Worker {
         if !self.notices.is_empty() {
             self.tx_notices();
         }
-        // Nothing released waits (the direct path took it all): the scheduler has no work.
-        if !self.egress_quiet {
-            self.fill_egress();
-            self.tx_egress();
-        }
+        self.fill_egress();
+        self.tx_egress();
         let l = &mut self.loop_stats;
         l.rounds += 1;
         l.last_busy = l.round_frames > 0;
@@ -733,7 +726,6 @@ impl Worker {
             }
             self.vms[vi].dirty = true;
         }
-        self.egress_quiet = idle;
     }
 
     /// The direct path: VM `vi`'s burst straight to the egress TX. Returns whether TX took all
@@ -836,7 +828,6 @@ impl Worker {
         }
         count_rx(&port.counters, burst.len(), burst_bytes(&burst));
         self.loop_stats.moved_in(burst.len());
-        self.egress_quiet = false;
         let now = self.now;
         for m in burst {
             // Only VMs attached here can send here: a frame with the address of a VM that has
