@@ -9,7 +9,7 @@
  * Return convention of every `int` function below (except eg_shim_next_event):
  *    0  done;
  *   >0  epochgate refused: the value is an EG_ERR_* code (a future epochgate may send codes
- *       above 14); the message is in eg_shim_last_error();
+ *       above 15); the message is in eg_shim_last_error();
  *   -1  any other failure: I/O, a malformed reply, no reply within the timeout (30 s unless
  *       eg_shim_set_timeout says otherwise), epochgate closed the session, or a bad argument
  *       such as a NULL handle; the message is in eg_shim_last_error().
@@ -106,7 +106,9 @@ enum {
     EG_ERR_BUSY = 11,             /* epochgate cannot take the command now */
     EG_ERR_PERMISSION_DENIED = 12, /* this uid/gid may not drive VMs */
     EG_ERR_SHUTTING_DOWN = 13,    /* epochgate is stopping; the session is over */
-    EG_ERR_INTERNAL = 14          /* epochgate failed internally */
+    EG_ERR_INTERNAL = 14,         /* epochgate failed internally */
+    EG_ERR_LIVENESS_TIMEOUT = 15  /* the session missed its pings: the VM is failed, the
+                                     session is over (every later call says this again) */
 };
 
 /* The control protocol version this library speaks. */

@@ -813,6 +813,10 @@ mod tests {
                 Request::Ping { token } => Reply::Pong { token },
                 Request::Stats => Reply::Stats(stats),
                 Request::Hello { .. } => Reply::error(ErrorCode::AlreadyAdopted, "again?"),
+                Request::Liveness => Reply::Liveness {
+                    ping_interval_ms: 1,
+                    timeout_ms: 2,
+                },
             };
             s.send(&reply).unwrap();
         });
