@@ -61,7 +61,9 @@ fn check_config_refuses_a_liveness_timeout_within_the_fence_drain_and_names_the_
     );
     assert!(ok, "refused: {text}");
     assert!(
-        text.contains("liveness 501 ms, Hello within 2000 ms, at most 64 sessions"),
+        text.contains(
+            "liveness 501 ms, pings every 125 ms, Hello within 2000 ms, at most 64 sessions"
+        ),
         "{text}"
     );
 
@@ -224,5 +226,357 @@ fn a_vmm_pinging_through_full_length_fences_stays_alive() {
     assert_eq!(u(&st["control"], "liveness_timeouts"), 0);
     assert_eq!(u(v, "fences_cut_short"), 3, "{v}");
     drop(s);
+    eg.stop();
+}
+
+// --- Liveness both ways (issue 13, item 1): the shim's own pinger -------------------------
+
+/// `epochgate-shim` from this workspace (built by `cargo test --workspace`; built here if not).
+fn shim_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("epochgate-shim");
+    if !bin.exists() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "-p", "vmm-shim", "--bin", "epochgate-shim"])
+            .status()
+            .expect("cargo build")
+            .success();
+        assert!(ok, "cannot build epochgate-shim");
+    }
+    bin
+}
+
+/// A VMM process: the shim CLI (`epochgate-shim session`), which pings by itself while idle.
+/// Its lines are read by a thread, so that a wait for one has a deadline.
+struct Vmm {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl Vmm {
+    fn start(socket: &Path, vm: &str) -> Vmm {
+        let mut child = Command::new(shim_bin())
+            .arg("--socket")
+            .arg(socket)
+            .args(["--vm", vm, "session"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn epochgate-shim");
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines() {
+                let Ok(l) = l else { return };
+                let v =
+                    serde_json::from_str(&l).unwrap_or_else(|e| panic!("shim printed {l:?}: {e}"));
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        Vmm {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The next line, or `None` at the end of the shim's output.
+    fn line(&mut self) -> Option<serde_json::Value> {
+        match self.lines.recv_timeout(DEADLINE) {
+            Ok(v) => Some(v),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the shim printed nothing for {DEADLINE:?}")
+            }
+        }
+    }
+
+    fn send(&mut self, cmd: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{cmd}").expect("write");
+        stdin.flush().expect("flush");
+    }
+
+    /// Sends one command and returns its reply line (events are skipped).
+    fn say(&mut self, cmd: &str) -> serde_json::Value {
+        self.send(cmd);
+        loop {
+            let v = self.line().expect("a reply");
+            if v.get("reply").is_some() {
+                return v;
+            }
+        }
+    }
+
+    /// Every line up to the end of its output, and its exit code.
+    fn finish(mut self) -> (Vec<serde_json::Value>, Option<i32>) {
+        drop(self.stdin.take());
+        let mut rest = vec![];
+        while let Some(v) = self.line() {
+            rest.push(v);
+        }
+        let status = self.child.wait().expect("wait for the shim");
+        (rest, status.code())
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            signal(self.child.id(), "CONT");
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// How many frames the protected VM sends (all of them before the VMM adopts it: they are
+/// held in its first epoch).
+const HELD: u32 = 40;
+const LIVENESS_MS: u64 = 1500;
+
+/// A real epochgate with one protected VM `web` on a pcap port that sent [`HELD`] frames,
+/// all held, and a liveness timeout of [`LIVENESS_MS`] (pings every quarter of it, the
+/// default); the egress is a pcap capture.
+fn held_vm(d: &Path, prefix: &str) -> (Running, Vec<Vec<u8>>) {
+    let frames = gen::frames(
+        &Stream {
+            id: 1,
+            src: MacAddr([0x52, 0x54, 0, 0, 0, 1]),
+            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
+            vlan: None,
+        },
+        HELD,
+    );
+    let input = d.join("web.pcap");
+    write_pcap(&input, &frames);
+    let empty = d.join("empty.pcap");
+    write_pcap(&empty, &[]);
+    let cfg = format!(
+        "{}liveness_timeout_ms = {LIVENESS_MS}\n\n\
+         [egress]\nport = \"net_pcap0,rx_pcap={e},tx_pcap={d}/egress.pcap\"\n\n\
+         [[vm]]\nname = \"web\"\nmode = \"protected\"\nport = \"net_pcap1,rx_pcap={i}\"\n",
+        eal_and_control(d, prefix),
+        e = empty.display(),
+        i = input.display(),
+        d = d.display()
+    );
+    let mut eg = Running::start(d, &cfg);
+    eg.wait_for_path(&d.join("control.sock"));
+    eg.wait_for("the VM's frames held", |s| {
+        u(vm(s, "web"), "held_frames") == u64::from(HELD)
+    });
+    (eg, frames)
+}
+
+#[test]
+fn check_config_names_both_keys_for_a_ping_interval_too_close_to_the_timeout() {
+    let dir = tempdir();
+    let d = dir.path();
+    let (ok, text) = check(
+        d,
+        &format!("[control]\nliveness_timeout_ms = 900\nping_interval_ms = 400\n{VMS}"),
+    );
+    assert!(!ok, "accepted: {text}");
+    assert!(
+        text.contains("control.ping_interval_ms: 400 is more than a third of control.liveness_timeout_ms (900)"),
+        "{text}"
+    );
+    let (ok, text) = check(d, &format!("[control]\nping_interval_ms = 0\n{VMS}"));
+    assert!(!ok, "accepted: {text}");
+    assert!(
+        text.contains("control.ping_interval_ms: 0 is out of range"),
+        "{text}"
+    );
+    let (ok, text) = check(
+        d,
+        &format!("[control]\nliveness_timeout_ms = 900\nping_interval_ms = 300\n{VMS}"),
+    );
+    assert!(ok, "refused: {text}");
+    assert!(
+        text.contains("liveness 900 ms, pings every 300 ms"),
+        "{text}"
+    );
+    let (ok, text) = check(d, &format!("[control]\nliveness_timeout_ms = 2000\n{VMS}"));
+    assert!(ok, "refused: {text}");
+    assert!(
+        text.contains("liveness 2000 ms, pings every 500 ms"),
+        "the default: {text}"
+    );
+}
+
+/// The VMM adopts its protected VM and then does nothing for several liveness timeouts: its
+/// shim pings by itself, so the VM stays protected and nothing it holds is discarded; the
+/// session then goes on as if no time had passed.
+#[test]
+fn an_idle_vmm_is_kept_alive_by_its_shims_pinger() {
+    let _g = serial();
+    let dir = tempdir();
+    let d = dir.path();
+    let (eg, frames) = held_vm(d, "eg-live-idle");
+    let mut vmm = Vmm::start(&d.join("control.sock"), "web");
+    let w = vmm.line().expect("welcome");
+    assert_eq!(w["reply"], "welcome", "{w}");
+    assert_eq!(w["epoch"], 1, "{w}");
+
+    // Idle (no command at all) for three liveness timeouts.
+    std::thread::sleep(Duration::from_millis(3 * LIVENESS_MS));
+    let st = eg.stats().expect("stats");
+    let v = vm(&st, "web");
+    assert_eq!(v["mode"], "protected", "{v}");
+    assert_eq!(u(v, "held_frames"), u64::from(HELD), "{v}");
+    assert_eq!(dropped(v, "controller-lost"), 0, "{v}");
+    assert_eq!(u(&st["control"], "liveness_timeouts"), 0, "{st}");
+
+    // The same session, same epoch.
+    let r = vmm.say("fence 1");
+    assert_eq!(
+        (r["reply"].as_str(), r["frames"].as_u64()),
+        (Some("fenced"), Some(u64::from(HELD))),
+        "{r}"
+    );
+    let r = vmm.say("commit 1");
+    assert_eq!(r["reply"], "committed", "{r}");
+    assert_eq!(r["frames"], HELD, "{r}");
+    let (rest, code) = vmm.finish();
+    assert_eq!(code, Some(0), "{rest:?}");
+    assert!(
+        rest.iter()
+            .all(|l| l.get("event") != Some(&"closed".into())),
+        "{rest:?}"
+    );
+    let st = eg.stop();
+    assert_eq!(u(&st["control"], "liveness_timeouts"), 0, "{st}");
+    assert_eq!(
+        read_pcap(&d.join("egress.pcap")),
+        frames,
+        "every frame, once committed"
+    );
+}
+
+/// The VMM freezes (SIGSTOP): its pinger is frozen with it, so after the liveness timeout its
+/// VM is failed and what it held is discarded (controller-lost), none of it on the egress.
+/// Woken (SIGCONT), the VMM's next command is refused, saying why.
+#[test]
+fn a_frozen_vmm_fails_its_vm_and_hears_why_when_it_wakes() {
+    let _g = serial();
+    let dir = tempdir();
+    let d = dir.path();
+    let (mut eg, _) = held_vm(d, "eg-live-stop");
+    let mut vmm = Vmm::start(&d.join("control.sock"), "web");
+    assert_eq!(vmm.line().expect("welcome")["reply"], "welcome");
+    signal(vmm.child.id(), "STOP");
+    let st = eg.wait_for("the frozen VMM's VM to fail", |s| {
+        vm(s, "web")["mode"] == "failed"
+    });
+    let v = vm(&st, "web");
+    assert_eq!(dropped(v, "controller-lost"), u64::from(HELD), "{v}");
+    assert_eq!(u(v, "held_frames"), 0, "{v}");
+    assert_eq!(u(&st["control"], "liveness_timeouts"), 1, "{st}");
+
+    signal(vmm.child.id(), "CONT");
+    vmm.send("fence 1");
+    let (lines, code) = vmm.finish();
+    assert_eq!(code, Some(1), "the session is over: {lines:?}");
+    let closed = lines
+        .iter()
+        .find(|l| l.get("event") == Some(&"closed".into()))
+        .unwrap_or_else(|| panic!("no closed line: {lines:?}"));
+    let text = closed["text"].as_str().expect("text");
+    assert!(text.starts_with("liveness timeout: "), "{text}");
+    assert!(text.contains("control.liveness_timeout_ms"), "{text}");
+    assert!(text.contains("VM \"web\" is failed"), "{text}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.to_string().contains("stopped answering")),
+        "the shim's own freeze is not epochgate's silence: {lines:?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.get("reply") == Some(&"fenced".into())),
+        "{lines:?}"
+    );
+
+    let st = eg.stop();
+    assert_eq!(dropped(vm(&st, "web"), "controller-lost"), u64::from(HELD));
+    assert!(
+        read_pcap(&d.join("egress.pcap")).is_empty(),
+        "nothing the failed VM held may leave"
+    );
+}
+
+/// Epochgate freezes (SIGSTOP) while VMMs idle: the shim notices within about the liveness
+/// timeout and says epochgate stopped answering, both the library (the next call) and the
+/// CLI (on its own, ending the session).
+#[test]
+fn a_frozen_epochgate_is_reported_by_the_shim() {
+    let _g = serial();
+    let dir = tempdir();
+    let d = dir.path();
+    let (ea, eb) = (d.join("a.pcap"), d.join("b.pcap"));
+    write_pcap(&ea, &[]);
+    write_pcap(&eb, &[]);
+    let cfg = format!(
+        "{}liveness_timeout_ms = {LIVENESS_MS}\n\n\
+         [egress]\nport = \"net_null0\"\n\n\
+         [[vm]]\nname = \"a\"\nmode = \"protected\"\nport = \"net_pcap1,rx_pcap={a}\"\n\
+         [[vm]]\nname = \"b\"\nmode = \"protected\"\nport = \"net_pcap2,rx_pcap={b}\"\n",
+        eal_and_control(d, "eg-live-egstop"),
+        a = ea.display(),
+        b = eb.display(),
+    );
+    let mut eg = Running::start(d, &cfg);
+    let socket = d.join("control.sock");
+    eg.wait_for_path(&socket);
+    let mut client = vmm_shim::Client::connect(&socket, "a").expect("the VMM's Hello");
+    assert_eq!(
+        client.ping_interval(),
+        Some(Duration::from_millis(LIVENESS_MS / 4)),
+        "epochgate's default interval"
+    );
+    assert_eq!(
+        client.answer_timeout(),
+        Some(Duration::from_millis(LIVENESS_MS))
+    );
+    let mut cli = Vmm::start(&socket, "b");
+    assert_eq!(cli.line().expect("welcome")["reply"], "welcome");
+    client.stats().expect("epochgate answers");
+
+    signal(eg.child.id(), "STOP");
+    // The CLI ends the session on its own.
+    let closed = cli.line().expect("a line");
+    assert_eq!(closed["event"], "closed", "{closed}");
+    let text = closed["text"].as_str().expect("text");
+    assert!(text.starts_with("epochgate stopped answering: "), "{text}");
+    // The library: the next call (it waits no longer than the answer timeout).
+    client.set_timeout(None);
+    let e = client.stats().unwrap_err();
+    assert!(
+        matches!(e, vmm_shim::ShimError::Unresponsive { .. }),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().starts_with("epochgate stopped answering: "),
+        "{e}"
+    );
+    let e = client.fence(1).unwrap_err();
+    assert!(
+        matches!(e, vmm_shim::ShimError::Unresponsive { .. }),
+        "and stays so: {e:?}"
+    );
+    let (_, code) = cli.finish();
+    assert_eq!(code, Some(1));
+
+    signal(eg.child.id(), "CONT");
+    drop(client);
     eg.stop();
 }

@@ -250,6 +250,14 @@ pub struct ControlConfig {
     /// session spends with the worker (a fence's drain) is not silence. When not 0 it must
     /// exceed `fence_drain_ms`.
     pub liveness_timeout_ms: u64,
+    /// How often a shim pings while its session is idle; epochgate tells each session this
+    /// (with `liveness_timeout_ms`, in the answer to `Liveness`) and the shim's pinger follows
+    /// it. Absent: a quarter of `liveness_timeout_ms` (so a session can miss three pings, or
+    /// have them delayed by a loaded host, before it is failed), or 1000 when liveness is off
+    /// (the shim still notices a silent epochgate). At least 1; when liveness is on at most a
+    /// third of `liveness_timeout_ms`. See [`ControlConfig::ping_interval_ms`].
+    #[serde(default)]
+    pub ping_interval_ms: Option<u64>,
     /// A session that has not adopted a VM (`Hello`) this long after connecting is told why
     /// and closed, so that connections that never speak cannot hold sessions.
     pub hello_timeout_ms: u64,
@@ -268,13 +276,30 @@ impl Default for ControlConfig {
             allowed_gids: Vec::new(),
             fence_drain_ms: 10,
             liveness_timeout_ms: 0,
+            ping_interval_ms: None,
             hello_timeout_ms: 2000,
             max_sessions: 64,
         }
     }
 }
 
+/// The ping interval when liveness is off and `[control] ping_interval_ms` is not set.
+pub const PING_INTERVAL_OFF_MS: u64 = 1000;
+/// The largest `[control] ping_interval_ms`.
+pub const PING_INTERVAL_MAX_MS: u64 = 3_600_000;
+
 impl ControlConfig {
+    /// The ping interval sessions are told: `ping_interval_ms`, else a quarter of
+    /// `liveness_timeout_ms` (at least 1), else (liveness off) [`PING_INTERVAL_OFF_MS`].
+    pub fn ping_interval_ms(&self) -> u64 {
+        self.ping_interval_ms
+            .unwrap_or(if self.liveness_timeout_ms > 0 {
+                (self.liveness_timeout_ms / 4).max(1)
+            } else {
+                PING_INTERVAL_OFF_MS
+            })
+    }
+
     /// `socket_mode` as a number (validated when the config was loaded).
     pub fn mode_bits(&self) -> u32 {
         parse_mode(&self.socket_mode).unwrap_or(0o660)

@@ -78,7 +78,7 @@ impl Config {
         }
         let c = &self.control;
         line(format!(
-            "control:   socket {} (mode {}), admin socket {}, fence drain <= {} ms, liveness {}, Hello within {} ms, at most {} sessions",
+            "control:   socket {} (mode {}), admin socket {}, fence drain <= {} ms, liveness {}, pings every {} ms, Hello within {} ms, at most {} sessions",
             c.socket.display(),
             c.socket_mode,
             c.admin_socket.display(),
@@ -88,6 +88,7 @@ impl Config {
             } else {
                 format!("{} ms", c.liveness_timeout_ms)
             },
+            c.ping_interval_ms(),
             c.hello_timeout_ms,
             c.max_sessions
         ));

@@ -60,6 +60,7 @@ allowed_uids = [1000, 1001]
 allowed_gids = [27]
 fence_drain_ms = 25
 liveness_timeout_ms = 3000
+ping_interval_ms = 500
 hello_timeout_ms = 1500
 max_sessions = 16
 
@@ -160,6 +161,7 @@ fn full_config_parses_every_key() {
             allowed_gids: vec![27],
             fence_drain_ms: 25,
             liveness_timeout_ms: 3000,
+            ping_interval_ms: Some(500),
             hello_timeout_ms: 1500,
             max_sessions: 16,
         }
@@ -892,6 +894,8 @@ fn section_errors_name_the_key() {
         (format!("[control]\nfence_drain_ms = 500\nliveness_timeout_ms = 200\n{EGRESS}{vm}"), &["control.liveness_timeout_ms: 200 does not exceed control.fence_drain_ms (500)"]),
         (format!("[control]\nliveness_timeout_ms = 10\n{EGRESS}{vm}"), &["control.liveness_timeout_ms: 10 does not exceed control.fence_drain_ms (10)"]),
         (format!("[control]\nhello_timeout_ms = 0\n{EGRESS}{vm}"), &["control.hello_timeout_ms: 0 is out of range 100..=60000"]),
+        (format!("[control]\nping_interval_ms = 0\n{EGRESS}{vm}"), &["control.ping_interval_ms: 0 is out of range 1..=3600000"]),
+        (format!("[control]\nliveness_timeout_ms = 900\nping_interval_ms = 301\n{EGRESS}{vm}"), &["control.ping_interval_ms: 301 is more than a third of control.liveness_timeout_ms (900)", "make it at most 300"]),
         (format!("[control]\nmax_sessions = 0\n{EGRESS}{vm}"), &["control.max_sessions: 0 is fewer than the 1 [[vm]] entries"]),
         (format!("[control]\nmax_sessions = 1\n{EGRESS}{vm}[[vm]]\nname = \"b\"\nport = \"net_tap9\"\n"), &["control.max_sessions: 1 is fewer than the 2 [[vm]] entries", "at least 2"]),
         (format!("[control]\nmax_sessions = 70000\n{EGRESS}{vm}"), &["control.max_sessions: 70000 is above the maximum of 65536"]),
@@ -1135,7 +1139,7 @@ fn topology_describes_everything() {
                  buffer:  at most 4096 frames and 6217728 bytes, high water 3072 frames or 4663296 bytes, when full: drop\n  \
                  budget:  4096 frames / 5.9 MiB = 50.4 ms at 1 Gb/s of 1500-byte frames (no rate limit); frames: dataplane.vm_queue, bytes: 1518 per frame\n  \
                  rate:    unlimited\n",
-            "control:   socket /tmp/eg/control.sock (mode 0600), admin socket /tmp/eg/admin.sock, fence drain <= 25 ms, liveness 3000 ms, Hello within 1500 ms, at most 16 sessions",
+            "control:   socket /tmp/eg/control.sock (mode 0600), admin socket /tmp/eg/admin.sock, fence drain <= 25 ms, liveness 3000 ms, pings every 500 ms, Hello within 1500 ms, at most 16 sessions",
             "sessions:  uids root, owner, 1000, 1001; gids 27",
             "dataplane: 32767 mbufs (cache 128), rx ring 512, tx ring 2048, vm queue 4096 frames, stats every 250 ms\n",
             // 4 ports x (512 + 2048) + 3 lcores x 192 + 32 = 10848; 2048 + 2 x 4096 held.

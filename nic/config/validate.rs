@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::eal::lcore_ids;
+use super::PING_INTERVAL_MAX_MS;
 use super::{
     high_water_mark, invalid, parse_mode, vm_label, BufferLimits, Config, ConfigError,
     ControlConfig, DataplaneConfig, EalConfig, FramesFrom, HoldFrom, Mode, ModeParseError, OnFull,
@@ -131,6 +132,28 @@ pub(super) fn validate_control(
                 control.liveness_timeout_ms, control.fence_drain_ms
             ),
         ));
+    }
+    if let Some(p) = control.ping_interval_ms {
+        if p == 0 || p > PING_INTERVAL_MAX_MS {
+            return Err(invalid(
+                "control.ping_interval_ms",
+                format!(
+                    "{p} is out of range 1..={PING_INTERVAL_MAX_MS}: how often an idle shim pings"
+                ),
+            ));
+        }
+        let t = control.liveness_timeout_ms;
+        if t != 0 && p > t / 3 {
+            return Err(invalid(
+                "control.ping_interval_ms",
+                format!(
+                    "{p} is more than a third of control.liveness_timeout_ms ({t}): a session must be able to \
+                     miss two pings (or have them delayed) before it is failed; make it at most {} \
+                     (or leave it out: a quarter of control.liveness_timeout_ms)",
+                    t / 3
+                ),
+            ));
+        }
     }
     if !HELLO_TIMEOUT_MS.contains(&control.hello_timeout_ms) {
         return Err(invalid(

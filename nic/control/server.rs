@@ -162,6 +162,7 @@ impl ControlServer {
             },
             liveness: (cfg.liveness_timeout_ms > 0)
                 .then(|| Duration::from_millis(cfg.liveness_timeout_ms)),
+            ping_interval_ms: cfg.ping_interval_ms(),
             hello_timeout: Duration::from_millis(cfg.hello_timeout_ms),
             max_sessions: cfg.max_sessions,
             reserve: reserve_fd(),
@@ -277,6 +278,8 @@ struct Server {
     outbox: VecDeque<Command>,
     access: Access,
     liveness: Option<Duration>,
+    /// `control.ping_interval_ms` (or its default): told to each session that asks.
+    ping_interval_ms: u64,
     hello_timeout: Duration,
     max_sessions: usize,
     /// An open `/dev/null` held in reserve: when accept fails for want of a descriptor, it is
@@ -686,6 +689,15 @@ impl Server {
             (Request::Ping { token }, _) => {
                 return send(&mut self.sessions[i], &Reply::Pong { token });
             }
+            (Request::Liveness, _) => {
+                let reply = Reply::Liveness {
+                    ping_interval_ms: self.ping_interval_ms,
+                    timeout_ms: self
+                        .liveness
+                        .map_or(0, |l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
+                };
+                return send(&mut self.sessions[i], &reply);
+            }
             (Request::Hello { vm: name, .. }, Some(have)) => {
                 let text = format!(
                     "this session already drives VM {:?}; open another session for {name:?}",
@@ -781,11 +793,18 @@ impl Server {
         let Some(limit) = self.liveness else { return };
         for s in &mut self.sessions {
             if !s.closed && !s.waiting && s.last_heard.elapsed() > limit && !message_waiting(s) {
+                // The reason stays queued for the VMM, which reads it (after the close) at its
+                // next call, also if it was stopped meanwhile.
+                let vm =
+                    s.vm.map_or_else(String::new, |v| format!("VM {:?} ", self.vms[v].name));
                 let text = format!(
-                    "nothing heard for {} ms (control.liveness_timeout_ms): the VM is failed",
+                    "liveness timeout: nothing heard from this session (no command, no ping) for {} ms \
+                     (control.liveness_timeout_ms), so its controller is taken for dead: {vm}is failed, \
+                     its held output discarded (controller-lost); the session is over, connect again and \
+                     adopt the VM in a new epoch",
                     limit.as_millis()
                 );
-                send(s, &Reply::error(ErrorCode::Internal, text));
+                send(s, &Reply::error(ErrorCode::LivenessTimeout, text));
                 s.closed = true;
                 self.counters.liveness_timeouts.add(1);
             }
@@ -1088,10 +1107,20 @@ mod tests {
         let s = connect(dir.path());
         say(&s, &Request::hello("vm").unwrap());
         assert!(matches!(hear(&s), Reply::Welcome { .. }));
+        // The settings a shim's pinger follows: a quarter of the timeout by default.
+        say(&s, &Request::Liveness);
+        assert_eq!(
+            hear(&s),
+            Reply::Liveness {
+                ping_interval_ms: 50,
+                timeout_ms: 200
+            }
+        );
         match hear(&s) {
             Reply::Error { code, text } => {
-                assert_eq!(code, ErrorCode::Internal);
+                assert_eq!(code, ErrorCode::LivenessTimeout);
                 assert!(text.contains("control.liveness_timeout_ms"), "{text}");
+                assert!(text.contains("VM \"vm\" is failed"), "{text}");
             }
             other => panic!("expected the liveness error, got {other:?}"),
         }

@@ -9,12 +9,19 @@
  * Return convention of every `int` function below (except eg_shim_next_event):
  *    0  done;
  *   >0  epochgate refused: the value is an EG_ERR_* code (a future epochgate may send codes
- *       above 14); the message is in eg_shim_last_error();
+ *       above 15); the message is in eg_shim_last_error();
  *   -1  any other failure: I/O, a malformed reply, no reply within the timeout (30 s unless
  *       eg_shim_set_timeout says otherwise), epochgate closed the session, or a bad argument
  *       such as a NULL handle; the message is in eg_shim_last_error().
- * After EG_ERR_SHUTTING_DOWN, or a -1 saying epochgate closed the session, the session is
- * over: close the handle and connect again.
+ * After EG_ERR_SHUTTING_DOWN, EG_ERR_LIVENESS_TIMEOUT, or a -1 saying epochgate closed the
+ * session or stopped answering, the session is over: close the handle and connect again.
+ *
+ * Liveness: a handle from eg_shim_connect pings epochgate by itself, from a background thread,
+ * while the session is idle, at the interval epochgate asks for ([control] ping_interval_ms),
+ * so an idle VMM is never taken for a dead one. If epochgate stops answering (nothing back for
+ * its [control] liveness_timeout_ms after a ping or a call), the next call fails with -1 and
+ * "epochgate stopped answering: ..." in eg_shim_last_error(), and so does every later one.
+ * eg_shim_connect_with chooses the interval, the timeout, or no pinger at all.
  *
  * Out-pointers may be NULL: that value is then not returned. Strings are NUL-terminated.
  * A handle serves one call at a time; a call made while another runs on the same handle (from
@@ -106,7 +113,9 @@ enum {
     EG_ERR_BUSY = 11,             /* epochgate cannot take the command now */
     EG_ERR_PERMISSION_DENIED = 12, /* this uid/gid may not drive VMs */
     EG_ERR_SHUTTING_DOWN = 13,    /* epochgate is stopping; the session is over */
-    EG_ERR_INTERNAL = 14          /* epochgate failed internally */
+    EG_ERR_INTERNAL = 14,         /* epochgate failed internally */
+    EG_ERR_LIVENESS_TIMEOUT = 15  /* the session missed its pings: the VM is failed, the
+                                     session is over (every later call says this again) */
 };
 
 /* The control protocol version this library speaks. */
@@ -115,6 +124,18 @@ uint32_t eg_shim_version(void);
 /* Connects to epochgate's control socket at `socket_path` and adopts VM `vm` (Hello).
  * Returns NULL on failure (refused, unreachable, bad argument): see eg_shim_last_error(). */
 eg_shim *eg_shim_connect(const char *socket_path, const char *vm);
+
+/* eg_shim_connect with the background pinger chosen. `ping_interval_ms`: -1 no pinger (the
+ * caller pings itself with eg_shim_ping at least every [control] ping_interval_ms), 0 the
+ * interval epochgate asks for (what eg_shim_connect does), > 0 this interval.
+ * `answer_timeout_ms`: 0 epochgate's liveness timeout (4 ping intervals if it has none),
+ * > 0 how long with nothing back means epochgate stopped answering. */
+eg_shim *eg_shim_connect_with(const char *socket_path, const char *vm, int32_t ping_interval_ms,
+                              int32_t answer_timeout_ms);
+
+/* The pinger's interval and answer timeout in milliseconds (0 without a pinger, -1 for NULL). */
+int64_t eg_shim_ping_interval_ms(const eg_shim *shim);
+int64_t eg_shim_answer_timeout_ms(const eg_shim *shim);
 
 /* The VM's open epoch (0 if none) and mode (EG_MODE_*) as Hello reported them.
  * NULL gives 0 and UINT32_MAX. */
@@ -172,7 +193,8 @@ int eg_shim_next_event(eg_shim *shim, int32_t timeout_ms, eg_event *out);
 int eg_shim_set_event_callback(eg_shim *shim, void (*cb)(const eg_event *event, void *user),
                                void *user);
 
-/* The session's socket, to poll(2) for POLLIN (events or epochgate closing); -1 for NULL.
+/* What to poll(2) for POLLIN (events, epochgate closing or not answering); -1 for NULL: the
+ * session's socket, or with the pinger a descriptor it keeps readable while a message waits.
  * Events may already have been read by a call: check eg_shim_next_event(shim, 0, ...) before
  * polling. Do not read, write or close it. */
 int eg_shim_fd(const eg_shim *shim);

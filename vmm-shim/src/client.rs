@@ -6,6 +6,12 @@
 //! time, also while a call waits for its reply: they are queued for [`Client::next_event`], or
 //! handed to the callback set with [`Client::on_event`].
 //!
+//! A client made by [`Client::connect`] pings epochgate by itself while the session is idle
+//! (a background thread, see [`Options`]), at the interval epochgate asks for
+//! (`[control] ping_interval_ms`), so a VMM that is merely idle is never taken for a dead one;
+//! and when epochgate stops answering (frozen, or its host is), the next call says so
+//! ([`ShimError::Unresponsive`]) within the answer timeout (`[control] liveness_timeout_ms`).
+//!
 //! [`pair`] gives a connected in-process transport whose [`ServerEnd`] plays epochgate, so
 //! VMM code can be tested without the appliance.
 //!
@@ -26,10 +32,15 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recv, MsgFlags};
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use crate::pinger::{Pinger, ANSWER_TIMEOUT_INTERVALS, DEFAULT_PING_INTERVAL};
 use crate::proto::{
     decode_reply, decode_request, ErrorCode, Mode, ProtoError, Release, Reply, Request,
     RequestReason, Urgency, VmStats, MAX_MESSAGE,
 };
+
+/// How long a call whose send found epochgate gone waits for the pinger to have read what
+/// epochgate said before it went (at most; it is normally there at once).
+const GONE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// How long a call waits for its reply unless [`Client::set_timeout`] says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,6 +84,20 @@ pub enum ShimError {
     /// No reply came within the timeout ([`Client::set_timeout`]).
     #[error("no reply within the timeout")]
     Timeout,
+    /// Epochgate stopped answering: something was sent (a ping of the pinger, or a call) and
+    /// nothing at all came back for the answer timeout. The session is over: every later call
+    /// says this again.
+    #[error(
+        "epochgate stopped answering: nothing heard from it for {} ms (the answer timeout is {} ms)",
+        silent.as_millis(),
+        timeout.as_millis()
+    )]
+    Unresponsive {
+        /// How long ago epochgate was last heard, when the error was returned.
+        silent: Duration,
+        /// The answer timeout ([`Client::answer_timeout`]).
+        timeout: Duration,
+    },
     /// The caller passed a value the protocol cannot carry (a bad VM name, epoch 0,
     /// promotion to standby...); nothing was sent.
     #[error("bad argument: {0}")]
@@ -165,8 +190,13 @@ impl Connection {
         Ok(Connection { sock })
     }
 
+    /// The socket.
+    pub(crate) fn socket(&self) -> &Socket {
+        &self.sock
+    }
+
     /// Sends `bytes` as one datagram, without ever raising SIGPIPE.
-    fn send(&self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn send(&self, bytes: &[u8]) -> io::Result<()> {
         let n = self.sock.send_with_flags(bytes, nix::libc::MSG_NOSIGNAL)?;
         if n != bytes.len() {
             // SEQPACKET sends all or nothing; this is only a guard.
@@ -223,7 +253,7 @@ impl Connection {
     /// Reads the next datagram, waiting until `deadline`: `Ok(None)` when it passed first,
     /// `Err(Closed)` when the peer has closed. A datagram longer than [`MAX_MESSAGE`] comes
     /// back cut to `MAX_MESSAGE + 1` bytes, which no decoder accepts.
-    fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>, ShimError> {
+    pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>, ShimError> {
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
         loop {
             if !self.wait(deadline)? {
@@ -266,13 +296,101 @@ impl AsFd for Connection {
 
 type Callback = Box<dyn FnMut(Event) + Send + 'static>;
 
+/// How a [`Client`] keeps its session alive. `Options::default()` is what
+/// [`Client::connect`] uses: the pinger on, at the interval and timeout epochgate says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Ping epochgate from a background thread while the session is idle (default `true`).
+    /// Off, nothing is sent but the caller's calls: a caller that pings itself (every
+    /// `[control] ping_interval_ms`) wants this, and then notices a silent epochgate only by
+    /// its calls' timeouts ([`Client::set_timeout`]).
+    pub pinger: bool,
+    /// How often to ping while idle. `None` (the default): what epochgate says
+    /// (`[control] ping_interval_ms`, asked with a `Liveness` request right after `Hello`);
+    /// an older epochgate that does not know that request: 1 s.
+    pub ping_interval: Option<Duration>,
+    /// How long with something sent and nothing back means epochgate stopped answering.
+    /// `None` (the default): epochgate's `[control] liveness_timeout_ms`, or 4 ping intervals
+    /// when it has none (0, or an older epochgate).
+    pub answer_timeout: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            pinger: true,
+            ping_interval: None,
+            answer_timeout: None,
+        }
+    }
+}
+
+impl Options {
+    /// No pinger: the session is driven by the caller's calls alone.
+    pub fn without_pinger() -> Options {
+        Options {
+            pinger: false,
+            ..Options::default()
+        }
+    }
+}
+
+/// What the calls read and write: the socket itself, or the pinger's inbox in front of it.
+#[derive(Debug)]
+enum Link {
+    Direct(Connection),
+    Pinged(Pinger),
+}
+
+impl Link {
+    fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Link::Direct(c) => c.send(bytes),
+            Link::Pinged(p) => p.send(bytes),
+        }
+    }
+
+    fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>, ShimError> {
+        match self {
+            Link::Direct(c) => c.recv(deadline),
+            Link::Pinged(p) => p.recv(deadline),
+        }
+    }
+
+    /// A message epochgate sent before it went away, without waiting for more. With the
+    /// pinger, which reads the socket, that waits for it to have read up to the close (it is
+    /// gone: that comes at once).
+    fn recv_queued(&self) -> Result<Option<Vec<u8>>, ShimError> {
+        match self {
+            Link::Direct(c) => c.recv(Some(Instant::now())),
+            Link::Pinged(p) => p.recv(deadline_after(Some(p.timeout().min(GONE_PATIENCE)))),
+        }
+    }
+
+    fn unresponsive(&self) -> Option<ShimError> {
+        match self {
+            Link::Direct(_) => None,
+            Link::Pinged(p) => p.unresponsive(),
+        }
+    }
+}
+
+impl AsFd for Link {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Link::Direct(c) => c.as_fd(),
+            Link::Pinged(p) => p.as_fd(),
+        }
+    }
+}
+
 /// One session with epochgate, driving one VM. See the [module docs](self).
 ///
 /// Calls are blocking and answered in order; each waits at most the timeout
 /// ([`Client::set_timeout`], 30 s by default) for its reply. A reply that comes after its
 /// call timed out is recognised and skipped, so the session stays in step.
 pub struct Client {
-    conn: Connection,
+    link: Link,
     vm: String,
     welcome: Welcome,
     timeout: Option<Duration>,
@@ -282,12 +400,15 @@ pub struct Client {
     stale: usize,
     /// The session is over: epochgate closed it or said it is shutting down.
     closed: bool,
+    /// Epochgate ended the session with this refusal (a liveness timeout): every later call
+    /// returns it again rather than a bare "closed".
+    over: Option<(ErrorCode, String)>,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("conn", &self.conn)
+            .field("link", &self.link)
             .field("vm", &self.vm)
             .field("welcome", &self.welcome)
             .field("timeout", &self.timeout)
@@ -295,6 +416,7 @@ impl fmt::Debug for Client {
             .field("callback", &self.callback.is_some())
             .field("stale", &self.stale)
             .field("closed", &self.closed)
+            .field("over", &self.over)
             .finish()
     }
 }
@@ -304,18 +426,38 @@ impl Client {
     ///
     /// `Err(Refused)` if epochgate answers with an `Error` (no such VM, VM busy, permission
     /// denied...), with its code and text.
+    ///
+    /// The client pings by itself while idle ([`Options::default`]); see
+    /// [`Client::connect_with`] to choose.
     pub fn connect(socket: impl AsRef<Path>, vm: &str) -> Result<Client, ShimError> {
+        Client::connect_with(socket, vm, Options::default())
+    }
+
+    /// [`Client::connect`] with the pinger as `opts` say.
+    pub fn connect_with(
+        socket: impl AsRef<Path>,
+        vm: &str,
+        opts: Options,
+    ) -> Result<Client, ShimError> {
         // Check the name before touching the socket: a bad one is the caller's mistake.
         Request::hello(vm).map_err(|e| ShimError::BadArgument(e.to_string()))?;
-        Client::over(Connection::connect(socket)?, vm)
+        Client::over_with(Connection::connect(socket)?, vm, opts)
     }
 
     /// Adopts VM `vm` (`Hello`) over an already connected transport, e.g. one end of
-    /// [`pair`].
+    /// [`pair`]. No pinger (the peer is often a test's fake epochgate, which then sees only
+    /// the calls); [`Client::over_with`] to have one.
     pub fn over(conn: Connection, vm: &str) -> Result<Client, ShimError> {
+        Client::over_with(conn, vm, Options::without_pinger())
+    }
+
+    /// Adopts VM `vm` (`Hello`) over an already connected transport, with the pinger as
+    /// `opts` say. With the pinger on, a `Liveness` request follows the `Hello` (unless
+    /// `opts` set both the interval and the timeout) and the pinger starts after its answer.
+    pub fn over_with(conn: Connection, vm: &str, opts: Options) -> Result<Client, ShimError> {
         let hello = Request::hello(vm).map_err(|e| ShimError::BadArgument(e.to_string()))?;
         let mut client = Client {
-            conn,
+            link: Link::Direct(conn),
             vm: vm.to_string(),
             welcome: Welcome {
                 epoch: 0,
@@ -326,13 +468,64 @@ impl Client {
             callback: None,
             stale: 0,
             closed: false,
+            over: None,
         };
         match client.checked(&hello)? {
-            Reply::Welcome { epoch, mode } => {
-                client.welcome = Welcome { epoch, mode };
-                Ok(client)
+            Reply::Welcome { epoch, mode } => client.welcome = Welcome { epoch, mode },
+            other => return Err(unexpected("welcome", &other)),
+        }
+        if opts.pinger {
+            client.start_pinger(opts)?;
+        }
+        Ok(client)
+    }
+
+    /// Asks epochgate for its liveness settings (unless `opts` fix both) and hands the socket
+    /// to a pinger.
+    fn start_pinger(&mut self, opts: Options) -> Result<(), ShimError> {
+        let (mut interval, mut timeout) = (opts.ping_interval, opts.answer_timeout);
+        if interval.is_none() || timeout.is_none() {
+            // An older epochgate answers with an Error (unknown kind) and changes nothing.
+            // A session that ends here (closed, shutting down) is reported by the next call.
+            if let Ok(Reply::Liveness {
+                ping_interval_ms,
+                timeout_ms,
+            }) = self.request(&Request::Liveness)
+            {
+                interval = interval.or(Some(Duration::from_millis(ping_interval_ms)));
+                if timeout_ms > 0 {
+                    timeout = timeout.or(Some(Duration::from_millis(timeout_ms)));
+                }
             }
-            other => Err(unexpected("welcome", &other)),
+        }
+        let interval = interval
+            .filter(|i| !i.is_zero())
+            .unwrap_or(DEFAULT_PING_INTERVAL);
+        let timeout = timeout
+            .filter(|t| !t.is_zero())
+            .unwrap_or(interval.saturating_mul(ANSWER_TIMEOUT_INTERVALS));
+        let Link::Direct(conn) = std::mem::replace(&mut self.link, Link::Direct(placeholder()?))
+        else {
+            return Ok(());
+        };
+        self.link = Link::Pinged(Pinger::start(conn, interval, timeout)?);
+        Ok(())
+    }
+
+    /// How often the pinger pings while idle; `None` without a pinger.
+    pub fn ping_interval(&self) -> Option<Duration> {
+        match &self.link {
+            Link::Pinged(p) => Some(p.interval()),
+            Link::Direct(_) => None,
+        }
+    }
+
+    /// How long the pinger waits for any answer before the session counts epochgate as
+    /// stopped ([`ShimError::Unresponsive`]); `None` without a pinger.
+    pub fn answer_timeout(&self) -> Option<Duration> {
+        match &self.link {
+            Link::Pinged(p) => Some(p.timeout()),
+            Link::Direct(_) => None,
         }
     }
 
@@ -501,7 +694,7 @@ impl Client {
                         None => return Ok(Some(event)),
                     }
                 }
-                Reply::Error { code, text } if code == ErrorCode::ShuttingDown => {
+                Reply::Error { code, text } if ends_session(code) => {
                     return Err(ShimError::Refused { code, text });
                 }
                 // A late reply to a call that timed out.
@@ -550,11 +743,37 @@ impl Client {
         self.await_reply(deadline)
     }
 
+    /// The error every call returns once the session is over.
+    fn ended(&self) -> ShimError {
+        match &self.over {
+            Some((code, text)) => ShimError::Refused {
+                code: *code,
+                text: text.clone(),
+            },
+            None => ShimError::Closed,
+        }
+    }
+
+    /// Notes a refusal that ends the session (a liveness timeout), for every later call.
+    fn note_end(&mut self, reply: &Reply) {
+        if let Reply::Error { code, text } = reply {
+            if ends_session(*code) {
+                self.closed = true;
+                if *code == ErrorCode::LivenessTimeout {
+                    self.over = Some((*code, text.clone()));
+                }
+            }
+        }
+    }
+
     fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), ShimError> {
         if self.closed {
-            return Err(ShimError::Closed);
+            return Err(self.ended());
         }
-        match self.conn.send(bytes) {
+        if let Some(e) = self.link.unresponsive() {
+            return Err(e);
+        }
+        match self.link.send(bytes) {
             Ok(()) => Ok(()),
             Err(e) if is_gone(&e) => {
                 // Epochgate is gone; what it said last may still be waiting to be read (an
@@ -572,7 +791,11 @@ impl Client {
                             reason,
                         }),
                         Ok(Some(Reply::Error { code, text })) => {
-                            return Err(ShimError::Refused { code, text })
+                            self.note_end(&Reply::Error {
+                                code,
+                                text: text.clone(),
+                            });
+                            return Err(ShimError::Refused { code, text });
                         }
                         Ok(Some(_)) => {}
                         Ok(None) | Err(ShimError::Closed) => return Err(ShimError::Closed),
@@ -586,7 +809,7 @@ impl Client {
 
     /// A message already received, without waiting (even once the session is marked closed).
     fn read_queued(&mut self) -> Result<Option<Reply>, ShimError> {
-        match self.conn.recv(Some(Instant::now()))? {
+        match self.link.recv_queued()? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
         }
@@ -595,9 +818,9 @@ impl Client {
     /// Reads one message, waiting until `deadline` (`Ok(None)` when it passed first).
     fn read_message(&mut self, deadline: Option<Instant>) -> Result<Option<Reply>, ShimError> {
         if self.closed {
-            return Err(ShimError::Closed);
+            return Err(self.ended());
         }
-        let bytes = match self.conn.recv(deadline) {
+        let bytes = match self.link.recv(deadline) {
             Ok(Some(b)) => b,
             Ok(None) => return Ok(None),
             Err(e) => {
@@ -608,14 +831,9 @@ impl Client {
             }
         };
         let reply = decode(&bytes)?;
-        if let Reply::Error {
-            code: ErrorCode::ShuttingDown,
-            ..
-        } = reply
-        {
-            // Epochgate closes every session right after saying this.
-            self.closed = true;
-        }
+        // Epochgate closes the session right after saying it is shutting down, or that the
+        // session missed its pings.
+        self.note_end(&reply);
         Ok(Some(reply))
     }
 
@@ -636,10 +854,7 @@ impl Client {
                     urgency,
                     reason,
                 }),
-                Reply::Error {
-                    code: ErrorCode::ShuttingDown,
-                    ..
-                } => return Ok(reply),
+                Reply::Error { code, .. } if ends_session(code) => return Ok(reply),
                 // A late reply to a call that timed out.
                 _ if self.stale > 0 => self.stale -= 1,
                 _ => return Ok(reply),
@@ -660,8 +875,20 @@ impl AsFd for Client {
     /// during a call are queued inside the client, so check [`Client::next_event`] with
     /// `Some(Duration::ZERO)` after each call before polling (or use [`Client::on_event`]).
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.conn.as_fd()
+        self.link.as_fd()
     }
+}
+
+/// Whether epochgate closes the session right after an `Error` with this code, sent on its
+/// own (not the answer to a call).
+fn ends_session(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::ShuttingDown | ErrorCode::LivenessTimeout)
+}
+
+/// A connected socket pair's end that stands in for a moment while the real socket moves.
+fn placeholder() -> Result<Connection, ShimError> {
+    let (a, _) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None)?;
+    Ok(Connection { sock: a })
 }
 
 fn decode(bytes: &[u8]) -> Result<Reply, ProtoError> {
@@ -813,6 +1040,10 @@ mod tests {
                 Request::Ping { token } => Reply::Pong { token },
                 Request::Stats => Reply::Stats(stats),
                 Request::Hello { .. } => Reply::error(ErrorCode::AlreadyAdopted, "again?"),
+                Request::Liveness => Reply::Liveness {
+                    ping_interval_ms: 1,
+                    timeout_ms: 2,
+                },
             };
             s.send(&reply).unwrap();
         });
@@ -1233,6 +1464,301 @@ mod tests {
             )
         );
         t.join().unwrap();
+    }
+
+    // --- the pinger ------------------------------------------------------------------
+
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    fn pinged(interval_ms: u64, timeout_ms: u64) -> Options {
+        Options {
+            pinger: true,
+            ping_interval: Some(Duration::from_millis(interval_ms)),
+            answer_timeout: Some(Duration::from_millis(timeout_ms)),
+        }
+    }
+
+    /// A client with a pinger over `pair()` (both settings given: no `Liveness` asked), whose
+    /// server answers `Hello` and then runs `serve`.
+    fn pinged_session<F>(opts: Options, serve: F) -> (Client, JoinHandle<()>)
+    where
+        F: FnOnce(&mut ServerEnd) + Send + 'static,
+    {
+        let (conn, mut server) = pair().unwrap();
+        let t = thread::spawn(move || {
+            assert_eq!(server.recv().unwrap(), Request::hello(VM).unwrap());
+            server
+                .send(&Reply::Welcome {
+                    epoch: 4,
+                    mode: Mode::Protected,
+                })
+                .unwrap();
+            serve(&mut server);
+        });
+        let client = Client::over_with(conn, VM, opts).unwrap();
+        (client, t)
+    }
+
+    /// The next request that is not a ping, answering pings (with their token) meanwhile;
+    /// `None` when the client closed.
+    fn next_not_ping(s: &mut ServerEnd) -> Option<Request> {
+        loop {
+            match s.recv() {
+                Ok(Request::Ping { token }) => s.send(&Reply::Pong { token }).unwrap(),
+                Ok(r) => return Some(r),
+                Err(ShimError::Closed) => return None,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn readable(fd: BorrowedFd<'_>) -> bool {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).unwrap() > 0
+    }
+
+    #[test]
+    fn the_pinger_pings_while_idle_and_its_pongs_never_reach_the_caller() {
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let (mut c, t) = pinged_session(pinged(10, 10_000), move |s| {
+            // Idle: the pinger pings by itself, more than once.
+            for _ in 0..3 {
+                let Request::Ping { token } = s.recv().unwrap() else {
+                    panic!("only pings while idle")
+                };
+                s.send(&Reply::Pong { token }).unwrap();
+            }
+            go_tx.send(()).unwrap();
+            // A call, with events before its answer and pings of the pinger in between.
+            assert_eq!(next_not_ping(s), Some(Request::Fence { epoch: 4 }));
+            s.send(&event(4)).unwrap();
+            // An unsolicited pong with a token nobody sent: not the pinger's, so the caller
+            // hears of it (as an out-of-place reply).
+            s.send(&event(5)).unwrap();
+            s.send(&Reply::Fenced {
+                epoch: 4,
+                frames: 1,
+                bytes: 2,
+                drain_ns: 3,
+            })
+            .unwrap();
+            s.send(&event(6)).unwrap();
+            // The caller's own ping comes amid the pinger's: each gets its own pong.
+            assert_eq!(next_not_ping(s), Some(Request::Stats));
+            s.send(&Reply::Pong { token: 77 }).unwrap();
+            s.send(&Reply::Stats(VmStats {
+                mode: Mode::Protected,
+                open_epoch: 5,
+                sealed_epoch: 4,
+                committed_epoch: 3,
+                held_frames: 0,
+                held_bytes: 0,
+                rx_frames: 0,
+                tx_frames: 0,
+                dropped: 0,
+            }))
+            .unwrap();
+            assert_eq!(next_not_ping(s), None);
+        });
+        assert_eq!(c.ping_interval(), Some(Duration::from_millis(10)));
+        assert_eq!(c.answer_timeout(), Some(Duration::from_secs(10)));
+        go_rx.recv_timeout(PATIENCE).unwrap();
+        assert_eq!(c.fence(4).unwrap().frames, 1);
+        let mut epochs = vec![];
+        while epochs.len() < 3 {
+            let e = c.next_event(Some(PATIENCE)).unwrap().expect("an event");
+            epochs.push(e.epoch);
+        }
+        assert_eq!(epochs, [4, 5, 6], "in order, none lost to the pinger");
+        c.ping().unwrap();
+        // The stray pong (token 77) is the caller's to see: it is not the pinger's.
+        let e = c.stats().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ShimError::Unexpected {
+                    expected: "stats",
+                    got: "pong"
+                }
+            ),
+            "{e:?}"
+        );
+        drop(c);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_silent_epochgate_fails_the_next_call_and_every_later_one() {
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let (mut c, t) = pinged_session(pinged(20, 200), move |s| {
+            // Read everything, answer nothing: a frozen epochgate.
+            while done_rx.try_recv().is_err() {
+                if let Err(ShimError::Closed) = s.recv_timeout(Duration::from_millis(10)) {
+                    return;
+                }
+            }
+        });
+        // Idle until the pinger gives up.
+        let e = c.next_event(Some(PATIENCE)).unwrap_err();
+        assert!(matches!(e, ShimError::Unresponsive { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("epochgate stopped answering: nothing heard from it for "),
+            "{e}"
+        );
+        assert!(
+            e.to_string().ends_with("(the answer timeout is 200 ms)"),
+            "{e}"
+        );
+        assert!(readable(c.as_fd()), "a poller hears of it");
+        for e in [
+            c.protect().unwrap_err(),
+            c.ping().unwrap_err(),
+            c.next_event(None).unwrap_err(),
+        ] {
+            assert!(matches!(e, ShimError::Unresponsive { .. }), "{e:?}");
+        }
+        done_tx.send(()).unwrap();
+        drop(c);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_call_waiting_on_a_silent_epochgate_fails_with_the_pinger() {
+        let (mut c, t) = pinged_session(pinged(20, 200), |s| {
+            assert_eq!(next_not_ping(s), Some(Request::Protect));
+            // Frozen from now on.
+            while !matches!(
+                s.recv_timeout(Duration::from_millis(10)),
+                Err(ShimError::Closed)
+            ) {}
+        });
+        c.set_timeout(None);
+        let e = c.protect().unwrap_err();
+        assert!(matches!(e, ShimError::Unresponsive { .. }), "{e:?}");
+        drop(c);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn events_read_by_the_pinger_make_the_fd_readable_until_taken() {
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let (mut c, t) = pinged_session(pinged(3_600_000, 10_000), move |s| {
+            s.send(&event(8)).unwrap();
+            go_rx.recv().unwrap();
+        });
+        let mut fds = [PollFd::new(c.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::from(30_000u16)).unwrap(), 1);
+        assert_eq!(
+            c.next_event(Some(Duration::ZERO)).unwrap().unwrap().epoch,
+            8
+        );
+        assert!(!readable(c.as_fd()), "nothing more waits");
+        go_tx.send(()).unwrap();
+        t.join().unwrap();
+        // The close, read by the pinger, makes it readable for good.
+        let mut fds = [PollFd::new(c.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::from(30_000u16)).unwrap(), 1);
+        assert!(matches!(c.next_event(None), Err(ShimError::Closed)));
+        assert!(readable(c.as_fd()));
+    }
+
+    #[test]
+    fn without_the_pinger_nothing_is_sent_while_idle() {
+        let (done_tx, done_rx) = mpsc::channel::<Option<Request>>();
+        let (c, t) = session(move |s| {
+            done_tx
+                .send(s.recv_timeout(Duration::from_millis(200)).unwrap())
+                .unwrap();
+        });
+        assert_eq!(c.ping_interval(), None);
+        assert_eq!(c.answer_timeout(), None);
+        assert_eq!(done_rx.recv().unwrap(), None);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn the_pinger_takes_epochgates_settings_or_falls_back_for_an_older_one() {
+        // epochgate says: every 30 ms, failed after 90 ms.
+        let (c, t) = session_asked(Reply::Liveness {
+            ping_interval_ms: 30,
+            timeout_ms: 90,
+        });
+        assert_eq!(c.ping_interval(), Some(Duration::from_millis(30)));
+        assert_eq!(c.answer_timeout(), Some(Duration::from_millis(90)));
+        drop(c);
+        t.join().unwrap();
+        // Liveness off: 4 intervals.
+        let (c, t) = session_asked(Reply::Liveness {
+            ping_interval_ms: 1000,
+            timeout_ms: 0,
+        });
+        assert_eq!(c.answer_timeout(), Some(Duration::from_secs(4)));
+        drop(c);
+        t.join().unwrap();
+        // An older epochgate: Liveness is an unknown kind to it.
+        let (c, t) = session_asked(Reply::error(
+            ErrorCode::BadMessage,
+            "unknown message kind 0x0b; ignored",
+        ));
+        assert_eq!(c.ping_interval(), Some(DEFAULT_PING_INTERVAL));
+        assert_eq!(c.answer_timeout(), Some(DEFAULT_PING_INTERVAL * 4));
+        drop(c);
+        t.join().unwrap();
+    }
+
+    /// A client with default options whose server answers the `Liveness` question with
+    /// `answer`, then waits for the close.
+    fn session_asked(answer: Reply) -> (Client, JoinHandle<()>) {
+        let (conn, mut server) = pair().unwrap();
+        let t = thread::spawn(move || {
+            assert_eq!(server.recv().unwrap(), Request::hello(VM).unwrap());
+            server
+                .send(&Reply::Welcome {
+                    epoch: 0,
+                    mode: Mode::Passthrough,
+                })
+                .unwrap();
+            assert_eq!(server.recv().unwrap(), Request::Liveness);
+            server.send(&answer).unwrap();
+            while next_not_ping(&mut server).is_some() {}
+        });
+        let client = Client::over_with(conn, VM, Options::default()).unwrap();
+        (client, t)
+    }
+
+    #[test]
+    fn a_liveness_timeout_is_the_answer_to_every_later_call() {
+        let text = "liveness timeout: nothing heard from this session for 200 ms";
+        for pinger in [false, true] {
+            let opts = if pinger {
+                pinged(3_600_000, 3_600_000)
+            } else {
+                Options::without_pinger()
+            };
+            let (mut c, t) = pinged_session(opts, move |s| {
+                s.send(&Reply::error(ErrorCode::LivenessTimeout, text))
+                    .unwrap();
+                // And closes.
+            });
+            t.join().unwrap();
+            for (i, e) in [
+                c.fence(4).unwrap_err(),
+                c.commit(4).unwrap_err(),
+                c.next_event(None).unwrap_err(),
+                c.ping().unwrap_err(),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                assert_eq!(
+                    e.code(),
+                    Some(ErrorCode::LivenessTimeout),
+                    "pinger {pinger}, call {i}: {e:?}"
+                );
+                assert!(e.to_string().contains(text), "{e}");
+            }
+        }
     }
 
     #[test]

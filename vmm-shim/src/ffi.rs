@@ -31,7 +31,7 @@ use std::path::Path;
 use std::sync::{Mutex, TryLockError};
 use std::time::Duration;
 
-use crate::client::{Client, Event, ShimError, Welcome};
+use crate::client::{Client, Event, Options, ShimError, Welcome};
 use crate::proto::{ErrorCode, Mode, Release, Urgency, VmStats, VERSION};
 
 /// `eg_fenced`: what `eg_shim_fence` returns.
@@ -141,6 +141,8 @@ impl From<VmStats> for EgStats {
 pub struct EgShim {
     welcome: Welcome,
     fd: RawFd,
+    /// The pinger's interval and answer timeout; `None` without a pinger.
+    pinger: Option<(Duration, Duration)>,
     client: Mutex<Client>,
 }
 
@@ -149,9 +151,38 @@ impl EgShim {
         Box::new(EgShim {
             welcome: client.welcome(),
             fd: client.as_fd().as_raw_fd(),
+            pinger: client.ping_interval().zip(client.answer_timeout()),
             client: Mutex::new(client),
         })
     }
+}
+
+/// The pinger options `eg_shim_connect_with` takes.
+fn options_of(ping_interval_ms: i32, answer_timeout_ms: i32) -> Result<Options, ShimError> {
+    let ms = |v: i32| Duration::from_millis(u64::from(v.unsigned_abs()));
+    if answer_timeout_ms < 0 {
+        return Err(bad(format!(
+            "answer_timeout_ms is {answer_timeout_ms}: 0 (epochgate's liveness timeout) or more"
+        )));
+    }
+    let answer_timeout = (answer_timeout_ms > 0).then(|| ms(answer_timeout_ms));
+    Ok(match ping_interval_ms {
+        -1 => Options::without_pinger(),
+        0 => Options {
+            answer_timeout,
+            ..Options::default()
+        },
+        n if n > 0 => Options {
+            ping_interval: Some(ms(n)),
+            answer_timeout,
+            ..Options::default()
+        },
+        n => {
+            return Err(bad(format!(
+                "ping_interval_ms is {n}: -1 (no pinger), 0 (epochgate's interval) or more"
+            )))
+        }
+    })
 }
 
 /// The event callback C registers.
@@ -306,7 +337,28 @@ pub unsafe extern "C" fn eg_shim_connect(
     socket_path: *const c_char,
     vm: *const c_char,
 ) -> *mut EgShim {
+    // SAFETY: the same contract as this function's.
+    unsafe { eg_shim_connect_with(socket_path, vm, 0, 0) }
+}
+
+/// `eg_shim_connect` with the background pinger chosen: `ping_interval_ms` -1 for none (the
+/// caller pings itself), 0 for the interval epochgate asks for (`[control] ping_interval_ms`,
+/// what `eg_shim_connect` does), or the interval; `answer_timeout_ms` 0 for epochgate's
+/// liveness timeout (4 intervals if it has none), or how long with nothing back means
+/// epochgate stopped answering.
+///
+/// # Safety
+///
+/// `socket_path` and `vm` are NULL or NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn eg_shim_connect_with(
+    socket_path: *const c_char,
+    vm: *const c_char,
+    ping_interval_ms: i32,
+    answer_timeout_ms: i32,
+) -> *mut EgShim {
     let made = catch_unwind(AssertUnwindSafe(|| -> Result<Box<EgShim>, ShimError> {
+        let opts = options_of(ping_interval_ms, answer_timeout_ms)?;
         // SAFETY: the caller's contract: NULL or a NUL-terminated string.
         let path = unsafe { c_str(socket_path, "socket_path") }?;
         // SAFETY: as above.
@@ -314,7 +366,7 @@ pub unsafe extern "C" fn eg_shim_connect(
             .to_str()
             .map_err(|_| bad("vm is not valid UTF-8"))?;
         let path = Path::new(OsStr::from_bytes(path.to_bytes()));
-        Ok(EgShim::new(Client::connect(path, vm)?))
+        Ok(EgShim::new(Client::connect_with(path, vm, opts)?))
     }));
     match made {
         Ok(Ok(shim)) => Box::into_raw(shim),
@@ -381,7 +433,45 @@ pub unsafe extern "C" fn eg_shim_welcome_mode(shim: *const EgShim) -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-/// The session's socket, to poll for events (-1 for NULL).
+/// The background pinger's interval in milliseconds; 0 when the handle has no pinger
+/// (`eg_shim_connect_with(.., -1, ..)`), -1 for NULL.
+///
+/// # Safety
+///
+/// `shim` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn eg_shim_ping_interval_ms(shim: *const EgShim) -> i64 {
+    catch_unwind(|| {
+        // SAFETY: NULL or a live handle (the contract); shared access to an immutable field.
+        unsafe { shim.as_ref() }.map_or(-1, |s| {
+            s.pinger
+                .map_or(0, |(i, _)| i64::try_from(i.as_millis()).unwrap_or(i64::MAX))
+        })
+    })
+    .unwrap_or(-1)
+}
+
+/// How long, in milliseconds, the pinger waits for any answer before a call fails saying
+/// epochgate stopped answering; 0 without a pinger, -1 for NULL.
+///
+/// # Safety
+///
+/// `shim` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn eg_shim_answer_timeout_ms(shim: *const EgShim) -> i64 {
+    catch_unwind(|| {
+        // SAFETY: NULL or a live handle (the contract); shared access to an immutable field.
+        unsafe { shim.as_ref() }.map_or(-1, |s| {
+            s.pinger
+                .map_or(0, |(_, t)| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
+        })
+    })
+    .unwrap_or(-1)
+}
+
+/// What to poll for events (-1 for NULL): readable when a message is waiting to be read
+/// with `eg_shim_next_event`. The session's socket, or with the pinger (the default) a
+/// descriptor the pinger keeps readable while it holds messages for the caller.
 ///
 /// # Safety
 ///
@@ -722,17 +812,33 @@ mod tests {
             let name = format!("EG_REASON_{}", r.name().to_uppercase().replace('-', "_"));
             assert_eq!(value(&name), i64::from(n), "{name}");
         }
-        for n in 1..=14u16 {
+        for n in 1..=15u16 {
             let code = ErrorCode::from_u16(n);
             assert!(!matches!(code, ErrorCode::Other(_)), "code {n} is named");
             let name = format!("EG_ERR_{}", code.name().to_uppercase().replace('-', "_"));
             assert_eq!(value(&name), i64::from(n), "{name}");
         }
         assert_eq!(
-            ErrorCode::from_u16(15),
-            ErrorCode::Other(15),
-            "no 15th code yet"
+            ErrorCode::from_u16(16),
+            ErrorCode::Other(16),
+            "no 16th code yet"
         );
+    }
+
+    #[test]
+    fn connect_with_maps_its_arguments_to_options() {
+        assert_eq!(options_of(-1, 0).unwrap(), Options::without_pinger());
+        assert_eq!(options_of(0, 0).unwrap(), Options::default());
+        assert_eq!(
+            options_of(25, 400).unwrap(),
+            Options {
+                pinger: true,
+                ping_interval: Some(Duration::from_millis(25)),
+                answer_timeout: Some(Duration::from_millis(400)),
+            }
+        );
+        assert!(options_of(-2, 0).is_err());
+        assert!(options_of(0, -1).is_err());
     }
 
     #[test]
@@ -753,6 +859,26 @@ mod tests {
             assert_eq!(eg_shim_next_event(null, 0, std::ptr::null_mut()), -1);
             assert_eq!(eg_shim_set_event_callback(null, None, null.cast()), -1);
             assert_eq!(eg_shim_fd(null), -1);
+            assert_eq!(eg_shim_ping_interval_ms(null), -1);
+            assert_eq!(eg_shim_answer_timeout_ms(null), -1);
+            assert!(
+                eg_shim_connect_with(c"/nonexistent/x.sock".as_ptr(), c"web".as_ptr(), -2, 0)
+                    .is_null()
+            );
+            assert!(
+                last_error().contains("ping_interval_ms is -2"),
+                "{}",
+                last_error()
+            );
+            assert!(
+                eg_shim_connect_with(c"/nonexistent/x.sock".as_ptr(), c"web".as_ptr(), 0, -5)
+                    .is_null()
+            );
+            assert!(
+                last_error().contains("answer_timeout_ms is -5"),
+                "{}",
+                last_error()
+            );
             assert_eq!(eg_shim_welcome_epoch(null), 0);
             assert_eq!(eg_shim_welcome_mode(null), u32::MAX);
             eg_shim_close(null);

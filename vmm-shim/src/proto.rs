@@ -11,7 +11,7 @@
 //! |-------|------------|----------------------------------------------------|
 //! | 0..2  | `magic`    | `b"EG"` ([`MAGIC`])                                |
 //! | 2     | `version`  | [`VERSION`]                                        |
-//! | 3     | `kind`     | `0x01..=0x09` requests, `0x81..=0x8B` replies      |
+//! | 3     | `kind`     | `0x01..=0x0B` requests, `0x81..=0x8D` replies      |
 //! | 4..8  | `body_len` | `u32` little-endian; the datagram is exactly `8 + body_len` bytes |
 //!
 //! All integers are little-endian; a string is a `u16` little-endian byte length followed by
@@ -50,6 +50,7 @@ const K_PROMOTE: u8 = 0x07;
 const K_PING: u8 = 0x08;
 const K_STATS: u8 = 0x09;
 const K_DEMOTE: u8 = 0x0A;
+const K_LIVENESS: u8 = 0x0B;
 
 const K_WELCOME: u8 = 0x81;
 const K_PROTECTED: u8 = 0x82;
@@ -63,6 +64,7 @@ const K_STATS_REPLY: u8 = 0x89;
 const K_CHECKPOINT_REQUEST: u8 = 0x8A;
 const K_ERROR: u8 = 0x8B;
 const K_DEMOTED: u8 = 0x8C;
+const K_LIVENESS_REPLY: u8 = 0x8D;
 
 fn request_kind_name(kind: u8) -> Option<&'static str> {
     Some(match kind {
@@ -76,6 +78,7 @@ fn request_kind_name(kind: u8) -> Option<&'static str> {
         K_PING => "ping",
         K_STATS => "stats",
         K_DEMOTE => "demote",
+        K_LIVENESS => "liveness",
         _ => return None,
     })
 }
@@ -94,6 +97,7 @@ fn reply_kind_name(kind: u8) -> Option<&'static str> {
         K_CHECKPOINT_REQUEST => "checkpoint-request",
         K_ERROR => "error",
         K_DEMOTED => "demoted",
+        K_LIVENESS_REPLY => "liveness",
         _ => return None,
     })
 }
@@ -296,15 +300,18 @@ pub enum ErrorCode {
     ShuttingDown,
     /// (14) The appliance failed internally.
     Internal,
+    /// (15) The session missed its pings for `control.liveness_timeout_ms`: its VM is failed
+    /// and the session is over.
+    LivenessTimeout,
     /// A code this version does not know, kept so that newer peers stay understood.
     ///
-    /// Only codes with no named variant (0 and 15 and up) are valid here: `Other(1)` would
+    /// Only codes with no named variant (0 and 16 and up) are valid here: `Other(1)` would
     /// encode as `BadMessage` and not round-trip, so [`Reply::validate`] rejects it.
     Other(u16),
 }
 
 impl ErrorCode {
-    const KNOWN: [ErrorCode; 14] = [
+    const KNOWN: [ErrorCode; 15] = [
         ErrorCode::BadMessage,
         ErrorCode::Version,
         ErrorCode::UnknownVm,
@@ -319,6 +326,7 @@ impl ErrorCode {
         ErrorCode::PermissionDenied,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
+        ErrorCode::LivenessTimeout,
     ];
 
     /// The wire code.
@@ -338,6 +346,7 @@ impl ErrorCode {
             ErrorCode::PermissionDenied => 12,
             ErrorCode::ShuttingDown => 13,
             ErrorCode::Internal => 14,
+            ErrorCode::LivenessTimeout => 15,
             ErrorCode::Other(n) => n,
         }
     }
@@ -367,6 +376,7 @@ impl ErrorCode {
             ErrorCode::PermissionDenied => "permission-denied",
             ErrorCode::ShuttingDown => "shutting-down",
             ErrorCode::Internal => "internal",
+            ErrorCode::LivenessTimeout => "liveness-timeout",
             ErrorCode::Other(_) => "other",
         }
     }
@@ -432,6 +442,11 @@ pub enum Request {
     /// everything it holds or has waiting is dropped (kind 0x0A). The opposite of `Promote`,
     /// for an HA manager that moves the VM's output to another host.
     Demote,
+    /// Ask for the session's liveness parameters (kind 0x0B): answered with
+    /// [`Reply::Liveness`], before or after `Hello`. Added after version 1 shipped, so an older
+    /// epochgate answers it with an `Error` (`bad-message`, unknown kind) and changes nothing:
+    /// a shim that gets that falls back to its own settings.
+    Liveness,
 }
 
 /// The VM's state and counters, as the `Stats` reply carries them.
@@ -516,6 +531,14 @@ pub enum Reply {
     Demoted {
         /// Frames dropped.
         dropped: u64,
+    },
+    /// Answer to `Liveness` (kind 0x8D): ping at least every `ping_interval_ms` while idle;
+    /// a session silent for `timeout_ms` is failed (0: epochgate does not time sessions out).
+    Liveness {
+        /// `control.ping_interval_ms`: how often a shim pings while idle (never 0).
+        ping_interval_ms: u64,
+        /// `control.liveness_timeout_ms` (0: off).
+        timeout_ms: u64,
     },
     /// Answer to `Ping` (kind 0x88).
     Pong {
@@ -641,6 +664,13 @@ fn check_epoch(kind: &'static str, epoch: u64) -> Result<u64, ProtoError> {
         ));
     }
     Ok(epoch)
+}
+
+fn check_ping_interval(ms: u64) -> Result<(), ProtoError> {
+    if ms == 0 {
+        return Err(field_err("liveness", "ping_interval_ms", "must not be 0"));
+    }
+    Ok(())
 }
 
 fn check_hello_version(version: u8) -> Result<u8, ProtoError> {
@@ -925,6 +955,7 @@ impl Request {
             Request::Ping { .. } => K_PING,
             Request::Stats => K_STATS,
             Request::Demote => K_DEMOTE,
+            Request::Liveness => K_LIVENESS,
         }
     }
 
@@ -949,7 +980,8 @@ impl Request {
             | Request::Discard
             | Request::Ping { .. }
             | Request::Stats
-            | Request::Demote => Ok(()),
+            | Request::Demote
+            | Request::Liveness => Ok(()),
         }
     }
 
@@ -963,7 +995,11 @@ impl Request {
         let w = Writer::new(self.kind());
         match self {
             Request::Hello { version, vm } => w.u8(*version).str(vm, MAX_VM_NAME),
-            Request::Protect | Request::Discard | Request::Stats | Request::Demote => w,
+            Request::Protect
+            | Request::Discard
+            | Request::Stats
+            | Request::Demote
+            | Request::Liveness => w,
             Request::Fence { epoch } | Request::Commit { epoch } => w.u64(*epoch),
             Request::Unprotect { how } => w.u8(*how as u8),
             Request::Promote { mode } => w.u8(*mode as u8),
@@ -1005,6 +1041,7 @@ impl Reply {
             Reply::CheckpointRequest { .. } => K_CHECKPOINT_REQUEST,
             Reply::Error { .. } => K_ERROR,
             Reply::Demoted { .. } => K_DEMOTED,
+            Reply::Liveness { .. } => K_LIVENESS_REPLY,
         }
     }
 
@@ -1022,6 +1059,9 @@ impl Reply {
                 check_error_code(*code)?;
                 check_text(text)
             }
+            Reply::Liveness {
+                ping_interval_ms, ..
+            } => check_ping_interval(*ping_interval_ms),
             Reply::Welcome { .. }
             | Reply::Protected { .. }
             | Reply::Fenced { .. }
@@ -1058,6 +1098,10 @@ impl Reply {
             Reply::Demoted { dropped } => w.u64(*dropped),
             Reply::Promoted { mode, announced } => w.u8(*mode as u8).u32(*announced),
             Reply::Pong { token } => w.u64(*token),
+            Reply::Liveness {
+                ping_interval_ms,
+                timeout_ms,
+            } => w.u64(*ping_interval_ms).u64(*timeout_ms),
             Reply::Stats(s) => w
                 .u8(s.mode as u8)
                 .u64(s.open_epoch)
@@ -1174,6 +1218,10 @@ pub fn decode_request(buf: &[u8]) -> Result<Request, ProtoError> {
             r.exact(0)?;
             Request::Stats
         }
+        K_LIVENESS => {
+            r.exact(0)?;
+            Request::Liveness
+        }
         _ => return Err(ProtoError::UnknownKind { kind }),
     };
     r.finish()?;
@@ -1238,6 +1286,15 @@ pub fn decode_reply(buf: &[u8]) -> Result<Reply, ProtoError> {
         K_PONG => {
             r.exact(8)?;
             Reply::Pong { token: r.u64()? }
+        }
+        K_LIVENESS_REPLY => {
+            r.exact(16)?;
+            let ping_interval_ms = r.u64()?;
+            check_ping_interval(ping_interval_ms)?;
+            Reply::Liveness {
+                ping_interval_ms,
+                timeout_ms: r.u64()?,
+            }
         }
         K_STATS_REPLY => {
             r.exact(STATS_BODY)?;
@@ -1364,11 +1421,20 @@ mod tests {
             Request::Ping { token: u64::MAX },
             Request::Stats,
             Request::Demote,
+            Request::Liveness,
         ]
     }
 
     fn sample_replies() -> Vec<Reply> {
         let mut out = vec![
+            Reply::Liveness {
+                ping_interval_ms: 1,
+                timeout_ms: 0,
+            },
+            Reply::Liveness {
+                ping_interval_ms: u64::MAX,
+                timeout_ms: u64::MAX,
+            },
             Reply::Welcome {
                 epoch: 0,
                 mode: Mode::Standby,
@@ -1430,7 +1496,7 @@ mod tests {
         let samples = sample_requests();
         let mut kinds: Vec<u8> = samples.iter().map(Request::kind).collect();
         kinds.dedup();
-        assert_eq!(kinds, (K_HELLO..=K_DEMOTE).collect::<Vec<_>>());
+        assert_eq!(kinds, (K_HELLO..=K_LIVENESS).collect::<Vec<_>>());
         for req in samples {
             assert_eq!(req.validate(), Ok(()));
             let bytes = req.encode();
@@ -1450,7 +1516,7 @@ mod tests {
         let mut kinds: Vec<u8> = samples.iter().map(Reply::kind).collect();
         kinds.sort_unstable();
         kinds.dedup();
-        assert_eq!(kinds, (K_WELCOME..=K_DEMOTED).collect::<Vec<_>>());
+        assert_eq!(kinds, (K_WELCOME..=K_LIVENESS_REPLY).collect::<Vec<_>>());
         for reply in samples {
             assert_eq!(reply.validate(), Ok(()));
             let bytes = reply.encode();
@@ -1531,8 +1597,8 @@ mod tests {
             assert_ne!(c.name(), "other");
         }
         assert_eq!(ErrorCode::from_u16(0), ErrorCode::Other(0));
-        assert_eq!(ErrorCode::from_u16(15), ErrorCode::Other(15));
-        assert_eq!(ErrorCode::Other(15).name(), "other");
+        assert_eq!(ErrorCode::from_u16(16), ErrorCode::Other(16));
+        assert_eq!(ErrorCode::Other(16).name(), "other");
         assert_eq!(ErrorCode::VmBusy.name(), "vm-busy");
         assert_eq!(ErrorCode::PermissionDenied.to_string(), "permission-denied");
     }
@@ -1761,6 +1827,32 @@ mod tests {
         pin_reply(&PONG_BYTES, Reply::Pong { token: 0xdead_beef });
     }
 
+    #[test]
+    fn wire_liveness() {
+        pin_request(&[b'E', b'G', 0x01, 0x0B, 0, 0, 0, 0], Request::Liveness);
+        let bytes = [
+            b'E', b'G', 0x01, 0x8D, 16, 0, 0, 0, //
+            0xE8, 0x03, 0, 0, 0, 0, 0, 0, // ping_interval_ms 1000
+            0xA0, 0x0F, 0, 0, 0, 0, 0, 0, // timeout_ms 4000
+        ];
+        pin_reply(
+            &bytes,
+            Reply::Liveness {
+                ping_interval_ms: 1000,
+                timeout_ms: 4000,
+            },
+        );
+        let mut zero = bytes;
+        zero[8] = 0;
+        zero[9] = 0;
+        assert_eq!(
+            field_of(decode_reply(&zero).unwrap_err()),
+            ("liveness", "ping_interval_ms")
+        );
+        assert!(decode_reply(&frame(0x8D, &[0; 15])).is_err());
+        assert!(decode_request(&frame(0x0B, &[0])).is_err());
+    }
+
     static STATS_REPLY_BYTES: [u8; 73] = [
         b'E', b'G', 0x01, 0x89, 0x41, 0, 0, 0,    //
         0x01, // protected
@@ -1907,7 +1999,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_kinds() {
-        for kind in [0x00, 0x0b, 0x7f, 0x80, 0x8d, 0xff] {
+        for kind in [0x00, 0x0c, 0x7f, 0x80, 0x8e, 0xff] {
             let m = frame(kind, &[]);
             assert_eq!(decode_request(&m), Err(ProtoError::UnknownKind { kind }));
             assert_eq!(decode_reply(&m), Err(ProtoError::UnknownKind { kind }));
@@ -2272,7 +2364,7 @@ mod tests {
 
     #[test]
     fn unknown_error_codes_are_kept() {
-        for n in [0u16, 15, 0x1234, u16::MAX] {
+        for n in [0u16, 16, 0x1234, u16::MAX] {
             let mut body = n.to_le_bytes().to_vec();
             body.extend_from_slice(&[0, 0]);
             let m = frame(K_ERROR, &body);
@@ -2373,6 +2465,7 @@ mod tests {
             any::<u64>().prop_map(|token| Request::Ping { token }),
             Just(Request::Stats),
             Just(Request::Demote),
+            Just(Request::Liveness),
         ]
     }
 
@@ -2405,6 +2498,12 @@ mod tests {
             RequestReason::HighWater,
         ]);
         prop_oneof![
+            (1..=u64::MAX, any::<u64>()).prop_map(|(ping_interval_ms, timeout_ms)| {
+                Reply::Liveness {
+                    ping_interval_ms,
+                    timeout_ms,
+                }
+            }),
             (any::<u64>(), arb_mode()).prop_map(|(epoch, mode)| Reply::Welcome { epoch, mode }),
             any::<u64>().prop_map(|epoch| Reply::Protected { epoch }),
             any::<[u64; 4]>().prop_map(|[epoch, frames, bytes, drain_ns]| Reply::Fenced {

@@ -21,7 +21,7 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::Value;
 use vmm_shim::proto::{ErrorCode, Mode, Release, Urgency};
-use vmm_shim::{Client, Event, ShimError};
+use vmm_shim::{Client, Event, Options, ShimError};
 
 const SESSION_HELP: &str = r#"SESSION
   `session` connects, adopts the VM (Hello) and prints the welcome; then it reads one command
@@ -67,8 +67,14 @@ OUTPUT
      "reason":"high-water"}                                    (on one line)
   reason is immediate-frame, deferral-expired or high-water.
 
-  epochgate closed the session or is shutting down:
+  epochgate closed the session, is shutting down, failed the VM because the session missed
+  its pings (liveness-timeout), or stopped answering the shim's pings:
     {"event":"closed","text":"..."}
+
+  Unless --no-pinger, the shim pings epochgate by itself while idle, at the interval
+  epochgate asks for ([control] ping_interval_ms), so an idle session stays alive; when
+  epochgate does not answer within its liveness timeout, the session ends with
+  {"event":"closed","text":"epochgate stopped answering: ..."} and exit status 1.
 
 EXIT STATUS
   0  end of input (the session is closed)
@@ -88,6 +94,18 @@ struct Cli {
     /// The VM to drive, as epochgate's configuration names it.
     #[arg(long, value_name = "NAME")]
     vm: String,
+    /// Do not ping epochgate in the background while idle (send `ping` yourself at least
+    /// every `[control] ping_interval_ms`, or epochgate fails the VM after
+    /// `liveness_timeout_ms`).
+    #[arg(long, conflicts_with_all = ["ping_interval", "answer_timeout"])]
+    no_pinger: bool,
+    /// Ping this often while idle [default: epochgate's `[control] ping_interval_ms`].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    ping_interval: Option<Duration>,
+    /// epochgate has stopped answering after this long with nothing back [default: its
+    /// `[control] liveness_timeout_ms`, or 4 ping intervals].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    answer_timeout: Option<Duration>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -151,6 +169,16 @@ struct VmmArgs {
 }
 
 /// `25ms`, `1s`, `500us`, or a bare number of milliseconds.
+impl Cli {
+    fn options(&self) -> Options {
+        Options {
+            pinger: !self.no_pinger,
+            ping_interval: self.ping_interval,
+            answer_timeout: self.answer_timeout,
+        }
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
@@ -191,13 +219,14 @@ fn vmm(cli: &Cli, args: &VmmArgs) -> anyhow::Result<ExitCode> {
         None => Box::new(io::stdout()),
     };
     let mut qmp = Qmp::connect(&args.qmp)?;
-    let mut client = Client::connect(&cli.socket, &cli.vm).with_context(|| {
-        format!(
-            "epochgate control socket {} (vm {:?})",
-            cli.socket.display(),
-            cli.vm
-        )
-    })?;
+    let mut client =
+        Client::connect_with(&cli.socket, &cli.vm, cli.options()).with_context(|| {
+            format!(
+                "epochgate control socket {} (vm {:?})",
+                cli.socket.display(),
+                cli.vm
+            )
+        })?;
     let cfg = LoopConfig {
         interval_min: args.interval_min,
         interval_max: args.interval_max,
@@ -397,9 +426,10 @@ fn execute(client: &mut Client, cmd: Command) -> Result<Line, ShimError> {
 fn failure(e: &ShimError) -> (Line, bool) {
     match e {
         ShimError::Refused {
-            code: ErrorCode::ShuttingDown,
+            code: ErrorCode::ShuttingDown | ErrorCode::LivenessTimeout,
             text,
         } => (closed_line(text), true),
+        ShimError::Unresponsive { .. } => (closed_line(&e.to_string()), true),
         ShimError::Refused { code, text } => (refused_line(*code, text), false),
         ShimError::Closed | ShimError::Io(_) | ShimError::Connect { .. } => {
             (closed_line(&e.to_string()), true)
@@ -477,7 +507,7 @@ fn pump_events(client: &mut Client) -> io::Result<Option<ExitCode>> {
 }
 
 fn session(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let mut client = match Client::connect(&cli.socket, &cli.vm) {
+    let mut client = match Client::connect_with(&cli.socket, &cli.vm, cli.options()) {
         Ok(c) => c,
         Err(ShimError::Refused { code, text }) => {
             emit(&refused_line(code, &text)).context("stdout")?;

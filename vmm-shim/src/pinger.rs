@@ -1,0 +1,373 @@
+//! The background pinger of a [`Client`](crate::Client): one thread per session that reads
+//! the socket, pings epochgate while the session is idle, and notices when epochgate stops
+//! answering.
+//!
+//! The thread is the only reader of the socket. Every datagram it reads goes, in order, into
+//! an inbox that the caller's calls read instead of the socket, except the `Pong`s that answer
+//! its own pings (each carries a token only the pinger knows), which it consumes: so a pong
+//! of the pinger is never taken for the answer to one of the caller's calls, and events reach
+//! the caller in the order epochgate sent them. Both threads send on the socket under one
+//! mutex, which also keeps the "something is unanswered since" clock.
+//!
+//! Epochgate has stopped answering when something sent (a ping or a call) has had no datagram
+//! at all back for the answer timeout; the inbox then ends with that, and every later call
+//! says so. A pinger that was itself frozen (its process stopped) does not blame epochgate for
+//! the time it did not run.
+//!
+//! While the inbox holds something (or the session is over) an eventfd is readable: that is
+//! the descriptor [`Client`](crate::Client)'s `AsFd` gives, so callers that poll keep working.
+
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::client::{Connection, ShimError};
+use crate::proto::{decode_reply, Reply, Request, MAX_MESSAGE};
+
+/// How often the pinger pings when epochgate does not say (an older epochgate, which does not
+/// know `Liveness`) and the caller did not choose.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The answer timeout when epochgate times no sessions out (`liveness_timeout_ms = 0`) and
+/// the caller did not choose: this many ping intervals.
+pub const ANSWER_TIMEOUT_INTERVALS: u32 = 4;
+
+/// Pinger tokens still unanswered that are remembered (older ones are forgotten: their
+/// pongs, should they ever come, then reach the caller as unexpected replies).
+const MAX_TOKENS: usize = 64;
+
+/// Why the session ended, as the inbox reports it once it is empty.
+#[derive(Debug, Clone)]
+enum End {
+    /// Epochgate closed the socket.
+    Closed,
+    /// Nothing came back for `timeout` after something was sent; last heard at `since`.
+    Silent { since: Instant, timeout: Duration },
+    /// The socket failed.
+    Io(io::ErrorKind, String),
+}
+
+impl End {
+    fn error(&self) -> ShimError {
+        match self {
+            End::Closed => ShimError::Closed,
+            End::Silent { since, timeout } => ShimError::Unresponsive {
+                silent: since.elapsed(),
+                timeout: *timeout,
+            },
+            End::Io(kind, text) => ShimError::Io(io::Error::new(*kind, text.clone())),
+        }
+    }
+}
+
+struct State {
+    inbox: VecDeque<Vec<u8>>,
+    end: Option<End>,
+    /// When the last datagram was sent (by either thread).
+    last_sent: Instant,
+    /// When the last datagram was received.
+    last_heard: Instant,
+    /// The oldest send not followed by any datagram back.
+    unanswered_since: Option<Instant>,
+    /// Tokens of the pinger's pings whose pongs have not come yet.
+    tokens: VecDeque<u64>,
+    /// The client is being dropped.
+    stop: bool,
+}
+
+struct Shared {
+    conn: Connection,
+    bell: EventFd,
+    state: Mutex<State>,
+    cond: Condvar,
+    interval: Duration,
+    timeout: Duration,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends under the lock, so that the clocks stay in step with the socket.
+    fn send_locked(&self, st: &mut State, bytes: &[u8]) -> io::Result<()> {
+        self.conn.send(bytes)?;
+        let now = Instant::now();
+        st.last_sent = now;
+        st.unanswered_since.get_or_insert(now);
+        Ok(())
+    }
+
+    fn ring(&self) {
+        // Counter overflow is the only failure of a write of 1: it stays readable anyway.
+        let _ = self.bell.write(1);
+        self.cond.notify_all();
+    }
+
+    fn quiet(&self) {
+        // Non-blocking: EAGAIN when it was not readable.
+        let _ = self.bell.read();
+    }
+}
+
+/// The pinger of one session: owns the socket and the reader thread, stopped on drop.
+pub(crate) struct Pinger {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Pinger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pinger")
+            .field("conn", &self.shared.conn)
+            .field("interval", &self.shared.interval)
+            .field("timeout", &self.shared.timeout)
+            .finish()
+    }
+}
+
+impl Pinger {
+    /// Starts pinging over `conn` every `interval` of idleness; epochgate has stopped
+    /// answering after `timeout` without a datagram back.
+    pub(crate) fn start(
+        conn: Connection,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<Pinger, ShimError> {
+        let bell = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(io::Error::from)?;
+        let now = Instant::now();
+        let shared = Arc::new(Shared {
+            conn,
+            bell,
+            state: Mutex::new(State {
+                inbox: VecDeque::new(),
+                end: None,
+                last_sent: now,
+                last_heard: now,
+                unanswered_since: None,
+                tokens: VecDeque::new(),
+                stop: false,
+            }),
+            cond: Condvar::new(),
+            interval,
+            timeout,
+        });
+        let run = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("eg-shim-ping".into())
+            .spawn(move || run_pinger(&run))?;
+        Ok(Pinger {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The ping interval.
+    pub(crate) fn interval(&self) -> Duration {
+        self.shared.interval
+    }
+
+    /// The answer timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.shared.timeout
+    }
+
+    /// Sends one datagram (a call of the caller's).
+    pub(crate) fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut st = self.shared.lock();
+        self.shared.send_locked(&mut st, bytes)
+    }
+
+    /// The silence that ended the session, if that is how it ended (the socket may still be
+    /// open, but epochgate does not answer on it).
+    pub(crate) fn unresponsive(&self) -> Option<ShimError> {
+        let st = self.shared.lock();
+        match &st.end {
+            Some(e @ End::Silent { .. }) if st.inbox.is_empty() => Some(e.error()),
+            _ => None,
+        }
+    }
+
+    /// The next datagram epochgate sent (other than pongs to the pinger), waiting until
+    /// `deadline`: like [`Connection::recv`].
+    pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>, ShimError> {
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(bytes) = st.inbox.pop_front() {
+                if st.inbox.is_empty() && st.end.is_none() {
+                    self.shared.quiet();
+                }
+                return Ok(Some(bytes));
+            }
+            if let Some(end) = &st.end {
+                return Err(end.error());
+            }
+            st = match deadline {
+                None => self
+                    .shared
+                    .cond
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    self.shared
+                        .cond
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+}
+
+impl AsFd for Pinger {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.shared.bell.as_fd()
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        // Wakes the thread from its poll (the socket reads as hung up); the session is over
+        // anyway, as it is when a Client without pinger is dropped.
+        let _ = self.shared.conn.socket().shutdown(Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run_pinger(sh: &Shared) {
+    let tokens = RandomState::new();
+    let mut n: u64 = 0;
+    loop {
+        let wake = {
+            let st = sh.lock();
+            if st.stop {
+                return;
+            }
+            let ping_at = st.last_sent + sh.interval;
+            match st.unanswered_since {
+                Some(u) => ping_at.min(u + sh.timeout),
+                None => ping_at,
+            }
+        };
+        let got = sh.conn.recv(Some(wake));
+        let now = Instant::now();
+        let mut st = sh.lock();
+        if st.stop {
+            return;
+        }
+        // Woken far later than asked: this process was stopped (SIGSTOP, a debugger, a host
+        // that froze it). That time is not epochgate's silence: start the clock again.
+        if now.saturating_duration_since(wake) > sh.timeout / 2 && st.unanswered_since.is_some() {
+            st.unanswered_since = Some(now);
+        }
+        match got {
+            Ok(Some(bytes)) => {
+                st.last_heard = now;
+                st.unanswered_since = None;
+                if is_pinger_pong(&mut st.tokens, &bytes) {
+                    continue;
+                }
+                st.inbox.push_back(bytes);
+                if st.inbox.len() == 1 {
+                    sh.ring();
+                } else {
+                    sh.cond.notify_all();
+                }
+            }
+            Ok(None) => {
+                if st.unanswered_since.is_some_and(|u| now >= u + sh.timeout) {
+                    st.end = Some(End::Silent {
+                        since: st.last_heard,
+                        timeout: sh.timeout,
+                    });
+                    sh.ring();
+                    return;
+                }
+                if now >= st.last_sent + sh.interval {
+                    n = n.wrapping_add(1);
+                    let token = tokens.hash_one(n);
+                    let ping = Request::Ping { token }.encode();
+                    // A send that fails (epochgate gone) shows as the close the next read
+                    // reports; the token is not kept.
+                    if sh.send_locked(&mut st, &ping).is_ok() {
+                        if st.tokens.len() == MAX_TOKENS {
+                            st.tokens.pop_front();
+                        }
+                        st.tokens.push_back(token);
+                    } else {
+                        st.last_sent = now;
+                    }
+                }
+            }
+            Err(e) => {
+                st.end = Some(match e {
+                    ShimError::Io(e) => End::Io(e.kind(), e.to_string()),
+                    _ => End::Closed,
+                });
+                sh.ring();
+                return;
+            }
+        }
+    }
+}
+
+/// Whether `bytes` is a `Pong` answering one of the pinger's pings (then forgotten, with
+/// any older token: epochgate answers in order, so their pongs are not coming).
+fn is_pinger_pong(tokens: &mut VecDeque<u64>, bytes: &[u8]) -> bool {
+    if bytes.len() > MAX_MESSAGE {
+        return false;
+    }
+    let Ok(Reply::Pong { token }) = decode_reply(bytes) else {
+        return false;
+    };
+    match tokens.iter().position(|&t| t == token) {
+        Some(i) => {
+            tokens.drain(..=i);
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_tokens_are_the_pingers_and_older_ones_are_forgotten() {
+        let mut tokens: VecDeque<u64> = [1, 2, 3].into();
+        let pong = |token| Reply::Pong { token }.encode();
+        assert!(
+            !is_pinger_pong(&mut tokens, &pong(9)),
+            "the caller's own ping"
+        );
+        assert_eq!(tokens, [1, 2, 3]);
+        assert!(is_pinger_pong(&mut tokens, &pong(2)));
+        assert_eq!(tokens, [3], "1 was answered before 2, or never will be");
+        assert!(!is_pinger_pong(
+            &mut tokens,
+            &Reply::Protected { epoch: 3 }.encode()
+        ));
+        assert!(!is_pinger_pong(&mut tokens, b"not a message"));
+        assert!(is_pinger_pong(&mut tokens, &pong(3)));
+        assert!(tokens.is_empty());
+        assert!(!is_pinger_pong(&mut tokens, &pong(3)), "only once");
+    }
+}
