@@ -5,6 +5,8 @@ set -euo pipefail
 
 # tcpdump: tests/classify_cli.rs captures real loopback TCP traffic; iproute2: ip, ss.
 PACKAGES=(dpdk dpdk-dev libdpdk-dev clang libclang-dev pkg-config gcc tcpdump iproute2)
+# g++: the fuzz targets' libfuzzer-sys compiles libFuzzer (C++); scripts/test.sh builds them.
+PACKAGES+=(g++)
 # The operator surface's tests: prometheus (promtool) and curl for tests/metrics_cli.rs; tmux for
 # tests/top_tmux.rs; resource-agents (ocf-shellfuncs, ocf-tester) and libxml2-utils (the xmllint
 # ocf-tester checks meta-data with) for tests/ocf_agent.rs; systemd (systemd-analyze) for

@@ -5,11 +5,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cargo fmt --all -- --check
+# The fuzz crates are their own workspaces (scripts/fuzz.sh runs them on nightly).
+cargo fmt --manifest-path nic-fuzz/Cargo.toml -- --check
+cargo fmt --manifest-path vmm-shim/fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Test binaries run one after another (each integration test file is its own process with its
 # own EAL); tests inside a file serialise themselves.
 # The binaries first: the harness's tests (perf/tests) run epochgate next to epochgate-perf.
 cargo build --workspace --bins
+# The fuzz targets, built on stable so they cannot rot (libFuzzer's instrumentation comes only
+# from cargo-fuzz). Each in its own target directory under target/: built into target/ itself,
+# they would make the main workspace's path crates stale on every run.
+cargo build --manifest-path nic-fuzz/Cargo.toml --bins --target-dir target/fuzz-build/nic
+cargo build --manifest-path vmm-shim/fuzz/Cargo.toml --bins --target-dir target/fuzz-build/vmm-shim
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"

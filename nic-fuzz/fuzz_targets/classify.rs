@@ -2,7 +2,8 @@
 //! rules, under every per-VM setting) and `classify_with` a small window table.
 //!
 //! Beyond "never panics", it checks the classifier's promises: a malformed frame is Immediate
-//! `malformed` whatever is configured, and `classify` is `classify_info` of `parse`.
+//! `malformed` whatever is configured (a frame shorter than an Ethernet header always is), and
+//! `classify` is `classify_info` of `parse`.
 
 #![no_main]
 
@@ -38,6 +39,10 @@ fn rules() -> &'static Classifier {
 
 fuzz_target!(|frame: &[u8]| {
     let info = parse(frame);
+    // A frame too short for its Ethernet header is malformed, hence immediate, at once.
+    if frame.len() < 14 {
+        assert!(info.malformed, "a {}-byte frame parsed", frame.len());
+    }
     let plain = Classifier::default();
     let malformed = Classified {
         verdict: Verdict::Immediate,

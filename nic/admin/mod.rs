@@ -42,7 +42,7 @@ pub(crate) mod tests;
 
 pub use client::{query, QueryError};
 pub use render::{latency_text, render_stats, render_vms};
-pub use server::AdminServer;
+pub use server::{frame_request, parse_request, AdminServer, Framed};
 
 use crate::stats::Snapshot;
 use std::sync::Arc;

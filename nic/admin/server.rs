@@ -266,26 +266,23 @@ impl Server {
                 }
             }
         };
-        let within = &c.input[..c.input.len().min(MAX_REQUEST)];
-        let line = match within.iter().position(|b| *b == b'\n') {
-            Some(n) => within[..n].to_vec(),
-            None if c.input.len() >= MAX_REQUEST => {
+        let line = match frame_request(&c.input, eof) {
+            Framed::Line(line) => line,
+            Framed::TooLong => {
                 let why = format!(
                     "request longer than {MAX_REQUEST} bytes: send one of {} and a newline",
                     accepted()
                 );
                 return c.fail(&why);
             }
-            // The client shut down its side after an unterminated request: take it as is.
-            None if eof && !c.input.is_empty() => c.input.clone(),
-            None if eof => {
+            Framed::Closed => {
                 match c.refused.take() {
                     Some(why) => c.answer(error_line(&why)),
                     None => c.state = State::Done,
                 }
                 return;
             }
-            None => return, // more to come
+            Framed::More => return,
         };
         let reply = match c.refused.take() {
             Some(why) => error_line(&why),
@@ -398,15 +395,54 @@ pub(super) fn admit(access: &Access, uid: u32, gid: u32, pid: i32) -> Result<(),
     ))
 }
 
-/// The answer to one request line (without its newline).
-fn respond(line: &[u8], source: &SnapshotFn) -> String {
+/// What a connection's input so far amounts to, by [`frame_request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Framed {
+    /// A request line, without its newline: the bytes before the first newline within the first
+    /// [`MAX_REQUEST`] bytes, or, once the client shut down its side, an unterminated request.
+    Line(Vec<u8>),
+    /// [`MAX_REQUEST`] bytes or more and no newline among the first [`MAX_REQUEST`].
+    TooLong,
+    /// The client shut down its side without sending anything.
+    Closed,
+    /// No line yet: more may come.
+    More,
+}
+
+/// The admin socket's request framing: what the `input` a client sent so far (and whether it
+/// shut down its side, `eof`) amounts to. Pure; the server's poll loop and the fuzz target
+/// (`nic-fuzz`, target `admin`) use it.
+pub fn frame_request(input: &[u8], eof: bool) -> Framed {
+    let within = &input[..input.len().min(MAX_REQUEST)];
+    match within.iter().position(|b| *b == b'\n') {
+        Some(n) => Framed::Line(within[..n].to_vec()),
+        None if input.len() >= MAX_REQUEST => Framed::TooLong,
+        // The client shut down its side after an unterminated request: take it as is.
+        None if eof && !input.is_empty() => Framed::Line(input.to_vec()),
+        None if eof => Framed::Closed,
+        None => Framed::More,
+    }
+}
+
+/// The request a line (without its newline) asks for: one of [`REQUESTS`] (surrounding
+/// whitespace and a `\r` ignored), or the error text the client is sent, naming what it sent and
+/// what is accepted. Pure; used by the server and the fuzz target (`nic-fuzz`, target `admin`).
+pub fn parse_request(line: &[u8]) -> Result<&'static str, String> {
     let text = String::from_utf8_lossy(line);
     let request = text.trim();
-    if !REQUESTS.contains(&request) {
-        return error_line(&format!(
+    match REQUESTS.iter().find(|r| **r == request) {
+        Some(r) => Ok(r),
+        None => Err(format!(
             "unknown request {request:?}: this socket accepts {}, one per connection, ending with a newline",
             accepted()
-        ));
+        )),
+    }
+}
+
+/// The answer to one request line (without its newline).
+fn respond(line: &[u8], source: &SnapshotFn) -> String {
+    if let Err(why) = parse_request(line) {
+        return error_line(&why);
     }
     let snap = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source())) {
         Ok(s) => s,

@@ -476,3 +476,34 @@ fn refused_peers_are_told_why() {
         );
     }
 }
+
+#[test]
+fn request_framing_and_parsing_are_pure_and_exact() {
+    let line = |b: &[u8]| Framed::Line(b.to_vec());
+    assert_eq!(frame_request(b"", false), Framed::More);
+    assert_eq!(frame_request(b"", true), Framed::Closed);
+    assert_eq!(frame_request(b"sta", false), Framed::More);
+    assert_eq!(frame_request(b"sta", true), line(b"sta"));
+    assert_eq!(frame_request(b"stats\nvms\n", false), line(b"stats"));
+    let long = [b'x'; MAX_REQUEST];
+    assert_eq!(frame_request(&long, false), Framed::TooLong);
+    assert_eq!(frame_request(&long, true), Framed::TooLong);
+    // A newline just past the first MAX_REQUEST bytes does not make a line.
+    assert_eq!(
+        frame_request(&[&long[..], b"\n"].concat(), false),
+        Framed::TooLong
+    );
+    let mut last = long;
+    last[MAX_REQUEST - 1] = b'\n';
+    assert_eq!(frame_request(&last, false), line(&long[..MAX_REQUEST - 1]));
+
+    assert_eq!(parse_request(b" stats\r"), Ok("stats"));
+    assert_eq!(parse_request(b"vms"), Ok("vms"));
+    let why = parse_request(b"\xffstat").unwrap_err();
+    assert!(
+        why.starts_with(
+            "unknown request \"\u{fffd}stat\": this socket accepts \"stats\" or \"vms\""
+        ),
+        "{why}"
+    );
+}
