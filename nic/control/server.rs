@@ -38,6 +38,10 @@ use vmm_shim::proto::{self, ErrorCode, Reply, Request, VmStats, MAX_MESSAGE};
 /// worker's bell (answers, checkpoint requests), a stop (which rings the bell) and the next
 /// hello or liveness deadline; this only bounds how stale the session count can get.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// How long the control thread polls without sleeping after it handed a command to a worker.
+/// Bounded, so a fence that drains for milliseconds costs at most this much spinning; idle, it
+/// never spins.
+const SPIN: Duration = Duration::from_micros(200);
 const BACKLOG: i32 = 64;
 /// File descriptors a new session must leave free for the rest of epochgate (stats file,
 /// admin socket, vhost-user reconnections): beyond, the connection is refused.
@@ -170,6 +174,7 @@ impl ControlServer {
             trouble: None,
             counters: counters.clone(),
             next_id: EVENT + 1,
+            spin_until: None,
             stop: stop.clone(),
             why: why.clone(),
         };
@@ -292,6 +297,8 @@ struct Server {
     trouble: Option<Trouble>,
     counters: Arc<ControlCounters>,
     next_id: u64,
+    /// Until when the thread polls without sleeping (a command was just handed to a worker).
+    spin_until: Option<Instant>,
     stop: Arc<AtomicBool>,
     why: Arc<OnceLock<String>>,
 }
@@ -355,7 +362,16 @@ impl Server {
             // (hello or liveness deadline, a resting listener's pause).
             let now = Instant::now();
             let rest = self.backoff.left(now);
-            let timeout = if self.outbox.is_empty() {
+            // Just after a command went to a worker the answer is usually microseconds away
+            // (an idle VM's fence, a commit): the thread polls without sleeping for up to
+            // `SPIN` rather than pay a wake-up, then sleeps on the bell.
+            let spinning = self
+                .spin_until
+                .is_some_and(|t| now < t && self.sessions.iter().any(|s| s.waiting));
+            if !spinning {
+                self.spin_until = None;
+            }
+            let timeout = if self.outbox.is_empty() && !spinning {
                 let mut t = self.next_deadline(now).unwrap_or(MAX_SLEEP).min(MAX_SLEEP);
                 if !rest.is_zero() {
                     t = t.min(rest);
@@ -379,7 +395,7 @@ impl Server {
             self.check_liveness();
             self.reap();
             self.counters.sessions.set(self.sessions.len() as u64);
-            if !self.outbox.is_empty() {
+            if !self.outbox.is_empty() || spinning {
                 std::thread::yield_now();
             }
         }
@@ -763,6 +779,7 @@ impl Server {
         };
         let vm = self.sessions[i].vm.unwrap_or_default();
         self.sessions[i].waiting = true;
+        self.spin_until = Some(Instant::now() + SPIN);
         self.command(Command {
             vm,
             session: id,
