@@ -884,7 +884,9 @@ impl Worker {
             if self.vms[vi].announce_due().is_some_and(|t| t <= now) {
                 let vm = &mut self.vms[vi];
                 vm.announce_left -= 1;
-                vm.announce_next = vm.announce_next.saturating_add(vm.announce_every);
+                // From when this round went out, not from when it was due: a late round (the
+                // worker was descheduled) never brings the next one closer than the interval.
+                vm.announce_next = now.saturating_add(vm.announce_every);
                 self.stage_announcements(vi);
             }
         }
