@@ -6,11 +6,11 @@
 //! uplink, before or after the restart; every committed frame reaches it exactly once, in
 //! order; traffic resumes.
 //!
-//! The guests' virtio-user ports do not survive their vhost-user server going away (DPDK's
-//! virtio-user reconnects only in its own server mode, which epochgate's `net_vhost` ports
-//! are not the client of), so the peer playing the guests and the uplink is restarted with
-//! epochgate, as a QEMU guest would be re-plugged; it records the uplink of each run into its
-//! own capture.
+//! The guests' virtio-user ports are not expected to survive their vhost-user server going
+//! away (DPDK's virtio-user reconnects only in its own server mode, against a vhost-user
+//! client; epochgate's `net_vhost` ports are servers), so the peer playing the guests and the
+//! uplink is restarted with epochgate; it records the uplink of each run into its own
+//! capture.
 
 mod common;
 use common::*;
