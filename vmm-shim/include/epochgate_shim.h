@@ -14,7 +14,8 @@
  *       eg_shim_set_timeout says otherwise), epochgate closed the session, or a bad argument
  *       such as a NULL handle; the message is in eg_shim_last_error().
  * After EG_ERR_SHUTTING_DOWN, EG_ERR_LIVENESS_TIMEOUT, or a -1 saying epochgate closed the
- * session or stopped answering, the session is over: close the handle and connect again.
+ * session or stopped answering, the session is over: close the handle and connect again, or
+ * renew it in place with eg_shim_reconnect (epochgate restarting for an upgrade).
  *
  * Liveness: a handle from eg_shim_connect pings epochgate by itself, from a background thread,
  * while the session is idle, at the interval epochgate asks for ([control] ping_interval_ms),
@@ -132,6 +133,16 @@ eg_shim *eg_shim_connect(const char *socket_path, const char *vm);
  * > 0 how long with nothing back means epochgate stopped answering. */
 eg_shim *eg_shim_connect_with(const char *socket_path, const char *vm, int32_t ping_interval_ms,
                               int32_t answer_timeout_ms);
+
+/* After the session ended (EG_ERR_SHUTTING_DOWN, or -1 saying epochgate closed the session):
+ * starts a new session for the same VM on the same socket path, with the same pinger options,
+ * retrying every 50 ms for up to `timeout_ms` (0: one attempt) while epochgate is not there or
+ * is still shutting down; any other refusal is returned at once. 0 on success: the handle now
+ * drives the new session, which is in a NEW EPOCH (eg_shim_welcome_epoch and
+ * eg_shim_welcome_mode give it; a VM that was protected comes back protected). The old epochs
+ * are gone with what they held: checkpoint again from the new epoch. eg_shim_fd may change:
+ * fetch it again. Not from inside the event callback. */
+int eg_shim_reconnect(eg_shim *shim, int64_t timeout_ms);
 
 /* The pinger's interval and answer timeout in milliseconds (0 without a pinger, -1 for NULL). */
 int64_t eg_shim_ping_interval_ms(const eg_shim *shim);

@@ -24,7 +24,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -313,6 +313,11 @@ pub struct Options {
     /// `None` (the default): epochgate's `[control] liveness_timeout_ms`, or 4 ping intervals
     /// when it has none (0, or an older epochgate).
     pub answer_timeout: Option<Duration>,
+    /// How long [`Client::reconnect`] keeps trying to reach epochgate again on the same socket
+    /// path after the session ended (epochgate said it is shutting down, or the socket closed):
+    /// an upgrade restarts it, and the new process takes a moment to listen. `None` (the
+    /// default): one attempt.
+    pub reconnect: Option<Duration>,
 }
 
 impl Default for Options {
@@ -321,6 +326,7 @@ impl Default for Options {
             pinger: true,
             ping_interval: None,
             answer_timeout: None,
+            reconnect: None,
         }
     }
 }
@@ -403,6 +409,53 @@ pub struct Client {
     /// Epochgate ended the session with this refusal (a liveness timeout): every later call
     /// returns it again rather than a bare "closed".
     over: Option<(ErrorCode, String)>,
+    /// What epochgate said when it ended the session (shutting down, a liveness timeout).
+    last_word: Option<(ErrorCode, String)>,
+    /// The socket path [`Client::connect`] used (none over a given transport), for
+    /// [`Client::reconnect`].
+    socket: Option<PathBuf>,
+    /// The options the session was made with, for [`Client::reconnect`].
+    opts: Options,
+}
+
+/// What [`Client::reconnect`] got: a new session with a new process (or the same one), in a
+/// **new epoch**.
+///
+/// The epochs of the old session are gone: epochgate discarded what it held of them when it
+/// stopped (they could never be proven committed), so fencing or committing them again is
+/// refused. Whatever the VMM's own checkpoint loop had in flight (the checkpoint of a sealed
+/// epoch in transfer, the open epoch) must be redone from `welcome.epoch`: the guest output of
+/// those epochs was dropped, and only a new checkpoint makes the guest's state and its output
+/// agree again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconnected {
+    /// The new session's `Welcome`: the VM's open epoch (a VM that was protected comes back
+    /// protected, holding its output in a new open epoch) and mode.
+    pub welcome: Welcome,
+    /// The old session's `Welcome`.
+    pub previous: Welcome,
+    /// What epochgate said when it ended the old session, if it said anything (e.g.
+    /// `shutting-down` and its text); `None` if the socket just closed.
+    pub why: Option<(ErrorCode, String)>,
+    /// How many connection attempts it took (1: the first worked).
+    pub attempts: u32,
+}
+
+/// How long [`Client::reconnect`] waits between attempts.
+const RECONNECT_RETRY: Duration = Duration::from_millis(50);
+
+/// Whether a failed reconnection attempt may work later: epochgate is not (yet) there, or is
+/// still on its way out.
+fn worth_retrying(e: &ShimError) -> bool {
+    match e {
+        ShimError::Connect { .. }
+        | ShimError::Closed
+        | ShimError::Io(_)
+        | ShimError::Timeout
+        | ShimError::Unresponsive { .. } => true,
+        ShimError::Refused { code, .. } => *code == ErrorCode::ShuttingDown,
+        _ => false,
+    }
 }
 
 impl fmt::Debug for Client {
@@ -417,6 +470,9 @@ impl fmt::Debug for Client {
             .field("stale", &self.stale)
             .field("closed", &self.closed)
             .field("over", &self.over)
+            .field("last_word", &self.last_word)
+            .field("socket", &self.socket)
+            .field("opts", &self.opts)
             .finish()
     }
 }
@@ -441,7 +497,10 @@ impl Client {
     ) -> Result<Client, ShimError> {
         // Check the name before touching the socket: a bad one is the caller's mistake.
         Request::hello(vm).map_err(|e| ShimError::BadArgument(e.to_string()))?;
-        Client::over_with(Connection::connect(socket)?, vm, opts)
+        let socket = socket.as_ref();
+        let mut client = Client::over_with(Connection::connect(socket)?, vm, opts)?;
+        client.socket = Some(socket.to_path_buf());
+        Ok(client)
     }
 
     /// Adopts VM `vm` (`Hello`) over an already connected transport, e.g. one end of
@@ -469,6 +528,9 @@ impl Client {
             stale: 0,
             closed: false,
             over: None,
+            last_word: None,
+            socket: None,
+            opts,
         };
         match client.checked(&hello)? {
             Reply::Welcome { epoch, mode } => client.welcome = Welcome { epoch, mode },
@@ -526,6 +588,80 @@ impl Client {
         match &self.link {
             Link::Pinged(p) => Some(p.timeout()),
             Link::Direct(_) => None,
+        }
+    }
+
+    /// Whether the session is over (epochgate closed it, said it is shutting down, or failed
+    /// it): every call but [`Client::reconnect`] fails from then on.
+    pub fn is_over(&self) -> bool {
+        self.closed
+    }
+
+    /// What epochgate said when it ended the session (`shutting-down` when it stops for an
+    /// upgrade, `liveness-timeout`), if it has.
+    pub fn ended_because(&self) -> Option<(ErrorCode, &str)> {
+        self.last_word.as_ref().map(|(c, t)| (*c, t.as_str()))
+    }
+
+    /// Starts a new session for the same VM on the same socket path, retrying for up to
+    /// [`Options::reconnect`] (one attempt if that is `None`): see
+    /// [`Client::reconnect_within`].
+    pub fn reconnect(&mut self) -> Result<Reconnected, ShimError> {
+        self.reconnect_within(self.opts.reconnect.unwrap_or(Duration::ZERO))
+    }
+
+    /// Ends this session (if it is not over yet) and starts a new one for the same VM on the
+    /// same socket path: connects, `Hello`, and with the pinger its `Liveness` request, with
+    /// the options the client was made with. While epochgate is not there (the old process
+    /// is on its way out, the new one not listening yet) or answers that it is shutting down,
+    /// it tries again every 50 ms until `within` has passed; any other refusal (no such VM,
+    /// the VM has another session, permission denied) is returned at once.
+    ///
+    /// The new session is in a **new epoch** ([`Reconnected`]): the old session's epochs are
+    /// gone with what they held. Checkpoint requests of the old session still queued are
+    /// dropped (they name its epochs); the callback and the call timeout are kept. On failure
+    /// the client stays over, and `reconnect` may be called again.
+    ///
+    /// A client made over a given transport ([`Client::over`]) has no path to reconnect to:
+    /// `Err(BadArgument)`.
+    pub fn reconnect_within(&mut self, within: Duration) -> Result<Reconnected, ShimError> {
+        let Some(path) = self.socket.clone() else {
+            return Err(ShimError::BadArgument(
+                "this session was made over a given transport, not a socket path: there is nothing to reconnect to".into(),
+            ));
+        };
+        // The old session ends here: its socket (and pinger) go.
+        self.link = Link::Direct(placeholder()?);
+        self.closed = true;
+        let deadline = deadline_after(Some(within));
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let err = match Connection::connect(&path)
+                .and_then(|c| Client::over_with(c, &self.vm, self.opts))
+            {
+                Ok(mut fresh) => {
+                    fresh.socket = Some(path);
+                    fresh.timeout = self.timeout;
+                    fresh.callback = self.callback.take();
+                    let old = std::mem::replace(self, fresh);
+                    return Ok(Reconnected {
+                        welcome: self.welcome,
+                        previous: old.welcome,
+                        why: old.last_word,
+                        attempts,
+                    });
+                }
+                Err(e) => e,
+            };
+            let now = Instant::now();
+            match deadline {
+                Some(d) if now < d && worth_retrying(&err) => {
+                    std::thread::sleep(RECONNECT_RETRY.min(d - now));
+                }
+                None if worth_retrying(&err) => std::thread::sleep(RECONNECT_RETRY),
+                _ => return Err(err),
+            }
         }
     }
 
@@ -759,6 +895,7 @@ impl Client {
         if let Reply::Error { code, text } = reply {
             if ends_session(*code) {
                 self.closed = true;
+                self.last_word = Some((*code, text.clone()));
                 if *code == ErrorCode::LivenessTimeout {
                     self.over = Some((*code, text.clone()));
                 }
@@ -913,6 +1050,14 @@ pub struct ServerEnd {
 }
 
 impl ServerEnd {
+    /// The server end of an accepted connection (for tests with a real socket path).
+    #[cfg(test)]
+    pub(crate) fn from_socket(sock: Socket) -> ServerEnd {
+        ServerEnd {
+            conn: Connection { sock },
+        }
+    }
+
     /// The next request, waiting as long as it takes; `Err(Closed)` when the client closed,
     /// `Err(Proto)` for a malformed datagram.
     pub fn recv(&mut self) -> Result<Request, ShimError> {
@@ -1475,6 +1620,7 @@ mod tests {
             pinger: true,
             ping_interval: Some(Duration::from_millis(interval_ms)),
             answer_timeout: Some(Duration::from_millis(timeout_ms)),
+            ..Options::default()
         }
     }
 
@@ -1774,5 +1920,141 @@ mod tests {
             server.send(&Reply::Pong { token: 0 }),
             Err(ShimError::Closed)
         ));
+    }
+
+    /// A fake epochgate on a real socket path: accepts one session, answers its `Hello` with
+    /// `epoch`, then runs `serve`.
+    fn listen_once<F>(path: &Path, epoch: u64, serve: F) -> JoinHandle<()>
+    where
+        F: FnOnce(&mut ServerEnd) + Send + 'static,
+    {
+        let _ = std::fs::remove_file(path);
+        let l = Socket::new(Domain::UNIX, Type::SEQPACKET, None).unwrap();
+        l.bind(&SockAddr::unix(path).unwrap()).unwrap();
+        l.listen(4).unwrap();
+        thread::spawn(move || {
+            let (sock, _) = l.accept().unwrap();
+            let mut s = ServerEnd {
+                conn: Connection { sock },
+            };
+            assert_eq!(s.recv().unwrap(), Request::hello(VM).unwrap());
+            s.send(&Reply::Welcome {
+                epoch,
+                mode: Mode::Protected,
+            })
+            .unwrap();
+            serve(&mut s);
+        })
+    }
+
+    #[test]
+    fn reconnect_after_shutting_down_is_a_new_session_in_a_new_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let first = listen_once(&path, 7, |s| {
+            assert_eq!(s.recv().unwrap(), Request::Fence { epoch: 7 });
+            s.send(&Reply::error(
+                ErrorCode::ShuttingDown,
+                "stopping for an upgrade",
+            ))
+            .unwrap();
+        });
+        let opts = Options {
+            reconnect: Some(Duration::from_secs(20)),
+            ..Options::without_pinger()
+        };
+        let mut c = Client::connect_with(&path, VM, opts).unwrap();
+        assert_eq!(c.welcome().epoch, 7);
+        let e = c.fence(7).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::ShuttingDown));
+        first.join().unwrap();
+        assert!(c.is_over());
+        assert_eq!(
+            c.ended_because(),
+            Some((ErrorCode::ShuttingDown, "stopping for an upgrade"))
+        );
+        assert!(matches!(c.commit(7), Err(ShimError::Closed)));
+
+        // The next process comes up a little later, on the same path.
+        let p2 = path.clone();
+        let second = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(200));
+            listen_once(&p2, 1, |s| {
+                assert_eq!(s.recv().unwrap(), Request::Fence { epoch: 1 });
+                s.send(&Reply::Fenced {
+                    epoch: 1,
+                    frames: 0,
+                    bytes: 0,
+                    drain_ns: 0,
+                })
+                .unwrap();
+            })
+            .join()
+            .unwrap();
+        });
+        std::fs::remove_file(&path).unwrap();
+        let r = c.reconnect().unwrap();
+        assert_eq!(r.welcome.epoch, 1);
+        assert_eq!(r.previous.epoch, 7);
+        assert_eq!(
+            r.why,
+            Some((
+                ErrorCode::ShuttingDown,
+                "stopping for an upgrade".to_string()
+            ))
+        );
+        assert!(r.attempts > 1, "{r:?}");
+        assert!(!c.is_over());
+        assert_eq!(c.welcome(), r.welcome);
+        assert_eq!(c.fence(1).unwrap().epoch, 1);
+        second.join().unwrap();
+    }
+
+    #[test]
+    fn reconnect_gives_up_after_its_time_or_at_a_refusal_that_will_not_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let first = listen_once(&path, 3, |_| {});
+        let mut c = Client::connect_with(&path, VM, Options::without_pinger()).unwrap();
+        first.join().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // Nobody listens: one attempt (no reconnect time configured), then the connect error.
+        let e = c.reconnect().unwrap_err();
+        assert!(matches!(e, ShimError::Connect { .. }), "{e:?}");
+        let e = c.reconnect_within(Duration::from_millis(150)).unwrap_err();
+        assert!(matches!(e, ShimError::Connect { .. }), "{e:?}");
+        assert!(c.is_over());
+
+        // A refusal of the Hello itself is final.
+        let l = Socket::new(Domain::UNIX, Type::SEQPACKET, None).unwrap();
+        l.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+        l.listen(4).unwrap();
+        let t = thread::spawn(move || {
+            let (sock, _) = l.accept().unwrap();
+            let mut s = ServerEnd {
+                conn: Connection { sock },
+            };
+            s.recv().unwrap();
+            s.send(&Reply::error(ErrorCode::UnknownVm, "no such VM"))
+                .unwrap();
+        });
+        let e = c.reconnect_within(Duration::from_secs(20)).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::UnknownVm), "{e:?}");
+        t.join().unwrap();
+
+        // Over a given transport there is no path.
+        let (conn, mut server) = pair().unwrap();
+        let t = thread::spawn(move || {
+            server.recv().unwrap();
+            server
+                .send(&Reply::Welcome {
+                    epoch: 1,
+                    mode: Mode::Protected,
+                })
+                .unwrap();
+        });
+        let mut c = Client::over(conn, VM).unwrap();
+        t.join().unwrap();
+        assert!(matches!(c.reconnect(), Err(ShimError::BadArgument(_))));
     }
 }

@@ -24,14 +24,15 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, OsStr};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, TryLockError};
 use std::time::Duration;
 
-use crate::client::{Client, Event, Options, ShimError, Welcome};
+use crate::client::{Client, Event, Options, ShimError};
 use crate::proto::{ErrorCode, Mode, Release, Urgency, VmStats, VERSION};
 
 /// `eg_fenced`: what `eg_shim_fence` returns.
@@ -139,21 +140,49 @@ impl From<VmStats> for EgStats {
 /// What the read-only accessors need is kept outside the lock, so they work even from inside
 /// the event callback.
 pub struct EgShim {
-    welcome: Welcome,
-    fd: RawFd,
-    /// The pinger's interval and answer timeout; `None` without a pinger.
-    pinger: Option<(Duration, Duration)>,
+    /// What the session's `Hello` got (epoch, and mode as `EG_MODE_*`); atomics because
+    /// `eg_shim_reconnect` renews them while the accessors may read them from a callback.
+    welcome_epoch: AtomicU64,
+    welcome_mode: AtomicU32,
+    fd: AtomicI32,
+    /// The pinger's interval and answer timeout in ms; 0 without a pinger.
+    ping_interval_ms: AtomicI64,
+    answer_timeout_ms: AtomicI64,
     client: Mutex<Client>,
+}
+
+fn millis(d: Option<Duration>) -> i64 {
+    d.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl EgShim {
     fn new(client: Client) -> Box<EgShim> {
-        Box::new(EgShim {
-            welcome: client.welcome(),
-            fd: client.as_fd().as_raw_fd(),
-            pinger: client.ping_interval().zip(client.answer_timeout()),
+        let shim = Box::new(EgShim {
+            welcome_epoch: AtomicU64::new(0),
+            welcome_mode: AtomicU32::new(0),
+            fd: AtomicI32::new(-1),
+            ping_interval_ms: AtomicI64::new(0),
+            answer_timeout_ms: AtomicI64::new(0),
             client: Mutex::new(client),
-        })
+        });
+        if let Ok(c) = shim.client.lock() {
+            shim.note(&c);
+        }
+        shim
+    }
+
+    /// Records what the accessors give for `client` (a new session after a reconnection).
+    fn note(&self, client: &Client) {
+        let pinger = client.ping_interval().zip(client.answer_timeout());
+        self.welcome_epoch
+            .store(client.welcome().epoch, Ordering::Release);
+        self.welcome_mode
+            .store(client.welcome().mode as u32, Ordering::Release);
+        self.fd.store(client.as_fd().as_raw_fd(), Ordering::Release);
+        self.ping_interval_ms
+            .store(millis(pinger.map(|p| p.0)), Ordering::Release);
+        self.answer_timeout_ms
+            .store(millis(pinger.map(|p| p.1)), Ordering::Release);
     }
 }
 
@@ -417,8 +446,9 @@ pub unsafe extern "C" fn eg_shim_close(shim: *mut EgShim) {
 /// `shim` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn eg_shim_welcome_epoch(shim: *const EgShim) -> u64 {
-    // SAFETY: NULL or a live handle (the contract); shared access to an immutable field.
-    catch_unwind(|| unsafe { shim.as_ref() }.map_or(0, |s| s.welcome.epoch)).unwrap_or(0)
+    // SAFETY: NULL or a live handle (the contract); shared access to an atomic field.
+    catch_unwind(|| unsafe { shim.as_ref() }.map_or(0, |s| s.welcome_epoch.load(Ordering::Acquire)))
+        .unwrap_or(0)
 }
 
 /// The mode `Hello` reported (`EG_MODE_*`; `UINT32_MAX` for NULL).
@@ -428,9 +458,11 @@ pub unsafe extern "C" fn eg_shim_welcome_epoch(shim: *const EgShim) -> u64 {
 /// `shim` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn eg_shim_welcome_mode(shim: *const EgShim) -> u32 {
-    // SAFETY: NULL or a live handle (the contract); shared access to an immutable field.
-    catch_unwind(|| unsafe { shim.as_ref() }.map_or(u32::MAX, |s| s.welcome.mode as u32))
-        .unwrap_or(u32::MAX)
+    catch_unwind(|| {
+        // SAFETY: NULL or a live handle (the contract); shared access to an atomic field.
+        unsafe { shim.as_ref() }.map_or(u32::MAX, |s| s.welcome_mode.load(Ordering::Acquire))
+    })
+    .unwrap_or(u32::MAX)
 }
 
 /// The background pinger's interval in milliseconds; 0 when the handle has no pinger
@@ -442,11 +474,8 @@ pub unsafe extern "C" fn eg_shim_welcome_mode(shim: *const EgShim) -> u32 {
 #[no_mangle]
 pub unsafe extern "C" fn eg_shim_ping_interval_ms(shim: *const EgShim) -> i64 {
     catch_unwind(|| {
-        // SAFETY: NULL or a live handle (the contract); shared access to an immutable field.
-        unsafe { shim.as_ref() }.map_or(-1, |s| {
-            s.pinger
-                .map_or(0, |(i, _)| i64::try_from(i.as_millis()).unwrap_or(i64::MAX))
-        })
+        // SAFETY: NULL or a live handle (the contract); shared access to an atomic field.
+        unsafe { shim.as_ref() }.map_or(-1, |s| s.ping_interval_ms.load(Ordering::Acquire))
     })
     .unwrap_or(-1)
 }
@@ -460,11 +489,8 @@ pub unsafe extern "C" fn eg_shim_ping_interval_ms(shim: *const EgShim) -> i64 {
 #[no_mangle]
 pub unsafe extern "C" fn eg_shim_answer_timeout_ms(shim: *const EgShim) -> i64 {
     catch_unwind(|| {
-        // SAFETY: NULL or a live handle (the contract); shared access to an immutable field.
-        unsafe { shim.as_ref() }.map_or(-1, |s| {
-            s.pinger
-                .map_or(0, |(_, t)| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
-        })
+        // SAFETY: NULL or a live handle (the contract); shared access to an atomic field.
+        unsafe { shim.as_ref() }.map_or(-1, |s| s.answer_timeout_ms.load(Ordering::Acquire))
     })
     .unwrap_or(-1)
 }
@@ -478,8 +504,44 @@ pub unsafe extern "C" fn eg_shim_answer_timeout_ms(shim: *const EgShim) -> i64 {
 /// `shim` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn eg_shim_fd(shim: *const EgShim) -> c_int {
-    // SAFETY: NULL or a live handle (the contract); shared access to an immutable field.
-    catch_unwind(|| unsafe { shim.as_ref() }.map_or(-1, |s| s.fd)).unwrap_or(-1)
+    // SAFETY: NULL or a live handle (the contract); shared access to an atomic field.
+    catch_unwind(|| unsafe { shim.as_ref() }.map_or(-1, |s| s.fd.load(Ordering::Acquire)))
+        .unwrap_or(-1)
+}
+
+/// After the session ended (`EG_ERR_SHUTTING_DOWN`, or -1 saying epochgate closed it):
+/// starts a new session for the same VM on the same socket path, with the same pinger
+/// options, retrying every 50 ms for up to `timeout_ms` (0: once) while epochgate is not there
+/// or is still shutting down. Returns 0 (the handle now drives the new session), or the code
+/// of the last failure. The new session is in a **new epoch**: `eg_shim_welcome_epoch` and
+/// `eg_shim_welcome_mode` give it, `eg_shim_fd` may have changed. The old epochs are gone with
+/// what they held; checkpoint again from the new one.
+///
+/// # Safety
+///
+/// `shim` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn eg_shim_reconnect(shim: *mut EgShim, timeout_ms: i64) -> c_int {
+    entry(|| {
+        if timeout_ms < 0 {
+            return Err(bad(format!(
+                "timeout_ms is {timeout_ms}: 0 (one attempt) or more"
+            )));
+        }
+        let within = Duration::from_millis(timeout_ms.unsigned_abs());
+        // SAFETY: NULL or a live handle (the contract); only a shared reference is made.
+        let Some(s) = (unsafe { shim.as_ref() }) else {
+            return Err(bad("the eg_shim handle is NULL"));
+        };
+        // SAFETY: NULL or a live handle (the contract).
+        unsafe {
+            with_client(shim, |c| {
+                c.reconnect_within(within)?;
+                s.note(c);
+                Ok(())
+            })
+        }
+    })
 }
 
 /// Sets how long each call waits for its reply (default 30 s); `timeout_ms < 0` waits forever.
@@ -835,6 +897,7 @@ mod tests {
                 pinger: true,
                 ping_interval: Some(Duration::from_millis(25)),
                 answer_timeout: Some(Duration::from_millis(400)),
+                reconnect: None,
             }
         );
         assert!(options_of(-2, 0).is_err());
@@ -859,6 +922,7 @@ mod tests {
             assert_eq!(eg_shim_next_event(null, 0, std::ptr::null_mut()), -1);
             assert_eq!(eg_shim_set_event_callback(null, None, null.cast()), -1);
             assert_eq!(eg_shim_fd(null), -1);
+            assert_eq!(eg_shim_reconnect(null, 0), -1);
             assert_eq!(eg_shim_ping_interval_ms(null), -1);
             assert_eq!(eg_shim_answer_timeout_ms(null), -1);
             assert!(
@@ -1020,5 +1084,63 @@ mod tests {
         // SAFETY: a valid NUL-terminated string.
         let msg = unsafe { CStr::from_ptr(eg_shim_last_error()) };
         assert!(msg.to_str().unwrap().contains("boom"));
+    }
+
+    /// A fake epochgate on `path` for one session: `Hello` gets `epoch`, then `serve` runs.
+    fn serve_once(
+        path: &Path,
+        epoch: u64,
+        serve: impl FnOnce(&mut crate::client::ServerEnd) + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        use socket2::{Domain, SockAddr, Socket, Type};
+        let _ = std::fs::remove_file(path);
+        let l = Socket::new(Domain::UNIX, Type::SEQPACKET, None).unwrap();
+        l.bind(&SockAddr::unix(path).unwrap()).unwrap();
+        l.listen(4).unwrap();
+        std::thread::spawn(move || {
+            let (sock, _) = l.accept().unwrap();
+            let mut s = crate::client::ServerEnd::from_socket(sock);
+            assert!(matches!(
+                s.recv().unwrap(),
+                crate::proto::Request::Hello { .. }
+            ));
+            s.send(&Reply::Welcome {
+                epoch,
+                mode: Mode::Protected,
+            })
+            .unwrap();
+            serve(&mut s);
+        })
+    }
+
+    #[test]
+    fn reconnect_renews_the_handle_in_a_new_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let first = serve_once(&path, 4, |s| {
+            s.recv().unwrap();
+            s.send(&Reply::error(ErrorCode::ShuttingDown, "stopping"))
+                .unwrap();
+        });
+        let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated strings; `shim` is live until the eg_shim_close.
+        unsafe {
+            let shim = eg_shim_connect_with(cpath.as_ptr(), c"web".as_ptr(), -1, 0);
+            assert!(!shim.is_null());
+            assert_eq!(eg_shim_welcome_epoch(shim), 4);
+            assert_eq!(
+                eg_shim_ping(shim),
+                c_int::from(ErrorCode::ShuttingDown.code())
+            );
+            first.join().unwrap();
+            let second = serve_once(&path, 1, |_| {});
+            assert_eq!(eg_shim_reconnect(shim, -1), -1, "a negative timeout");
+            assert_eq!(eg_shim_reconnect(shim, 10_000), 0);
+            assert_eq!(eg_shim_welcome_epoch(shim), 1);
+            assert_eq!(eg_shim_welcome_mode(shim), EG_MODE_PROTECTED);
+            assert!(eg_shim_fd(shim) >= 0);
+            second.join().unwrap();
+            eg_shim_close(shim);
+        }
     }
 }

@@ -25,7 +25,9 @@ mod pinger;
 pub mod proto;
 pub mod vmm;
 
-pub use client::{pair, Client, Connection, Event, Fenced, Options, ServerEnd, ShimError, Welcome};
+pub use client::{
+    pair, Client, Connection, Event, Fenced, Options, Reconnected, ServerEnd, ShimError, Welcome,
+};
 pub use pinger::{ANSWER_TIMEOUT_INTERVALS, DEFAULT_PING_INTERVAL};
 
 /// Version carried in every control message; a peer with another version is refused.

@@ -26,11 +26,18 @@ struct Shim {
 
 impl Shim {
     fn start(socket: &Path, vm: &str) -> Shim {
+        Shim::start_with(socket, vm, &[])
+    }
+
+    /// [`Shim::start`] with more options before `session`.
+    fn start_with(socket: &Path, vm: &str, options: &[&str]) -> Shim {
         let stderr = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(BIN)
             .arg("--socket")
             .arg(socket)
-            .args(["--vm", vm, "session"])
+            .args(["--vm", vm])
+            .args(options)
+            .arg("session")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr.reopen().unwrap())
@@ -288,6 +295,52 @@ fn epochgate_shutting_down_during_a_command_exits_1() {
     assert_eq!(code, Some(1));
     assert!(rest.is_empty(), "the ping is not tried: {rest:?}");
     assert_eq!(server.finish().len(), 2);
+}
+
+#[test]
+fn with_reconnect_a_session_that_ends_is_started_again_in_a_new_epoch() {
+    let first: common::Handler = Box::new(|s| {
+        let req = s.recv().unwrap();
+        s.answer(&req);
+        loop {
+            match s.recv().unwrap() {
+                Request::Stats => break,
+                other => {
+                    s.answer(&other);
+                }
+            }
+        }
+        s.send(&Reply::error(ErrorCode::ShuttingDown, "stopping"));
+    });
+    let second: common::Handler = Box::new(|s| s.serve());
+    let server = FakeServer::one_after_another(vec![first, second]);
+    let mut shim = Shim::start_with(server.path(), "web", &["--reconnect", "20s"]);
+    assert_eq!(shim.next()["reply"], "welcome");
+    shim.send("stats\n");
+    assert_eq!(shim.next(), json!({"event": "closed", "text": "stopping"}));
+    let r = shim.next();
+    assert_eq!(r["event"], "reconnected", "{r}");
+    assert_eq!(r["vm"], "web");
+    assert_eq!(r["new_epoch"], true);
+    assert!(r["attempts"].as_u64().is_some_and(|n| n >= 1), "{r}");
+    let e = shim.next();
+    assert_eq!(e["reply"], "error", "{e}");
+    assert_eq!(e["error"], "reconnected", "{e}");
+    // The new session takes commands.
+    shim.send("ping\n");
+    assert_eq!(shim.next(), json!({"reply": "pong"}));
+    let (code, rest) = shim.finish();
+    assert_eq!(code, Some(0));
+    assert!(rest.is_empty(), "{rest:?}");
+    let requests = server.finish();
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| matches!(r, Request::Hello { .. }))
+            .count(),
+        2,
+        "{requests:?}"
+    );
 }
 
 #[test]

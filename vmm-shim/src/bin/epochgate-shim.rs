@@ -76,6 +76,16 @@ OUTPUT
   epochgate does not answer within its liveness timeout, the session ends with
   {"event":"closed","text":"epochgate stopped answering: ..."} and exit status 1.
 
+  With --reconnect DURATION, a session that ends (after its "closed" line) is started again
+  on the same socket, retrying for up to DURATION (epochgate restarting for an upgrade):
+    {"event":"reconnected","vm":"web","epoch":1,"mode":"protected","previous_epoch":9,
+     "attempts":4,"new_epoch":true}                              (on one line)
+  and a command that was running when the session ended gets
+    {"reply":"error","error":"reconnected","code":0,"text":"..."}
+  so a loop waiting for its reply goes on. The new session is in a new epoch: the old
+  session's epochs are gone with what they held; start again from "epoch". If no session
+  can be had in time, the error is printed as a "closed" line and the exit status is 1.
+
 EXIT STATUS
   0  end of input (the session is closed)
   1  epochgate closed the session
@@ -106,6 +116,12 @@ struct Cli {
     /// `[control] liveness_timeout_ms`, or 4 ping intervals].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     answer_timeout: Option<Duration>,
+    /// When epochgate ends the session (it stops for an upgrade, or the socket closes), start
+    /// a new one on the same socket, trying for up to this long (`session` only). The new
+    /// session is in a new epoch: a `{"event":"reconnected",...}` line gives it, and the old
+    /// epochs are gone with what they held (checkpoint them again).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    reconnect: Option<Duration>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -175,6 +191,7 @@ impl Cli {
             pinger: !self.no_pinger,
             ping_interval: self.ping_interval,
             answer_timeout: self.answer_timeout,
+            reconnect: self.reconnect,
         }
     }
 }
@@ -467,6 +484,43 @@ fn run_line(client: &mut Client, lineno: u64, raw: &[u8]) -> io::Result<Option<E
     }
 }
 
+/// After the session ended: with `--reconnect`, starts a new one and says so (and, when a
+/// command was running, answers it so a loop waiting for its reply goes on); `false` when
+/// there is no new session (the caller then exits with its status).
+fn renew(client: &mut Client, cli: &Cli, during_command: bool) -> io::Result<bool> {
+    if cli.reconnect.is_none() {
+        return Ok(false);
+    }
+    match client.reconnect() {
+        Ok(r) => {
+            emit(
+                &Line::event("reconnected")
+                    .with("vm", cli.vm.as_str())
+                    .with("epoch", r.welcome.epoch)
+                    .with("mode", r.welcome.mode.name())
+                    .with("previous_epoch", r.previous.epoch)
+                    .with("attempts", r.attempts)
+                    .with("new_epoch", true),
+            )?;
+            if during_command {
+                let text = format!(
+                    "the session ended during this command and was started again in epoch {}: the old epochs are gone with what they held",
+                    r.welcome.epoch
+                );
+                emit(&error_line("reconnected", 0, &text))?;
+            }
+            while let Ok(Some(e)) = client.next_event(Some(Duration::ZERO)) {
+                emit(&event_line(e))?;
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            emit(&closed_line(&format!("reconnecting failed: {e}")))?;
+            Ok(false)
+        }
+    }
+}
+
 /// Which of stdin and the session socket are ready (waiting as long as it takes).
 fn wait_for_input(stdin: &File, client: &Client) -> io::Result<(bool, bool)> {
     loop {
@@ -545,7 +599,10 @@ fn session(cli: &Cli) -> anyhow::Result<ExitCode> {
         let (input, socket) = wait_for_input(&stdin, &client).context("poll")?;
         if socket {
             if let Some(status) = pump_events(&mut client).context("stdout")? {
-                return Ok(status);
+                if !renew(&mut client, cli, false).context("stdout")? {
+                    return Ok(status);
+                }
+                continue;
             }
         }
         if !input {
@@ -571,7 +628,9 @@ fn session(cli: &Cli) -> anyhow::Result<ExitCode> {
             let line: Vec<u8> = pending.drain(..=at).collect();
             lineno += 1;
             if let Some(status) = run_line(&mut client, lineno, &line).context("stdout")? {
-                return Ok(status);
+                if !renew(&mut client, cli, true).context("stdout")? {
+                    return Ok(status);
+                }
             }
         }
     }

@@ -260,6 +260,9 @@ impl Session {
     }
 }
 
+/// What serves one session of a [`FakeServer`].
+pub type Handler = Box<dyn FnOnce(&mut Session) + Send + 'static>;
+
 /// A fake epochgate listening on a socket in a temporary directory.
 pub struct FakeServer {
     _dir: TempDir,
@@ -279,6 +282,16 @@ impl FakeServer {
         model: Model,
         handler: impl FnOnce(&mut Session) + Send + 'static,
     ) -> FakeServer {
+        FakeServer::sessions(model, vec![Box::new(handler)])
+    }
+
+    /// Serves one connection after another on the same socket, each with its handler (a new
+    /// process after a restart, as the shim sees it), for a VM named `web`.
+    pub fn one_after_another(handlers: Vec<Handler>) -> FakeServer {
+        FakeServer::sessions(Model::new("web"), handlers)
+    }
+
+    fn sessions(model: Model, handlers: Vec<Handler>) -> FakeServer {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
         let listener = Socket::new(Domain::UNIX, Type::SEQPACKET, None).unwrap();
@@ -287,20 +300,22 @@ impl FakeServer {
         let log = Arc::new(Mutex::new(Vec::new()));
         let session_log = Arc::clone(&log);
         let thread = thread::spawn(move || {
-            let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-            let ms = u32::try_from(PATIENCE.as_millis()).unwrap();
-            let n = poll(&mut fds, PollTimeout::try_from(ms).unwrap()).expect("poll");
-            assert!(
-                n > 0,
-                "fake epochgate: nobody connected within {PATIENCE:?}"
-            );
-            let (sock, _) = listener.accept().expect("accept");
-            let mut session = Session {
-                sock,
-                log: session_log,
-                model,
-            };
-            handler(&mut session);
+            for handler in handlers {
+                let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+                let ms = u32::try_from(PATIENCE.as_millis()).unwrap();
+                let n = poll(&mut fds, PollTimeout::try_from(ms).unwrap()).expect("poll");
+                assert!(
+                    n > 0,
+                    "fake epochgate: nobody connected within {PATIENCE:?}"
+                );
+                let (sock, _) = listener.accept().expect("accept");
+                let mut session = Session {
+                    sock,
+                    log: Arc::clone(&session_log),
+                    model: model.clone(),
+                };
+                handler(&mut session);
+            }
         });
         FakeServer {
             _dir: dir,
