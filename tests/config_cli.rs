@@ -343,10 +343,6 @@ fn shared_devices_and_run_time_limits_are_refused_by_check_config() {
             "eal.file_prefix: is 300 characters long (at most 64): EAL binds the unix socket".to_string(),
         ),
         (
-            format!("{E}[[vm]]\nname = \"web\"\nport = \"net_null0\"\nmac = \"52:54:00:00:00:01\"\nannounce = [\"10.0.0.1\"]\n"),
-            "vm[0] (\"web\").announce: a passthrough VM is never promoted".to_string(),
-        ),
-        (
             format!("{E}[[vm]]\nname = \"a\"\nport = \"net_null0\"\nmac = \"52:54:00:00:00:01\"\nmode = \"standby\"\nannounce = [\"10.0.0.1\"]\n[[vm]]\nname = \"b\"\nport = \"net_null1\"\nmac = \"52:54:00:00:00:02\"\nmode = \"standby\"\nannounce = [\"10.0.0.1\"]\n"),
             "vm[1] (\"b\").announce[0]: 10.0.0.1 is also vm[0] (\"a\").announce[0]".to_string(),
         ),

@@ -410,14 +410,8 @@ pub(super) fn validate_vm(
         ));
     }
 
-    if !announce.is_empty() && mode != Mode::Standby {
-        return Err(invalid(
-            format!("{label}.announce"),
-            format!(
-                "a {mode} VM is never promoted, so it never announces: only a standby VM can be promoted (and nothing makes a VM standby at run time); set mode = \"standby\" or remove announce"
-            ),
-        ));
-    }
+    // Any VM may announce: a standby copy when it is promoted, and a protected or pass-through
+    // VM too once it has been demoted (`Demote`) and is promoted back (a failback).
     let announce_count = match raw.announce_count {
         None => ANNOUNCE_COUNT_DEFAULT,
         Some(n) if (1..=ANNOUNCE_COUNT_MAX).contains(&n) => n as u32,
