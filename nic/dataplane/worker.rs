@@ -792,16 +792,7 @@ impl Worker {
             vm.core.receive(
                 m,
                 now,
-                |m| {
-                    let c =
-                        classifier.classify_with(&vm.name, vm.defer, windows.as_mut(), m.data());
-                    vm.counters.verdicts.add(c.reason);
-                    if c.is_deferrable() {
-                        FrameKind::Deferrable
-                    } else {
-                        FrameKind::Immediate
-                    }
-                },
+                |m| kind_of(classifier, windows, &vm.name, vm.defer, &vm.counters, m),
                 &mut sp,
             );
         }
@@ -840,20 +831,7 @@ impl Worker {
                     vm.core.receive(
                         m,
                         now,
-                        |m| {
-                            let c = classifier.classify_with(
-                                &vm.name,
-                                vm.defer,
-                                windows.as_mut(),
-                                m.data(),
-                            );
-                            vm.counters.verdicts.add(c.reason);
-                            if c.is_deferrable() {
-                                FrameKind::Deferrable
-                            } else {
-                                FrameKind::Immediate
-                            }
-                        },
+                        |m| kind_of(classifier, windows, &vm.name, vm.defer, &vm.counters, m),
                         &mut sp,
                     );
                     vm.dirty = true;
@@ -1190,6 +1168,25 @@ impl LoopStats {
     fn moved_out(&mut self, frames: usize) {
         self.tx_frames += frames as u64;
         self.round_frames += frames as u64;
+    }
+}
+
+/// How soon a protected VM's frame needs a checkpoint: the classifier's verdict, counted.
+#[inline]
+fn kind_of(
+    classifier: &Classifier,
+    windows: &mut Option<WindowTable>,
+    name: &str,
+    defer: VmDefer,
+    counters: &VmCounters,
+    m: &Mbuf,
+) -> FrameKind {
+    let c = classifier.classify_with(name, defer, windows.as_mut(), m.data());
+    counters.verdicts.add(c.reason);
+    if c.is_deferrable() {
+        FrameKind::Deferrable
+    } else {
+        FrameKind::Immediate
     }
 }
 
