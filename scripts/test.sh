@@ -20,6 +20,9 @@ cargo build --manifest-path nic-fuzz/Cargo.toml --bins --target-dir target/fuzz-
 cargo build --manifest-path vmm-shim/fuzz/Cargo.toml --bins --target-dir target/fuzz-build/vmm-shim
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+rm -f target/tmp/faults-summary.txt
 cargo test --workspace 2>&1 | tee "$log"
+# What the suite's fault campaign (perf/tests/faults.rs) did: runs, operations, restarts.
+cat target/tmp/faults-summary.txt 2>/dev/null || true
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"

@@ -14,8 +14,11 @@
 //! `{"event":"sent",...}` line follows once TX has taken all of them), `count` (a
 //! `{"event":"count",...}` line with frames sent and received per port), `pause IDX` /
 //! `resume IDX` (stop / start reading port IDX, as a receiver that stalls: its ring fills and
-//! the sender's TX backs up; answered with `{"event":"paused"|"resumed",...}`), `quit` (or end
-//! of input: finish and report).
+//! the sender's TX backs up; answered with `{"event":"paused"|"resumed",...}`), `rotate IDX
+//! FILE` (close port IDX's recording and record into FILE from now on: a long-lived peer hands
+//! a test one complete capture per run; answered with `{"event":"rotated","port":IDX,
+//! "frames":N}`, N the frames in the capture just closed), `quit` (or end of input: finish and
+//! report).
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -77,6 +80,8 @@ struct PeerPort {
     received: u64,
     expect: Option<u64>,
     out: Option<PcapWriter<std::io::BufWriter<std::fs::File>>>,
+    /// Frames written to `out` since it was opened.
+    recorded: u64,
     /// Not read while paused.
     paused: bool,
 }
@@ -89,6 +94,14 @@ enum Cmd {
     Sent(usize, usize),
     /// Port paused (true) or resumed.
     Pause(usize, bool),
+    /// Port's recording rotated; the closed capture held this many frames.
+    Rotated(usize, u64),
+}
+
+fn recording(path: &std::path::Path) -> Result<PcapWriter<std::io::BufWriter<std::fs::File>>> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(PcapWriter::new_nanos(std::io::BufWriter::new(file))?)
 }
 
 /// Stdin lines, read on their own thread so the poll loop never blocks; end of input is `quit`.
@@ -134,8 +147,21 @@ fn command(line: &str, ports: &mut [PeerPort]) -> Result<Cmd> {
             p.paused = *verb == "pause";
             Ok(Cmd::Pause(i, p.paused))
         }
+        ["rotate", idx, file] => {
+            let i: usize = idx
+                .parse()
+                .with_context(|| format!("{line:?}: {idx:?} is not a port index"))?;
+            let p = ports
+                .get_mut(i)
+                .with_context(|| format!("{line:?}: there is no port {i}"))?;
+            let next = recording(std::path::Path::new(file))?;
+            if let Some(w) = p.out.replace(next) {
+                w.into_inner()?;
+            }
+            Ok(Cmd::Rotated(i, std::mem::take(&mut p.recorded)))
+        }
         _ => bail!(
-            "{line:?}: expected `send IDX FILE`, `pause IDX`, `resume IDX`, `count` or `quit`"
+            "{line:?}: expected `send IDX FILE`, `pause IDX`, `resume IDX`, `rotate IDX FILE`, `count` or `quit`"
         ),
     }
 }
@@ -197,10 +223,7 @@ fn run(args: Args) -> Result<()> {
             None => Vec::new(),
         };
         let out = match args.recv.iter().find(|(j, _)| *j == i) {
-            Some((_, path)) => Some(PcapWriter::new_nanos(std::io::BufWriter::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?,
-            ))?),
+            Some((_, path)) => Some(recording(path)?),
             None => None,
         };
         ports.push(PeerPort {
@@ -213,6 +236,7 @@ fn run(args: Args) -> Result<()> {
             received: 0,
             expect: args.expect.iter().find(|(j, _)| *j == i).map(|&(_, e)| e),
             out,
+            recorded: 0,
             paused: false,
         });
     }
@@ -244,6 +268,12 @@ fn run(args: Args) -> Result<()> {
                         println!(
                             "{}",
                             serde_json::json!({"event": "count", "sent": sent, "received": received})
+                        );
+                    }
+                    Cmd::Rotated(i, frames) => {
+                        println!(
+                            "{}",
+                            serde_json::json!({"event": "rotated", "port": i, "frames": frames})
                         );
                     }
                     Cmd::Pause(i, paused) => {
@@ -293,6 +323,7 @@ fn run(args: Args) -> Result<()> {
                 for m in &burst {
                     w.write(now_ns(), m.data())?;
                 }
+                p.recorded += got as u64;
             }
         }
         let all_sent = ports

@@ -9,6 +9,7 @@
 mod check;
 mod control_idle;
 mod demo;
+mod faults;
 mod passthrough;
 mod plan;
 mod scenarios;
@@ -131,6 +132,34 @@ enum Cmd {
         /// Seconds of each sampling window.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        #[arg(long)]
+        epochgate: Option<PathBuf>,
+        #[arg(long, default_value = "perf-out")]
+        out: PathBuf,
+    },
+    /// Seeded fault campaign against the real process (root: it makes a network namespace):
+    /// traffic, fences, commits, discards, mode changes, shim SIGKILL/SIGSTOP, epochgate
+    /// SIGTERM/SIGKILL and restart, buffer exhaustion, hostile control messages; each run's
+    /// uplink capture is checked against the commits. Writes DIR/faults.md and faults.json.
+    Faults {
+        /// Runs to make.
+        #[arg(long, default_value_t = 20)]
+        runs: u32,
+        /// The campaign's seed: run r's operations depend only on it and r.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The first run's number (`--first R --runs 1` replays run R).
+        #[arg(long, default_value_t = 0)]
+        first: u32,
+        /// Operations per run.
+        #[arg(long, default_value_t = 40)]
+        ops: u32,
+        /// Stop starting runs after this many minutes (the report covers the runs made).
+        #[arg(long)]
+        max_minutes: Option<f64>,
+        /// Keep every run's directory (config, logs, capture), not only failing ones.
+        #[arg(long)]
+        keep: bool,
         #[arg(long)]
         epochgate: Option<PathBuf>,
         #[arg(long, default_value = "perf-out")]
@@ -320,6 +349,31 @@ fn main() {
             epochgate,
             out,
         } => control_idle::run(epochgate, &out, sessions, seconds.max(0.1)).map(|()| true),
+        Cmd::Faults {
+            runs,
+            seed,
+            first,
+            ops,
+            max_minutes,
+            keep,
+            epochgate,
+            out,
+        } => (|| {
+            let epochgate = match epochgate {
+                Some(p) => p,
+                None => passthrough::sibling("epochgate")?,
+            };
+            faults::campaign(&faults::Options {
+                runs,
+                seed,
+                first,
+                ops,
+                max_minutes,
+                out,
+                epochgate,
+                keep,
+            })
+        })(),
         Cmd::Traffic { plan } => traffic_main(&plan).map(|()| true),
     };
     match r {
