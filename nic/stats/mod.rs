@@ -612,6 +612,20 @@ pub struct Snapshot {
     /// The poll loops, one per worker lcore.
     #[serde(default)]
     pub workers: Vec<WorkerSnapshot>,
+    /// The packet mbuf pool (`dataplane.mbufs`), read on the stats thread.
+    #[serde(default)]
+    pub mbufs: MbufSnapshot,
+}
+
+/// The mbuf pool at a moment: its size, the mbufs free in it (per-lcore caches included) and
+/// those taken (held frames, driver rings, frames in flight). `available` and `in_use` are read
+/// one after the other while the worker runs, so their sum may differ from `size` by the few
+/// mbufs that moved in between.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MbufSnapshot {
+    pub size: u64,
+    pub available: u64,
+    pub in_use: u64,
 }
 
 /// A worker's poll loop, counted in the worker's own variables (no atomics per frame or per
