@@ -138,11 +138,7 @@ impl StatsSource {
             egress: EgressSnapshot::sum(&self.egress),
             control: ControlSnapshot::of(&self.control),
             workers: self.workers.iter().map(|w| WorkerSnapshot::of(w)).collect(),
-            mbufs: MbufSnapshot {
-                size: self.pool.size().into(),
-                available: self.pool.available().into(),
-                in_use: self.pool.in_use().into(),
-            },
+            mbufs: MbufSnapshot::of(self.pool.size(), self.pool.available()),
         }
     }
 }

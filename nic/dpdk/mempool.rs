@@ -53,15 +53,8 @@ impl Mempool {
         unsafe { ffi::eg_mempool_avail_count(self.ptr.as_ptr()) }
     }
 
-    /// Mbufs taken from the pool and not yet returned (held, in driver rings, in flight).
-    /// Racy against the worker, like [`Mempool::available`]: the two are read one after the
-    /// other, so their sum may differ from [`Mempool::size`] by what moved in between.
-    pub fn in_use(&self) -> u32 {
-        // SAFETY: self.ptr is a live pool; rte_mempool_in_use_count only reads its counters.
-        unsafe { ffi::eg_mempool_in_use_count(self.ptr.as_ptr()) }
-    }
-
-    /// Mbufs the pool was created with.
+    /// Mbufs the pool was created with; those in use are `size() - available()` (what
+    /// rte_mempool_in_use_count computes), from one reading of `available()`.
     pub fn size(&self) -> u32 {
         // SAFETY: self.ptr is a live pool; its size field is set at creation and never changes.
         unsafe { ffi::eg_mempool_size(self.ptr.as_ptr()) }
