@@ -512,3 +512,60 @@ fn the_high_water_mark_asks_for_a_checkpoint_now() {
         "{stats}"
     );
 }
+
+#[test]
+fn the_mbuf_pool_counts_what_a_protected_vm_holds_and_gets_it_back_after_the_commit() {
+    let _g = serial();
+    let dir = tempdir();
+    const N: u64 = 500;
+    let mut r = Rig::start(
+        dir.path(),
+        "eg-eg-mbufs",
+        "",
+        &[("prot", "mode = \"protected\"\nmax_held_frames = 1024")],
+    );
+    let pool = |r: &Rig| {
+        let m = r.live().mbufs;
+        assert!(m.size > 0, "no pool size in the stats: {m:?}");
+        assert_eq!(m.in_use + m.available, m.size, "{m:?}");
+        m
+    };
+    pool(&r);
+    let mut c = r.client("prot");
+    r.peer().send(1, &frames(1, mac(1), 0..N as u32));
+    r.wait_vm("prot", "every frame held", |v| v.held_frames == N);
+    let held = pool(&r);
+    assert!(
+        held.in_use >= N,
+        "{N} frames are held but the pool has only {} mbufs in use: {held:?}",
+        held.in_use
+    );
+    c.fence(1).expect("fence");
+    c.commit(1).expect("commit");
+    r.peer().wait_received(UPLINK, N);
+    r.wait_vm("prot", "every frame sent", |v| v.tx_frames == N);
+    // The sent frames' mbufs go back to the pool (the worker's cache counts as available).
+    let start = Instant::now();
+    loop {
+        let m = pool(&r);
+        if m.in_use + N <= held.in_use + N / 10 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{N} frames were sent but the pool still has {} mbufs in use (with them held: {}): {m:?}",
+            m.in_use,
+            held.in_use
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(c);
+    let (_, stats) = r.finish();
+    let m = &stats["mbufs"];
+    assert_eq!(
+        u(m, "in_use") + u(m, "available"),
+        u(m, "size"),
+        "--stats-file has the pool: {m}"
+    );
+    assert!(u(m, "size") > 0, "{m}");
+}

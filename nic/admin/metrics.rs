@@ -811,6 +811,25 @@ pub fn render(snap: &Snapshot) -> String {
         c.liveness_timeouts,
     );
 
+    // The packet pool.
+    o.family(
+        "epochgate_mbuf_pool_size",
+        "gauge",
+        "Mbufs the packet pool was created with (dataplane.mbufs).",
+    );
+    o.sample("epochgate_mbuf_pool_size", &[], snap.mbufs.size);
+    o.family(
+        "epochgate_mbufs",
+        "gauge",
+        "Mbufs of the packet pool in use (held, in rings, in flight) and available.",
+    );
+    o.sample("epochgate_mbufs", &[("state", "in_use")], snap.mbufs.in_use);
+    o.sample(
+        "epochgate_mbufs",
+        &[("state", "available")],
+        snap.mbufs.available,
+    );
+
     // The poll loops.
     o.family(
         "epochgate_worker_rounds_total",
@@ -1022,6 +1041,9 @@ mod tests {
                 r#"epochgate_worker_frames_total{lcore="1",direction="tx"}"#,
                 "3000",
             ),
+            ("epochgate_mbuf_pool_size", "8191"),
+            (r#"epochgate_mbufs{state="in_use"}"#, "2191"),
+            (r#"epochgate_mbufs{state="available"}"#, "6000"),
         ] {
             assert_eq!(value(&t, series), want, "{series}");
         }

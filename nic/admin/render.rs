@@ -100,6 +100,14 @@ pub fn render_stats(snap: &Snapshot) -> String {
         "  {:<20} {:>12} frames sent while both classes waited, {} of them pass-through by the starvation guard",
         "contended", e.contended_frames, e.guarded_frames
     );
+    let m = &snap.mbufs;
+    let _ = writeln!(s);
+    let _ = writeln!(s, "mbuf pool");
+    let _ = writeln!(
+        s,
+        "  {:<20} {} in use, {} available of {}",
+        "mbufs", m.in_use, m.available, m.size
+    );
     let c = &snap.control;
     let _ = writeln!(s);
     let _ = writeln!(s, "control socket");
@@ -305,6 +313,7 @@ mod tests {
             "imissed 77 rx_nombuf 55 oerrors 66",
             "2 open; refused 31 at control.max_sessions, 7 short of file descriptors; 3 accept error(s)",
             "40 without Hello (control.hello_timeout_ms), 1 silent",
+            "2191 in use, 6000 available of 8191",
         ] {
             assert!(text.contains(want), "no {want:?} in\n{text}");
         }
@@ -383,6 +392,7 @@ mod tests {
             egress: EgressSnapshot::default(),
             control: ControlSnapshot::default(),
             workers: vec![],
+            mbufs: Default::default(),
         })
         .contains("no VMs"));
     }

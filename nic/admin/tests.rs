@@ -184,6 +184,11 @@ pub(crate) fn sample() -> Snapshot {
             idle_cycles: 1400,
             tsc_hz: 2_000_000_000,
         }],
+        mbufs: crate::stats::MbufSnapshot {
+            size: 8191,
+            available: 6000,
+            in_use: 2191,
+        },
     }
 }
 

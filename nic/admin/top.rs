@@ -510,6 +510,7 @@ mod tests {
                 idle_cycles: uptime_ms * 300,
                 tsc_hz: 1_000_000,
             }],
+            mbufs: Default::default(),
         }
     }
 

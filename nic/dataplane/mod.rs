@@ -24,8 +24,8 @@ use crate::control::{ControlError, ControlServer, ControlVm, Rings, Workers};
 use crate::dpdk::{self, DpdkError, Eal, LaunchHandle, Mempool, Port, PortConf, StatsReader};
 use crate::stats::meter::MeterHub;
 use crate::stats::{
-    ControlCounters, ControlSnapshot, EgressCounters, EgressSnapshot, PortCounters, PortSnapshot,
-    Snapshot, VmCounters, VmSetup, VmSnapshot, WorkerCounters, WorkerSnapshot,
+    ControlCounters, ControlSnapshot, EgressCounters, EgressSnapshot, MbufSnapshot, PortCounters,
+    PortSnapshot, Snapshot, VmCounters, VmSetup, VmSnapshot, WorkerCounters, WorkerSnapshot,
 };
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -95,6 +95,8 @@ pub struct StatsSource {
     egress: Vec<Arc<EgressCounters>>,
     control: Arc<ControlCounters>,
     workers: Vec<Arc<WorkerCounters>>,
+    /// The packet pool, whose counts are read (not written) by stats readers.
+    pool: Arc<Mempool>,
     started: Instant,
 }
 
@@ -136,6 +138,7 @@ impl StatsSource {
             egress: EgressSnapshot::sum(&self.egress),
             control: ControlSnapshot::of(&self.control),
             workers: self.workers.iter().map(|w| WorkerSnapshot::of(w)).collect(),
+            mbufs: MbufSnapshot::of(self.pool.size(), self.pool.available()),
         }
     }
 }
@@ -442,7 +445,7 @@ impl Appliance {
             WorkerLinks {
                 quit: quit.clone(),
                 rings,
-                pool,
+                pool: pool.clone(),
                 meter: meter.clone(),
                 vm_ids: (0..vms.len()).collect(),
                 egress: egress.clone(),
@@ -456,6 +459,7 @@ impl Appliance {
             egress: vec![egress],
             control: control.counters(),
             workers: vec![worker_counters],
+            pool,
             started: Instant::now(),
         });
         let source: crate::admin::SnapshotFn = {

@@ -14,6 +14,7 @@ char *eg_pktmbuf_append(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_a
 void eg_mbuf_refcnt_update(struct rte_mbuf *m, int16_t v) { rte_mbuf_refcnt_update(m, v); }
 uint16_t eg_mbuf_refcnt_read(const struct rte_mbuf *m) { return rte_mbuf_refcnt_read(m); }
 unsigned int eg_mempool_avail_count(const struct rte_mempool *mp) { return rte_mempool_avail_count(mp); }
+unsigned int eg_mempool_size(const struct rte_mempool *mp) { return mp->size; }
 uint64_t eg_rdtsc(void) { return rte_rdtsc(); }
 int eg_errno(void) { return rte_errno; }
 unsigned int eg_lcore_id(void) { return rte_lcore_id(); }

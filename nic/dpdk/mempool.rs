@@ -53,6 +53,13 @@ impl Mempool {
         unsafe { ffi::eg_mempool_avail_count(self.ptr.as_ptr()) }
     }
 
+    /// Mbufs the pool was created with; those in use are `size() - available()` (what
+    /// rte_mempool_in_use_count computes), from one reading of `available()`.
+    pub fn size(&self) -> u32 {
+        // SAFETY: self.ptr is a live pool; its size field is set at creation and never changes.
+        unsafe { ffi::eg_mempool_size(self.ptr.as_ptr()) }
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut ffi::rte_mempool {
         self.ptr.as_ptr()
     }

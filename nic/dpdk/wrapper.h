@@ -19,6 +19,7 @@ char *eg_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 void eg_mbuf_refcnt_update(struct rte_mbuf *m, int16_t v);
 uint16_t eg_mbuf_refcnt_read(const struct rte_mbuf *m);
 unsigned int eg_mempool_avail_count(const struct rte_mempool *mp);
+unsigned int eg_mempool_size(const struct rte_mempool *mp);
 uint64_t eg_rdtsc(void);
 int eg_errno(void);
 unsigned int eg_lcore_id(void);

@@ -612,6 +612,29 @@ pub struct Snapshot {
     /// The poll loops, one per worker lcore.
     #[serde(default)]
     pub workers: Vec<WorkerSnapshot>,
+    /// The packet mbuf pool (`dataplane.mbufs`), read on the stats thread.
+    #[serde(default)]
+    pub mbufs: MbufSnapshot,
+}
+
+/// The mbuf pool at a moment: its size, the mbufs free in it (per-lcore caches included) and
+/// those taken (held frames, driver rings, frames in flight): `in_use + available == size`,
+/// both from one reading of the pool's free count.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MbufSnapshot {
+    pub size: u64,
+    pub available: u64,
+    pub in_use: u64,
+}
+
+impl MbufSnapshot {
+    pub fn of(size: u32, available: u32) -> MbufSnapshot {
+        MbufSnapshot {
+            size: size.into(),
+            available: available.into(),
+            in_use: size.saturating_sub(available).into(),
+        }
+    }
 }
 
 /// A worker's poll loop, counted in the worker's own variables (no atomics per frame or per

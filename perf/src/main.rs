@@ -14,6 +14,7 @@ mod passthrough;
 mod plan;
 mod scenarios;
 mod sim;
+mod soak;
 mod sut;
 mod svg;
 mod traffic;
@@ -165,6 +166,10 @@ enum Cmd {
         #[arg(long, default_value = "perf-out")]
         out: PathBuf,
     },
+    /// A long measurement (default 10 min, 4 VMs, 3 protected at 40 Hz) sampling epochgate's
+    /// RSS, mbufs in use and held frames: DIR/soak.{csv,json,md,svg}; fails on a violation, an
+    /// unbalanced counter or growth.
+    Soak(soak::Args),
     /// (internal) The traffic process of one measurement: reads PLAN, prints progress lines and
     /// one result line as JSON.
     #[command(hide = true)]
@@ -374,6 +379,7 @@ fn main() {
                 keep,
             })
         })(),
+        Cmd::Soak(a) => soak::run(&a),
         Cmd::Traffic { plan } => traffic_main(&plan).map(|()| true),
     };
     match r {
