@@ -1453,4 +1453,109 @@ mod tests {
         assert!(matches!(hear(&s), Reply::Welcome { .. }));
         server.stop();
     }
+
+    /// A session that sends pings and never reads is closed once its send buffer is full,
+    /// counted as `closed_not_reading`, and its VM is failed like a lost controller's; another
+    /// session goes on meanwhile.
+    #[test]
+    fn a_session_that_never_reads_is_closed_counted_and_its_vm_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, worker) = start(dir.path(), ControlConfig::default(), Duration::ZERO);
+        let s = connect(dir.path());
+        say(&s, &Request::hello("vm").unwrap());
+        // The Welcome stays unread, like everything after it.
+        s.set_nonblocking(true).unwrap();
+        let c = server.counters();
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while c.closed_not_reading.get() == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "never closed after {sent} pings"
+            );
+            match s.send(&Request::Ping { token: sent }.encode()) {
+                Ok(_) => sent += 1,
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        println!("closed after {sent} unread pings");
+        while worker.failed.lock().unwrap().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "VM never failed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(c.closed_not_reading.get(), 1);
+        // The VM is free again: a new session adopts it.
+        let t = connect(dir.path());
+        say(&t, &Request::hello("vm").unwrap());
+        assert!(matches!(hear(&t), Reply::Welcome { .. }));
+        server.stop();
+    }
+
+    /// Commands before Hello, a second Hello and a Hello for a VM another session drives are
+    /// refused, counted, and change nothing.
+    #[test]
+    fn a_session_acts_only_on_its_own_vm_and_refusals_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, worker) = start(dir.path(), ControlConfig::default(), Duration::ZERO);
+        let a = connect(dir.path());
+        let b = connect(dir.path());
+        for req in [
+            Request::Fence { epoch: 1 },
+            Request::Commit { epoch: 1 },
+            Request::Discard,
+            Request::Protect,
+            Request::Demote,
+            Request::Stats,
+        ] {
+            say(&b, &req);
+            assert!(
+                matches!(
+                    hear(&b),
+                    Reply::Error {
+                        code: ErrorCode::NotAdopted,
+                        ..
+                    }
+                ),
+                "{req:?} before Hello"
+            );
+        }
+        say(&a, &Request::hello("vm").unwrap());
+        assert!(matches!(hear(&a), Reply::Welcome { .. }));
+        say(&b, &Request::hello("vm").unwrap());
+        assert!(matches!(
+            hear(&b),
+            Reply::Error {
+                code: ErrorCode::VmBusy,
+                ..
+            }
+        ));
+        say(&a, &Request::hello("vm").unwrap());
+        assert!(matches!(
+            hear(&a),
+            Reply::Error {
+                code: ErrorCode::AlreadyAdopted,
+                ..
+            }
+        ));
+        say(&b, &Request::hello("nope").unwrap());
+        assert!(matches!(
+            hear(&b),
+            Reply::Error {
+                code: ErrorCode::UnknownVm,
+                ..
+            }
+        ));
+        let c = server.counters();
+        assert_eq!(c.refused_before_hello.get(), 6);
+        assert_eq!(c.refused_other_vm.get(), 3);
+        // b never adopted: closing it fails nothing; a's VM is untouched by all of it.
+        drop(b);
+        say(&a, &Request::Fence { epoch: 1 });
+        assert!(matches!(hear(&a), Reply::Fenced { epoch: 1, .. }));
+        assert!(worker.failed.lock().unwrap().is_empty());
+        server.stop();
+    }
 }
