@@ -68,6 +68,18 @@ enum Cmd {
     /// A live view of a running epochgate: per VM and per worker, refreshing in place (keys
     /// sort and quit); plain snapshots when not on a terminal.
     Top(TopArgs),
+    /// Fence a VM off now, as if its controller were lost: its session (if any) is told why and
+    /// closed, a protected VM's held output is discarded and it goes to `failed` until a new
+    /// session adopts it. Needs `[admin] writable = true`.
+    Fail {
+        /// The VM's name.
+        vm: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// Which running epochgate to ask.
@@ -164,6 +176,26 @@ fn main() {
         Cmd::Metrics(target) => target.socket().and_then(|socket| {
             let snap = epochgate::admin::query(&socket, "stats")?;
             print!("{}", epochgate::admin::metrics::render(&snap));
+            Ok(())
+        }),
+        Cmd::Fail { vm, json, target } => target.socket().and_then(|socket| {
+            let answer = epochgate::admin::command(&socket, &format!("fail {vm}"))?;
+            if json {
+                println!("{answer}");
+            } else {
+                let s = |k: &str| answer[k].as_str().unwrap_or("?").to_string();
+                println!(
+                    "VM {}: was {}, now {}; {}",
+                    s("failed"),
+                    s("was"),
+                    s("now"),
+                    if s("session") == "closed" {
+                        "its session was told why and closed"
+                    } else {
+                        "no session drove it"
+                    }
+                );
+            }
             Ok(())
         }),
         Cmd::Top(args) => args.target.socket().and_then(|socket| {

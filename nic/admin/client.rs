@@ -61,6 +61,35 @@ pub enum QueryError {
 /// Sends `request` (`"stats"` or `"vms"`) to the admin socket at `path` and returns the
 /// snapshot it answers with.
 pub fn query(path: &Path, request: &str) -> Result<Snapshot, QueryError> {
+    let line = exchange(path, request)?;
+    decode(&line).map_err(|e| match e {
+        Decoded::Error(message) => QueryError::Server {
+            path: path.display().to_string(),
+            message,
+        },
+        Decoded::Bad(why) => QueryError::BadReply {
+            path: path.display().to_string(),
+            why,
+        },
+    })
+}
+
+/// Sends a write request (`"fail web"`) to the admin socket at `path` and returns its JSON
+/// answer, or the server's refusal as [`QueryError::Server`].
+pub fn command(path: &Path, request: &str) -> Result<serde_json::Value, QueryError> {
+    let line = exchange(path, request)?;
+    let p = || path.display().to_string();
+    if let Some(message) = error_of(&line) {
+        return Err(QueryError::Server { path: p(), message });
+    }
+    serde_json::from_slice(&line).map_err(|e| QueryError::BadReply {
+        path: p(),
+        why: e.to_string(),
+    })
+}
+
+/// Sends one request line and returns the answer line (without its newline).
+fn exchange(path: &Path, request: &str) -> Result<Vec<u8>, QueryError> {
     let p = || path.display().to_string();
     let request = request.trim();
     if request.contains('\n') || request.len() + 1 > MAX_REQUEST {
@@ -118,10 +147,8 @@ pub fn query(path: &Path, request: &str) -> Result<Snapshot, QueryError> {
             },
         });
     };
-    decode(&reply[..end]).map_err(|e| match e {
-        Decoded::Error(message) => QueryError::Server { path: p(), message },
-        Decoded::Bad(why) => QueryError::BadReply { path: p(), why },
-    })
+    reply.truncate(end);
+    Ok(reply)
 }
 
 enum Decoded {
@@ -129,14 +156,21 @@ enum Decoded {
     Bad(String),
 }
 
-fn decode(line: &[u8]) -> Result<Snapshot, Decoded> {
+/// The server's error text, if `line` is an error line (`{"error":"..."}`).
+fn error_of(line: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct ErrorLine {
         error: String,
     }
-    if let Ok(e) = serde_json::from_slice::<ErrorLine>(line) {
-        return Err(Decoded::Error(e.error));
+    serde_json::from_slice::<ErrorLine>(line)
+        .ok()
+        .map(|e| e.error)
+}
+
+fn decode(line: &[u8]) -> Result<Snapshot, Decoded> {
+    if let Some(e) = error_of(line) {
+        return Err(Decoded::Error(e));
     }
     serde_json::from_slice(line).map_err(|e| Decoded::Bad(e.to_string()))
 }

@@ -773,7 +773,7 @@ pub fn render(snap: &Snapshot) -> String {
     o.family(
         "epochgate_control_refused_total",
         "counter",
-        "Connections refused: at control.max_sessions, or short of file descriptors.",
+        "Connections refused: at control.max_sessions, short of file descriptors, or a peer not allowed.",
     );
     o.sample(
         "epochgate_control_refused_total",
@@ -784,6 +784,58 @@ pub fn render(snap: &Snapshot) -> String {
         "epochgate_control_refused_total",
         &[("reason", "no_fds")],
         c.refused_no_fds,
+    );
+    o.sample(
+        "epochgate_control_refused_total",
+        &[("reason", "peer")],
+        c.refused_peer,
+    );
+    o.family(
+        "epochgate_control_messages_refused_total",
+        "counter",
+        "Messages refused on a session: before Hello, a Hello for a VM not the session's (a second VM, another session's, unknown), malformed.",
+    );
+    for (reason, n) in [
+        ("before_hello", c.refused_before_hello),
+        ("other_vm", c.refused_other_vm),
+        ("malformed", c.bad_messages),
+    ] {
+        o.sample(
+            "epochgate_control_messages_refused_total",
+            &[("reason", reason)],
+            n,
+        );
+    }
+    o.family(
+        "epochgate_control_closed_total",
+        "counter",
+        "Sessions epochgate closed for not reading what it sent (their send buffer was full).",
+    );
+    o.sample(
+        "epochgate_control_closed_total",
+        &[("reason", "not_reading")],
+        c.closed_not_reading,
+    );
+    o.family(
+        "epochgate_operator_failed_total",
+        "counter",
+        "VMs failed by the operator through the admin socket (epochgate fail VM).",
+    );
+    o.sample("epochgate_operator_failed_total", &[], c.operator_failed);
+    o.family(
+        "epochgate_admin_refused_total",
+        "counter",
+        "Admin socket refusals: a peer not allowed, a write on a read-only socket or by a peer that may not write.",
+    );
+    o.sample(
+        "epochgate_admin_refused_total",
+        &[("reason", "peer")],
+        c.admin_refused_peer,
+    );
+    o.sample(
+        "epochgate_admin_refused_total",
+        &[("reason", "write")],
+        c.admin_writes_refused,
     );
     o.family(
         "epochgate_control_accept_errors_total",

@@ -1,10 +1,11 @@
 //! The operator socket (`control.admin_socket`): `epochgate stats` and `epochgate vms` read the
-//! running process's counters through it.
+//! running process's counters through it; `epochgate fail VM` writes, when allowed.
 //!
 //! # Server
 //! [`AdminServer`] runs one thread ("eg-admin") serving a `SOCK_STREAM` Unix socket, bound with
 //! the control socket's rules (its directory is created, a stale socket file is replaced, one a
-//! live process serves is refused, the file gets `control.socket_mode`) and the same peer check
+//! live process serves is refused, the file gets `control.admin_socket_mode`, else
+//! `control.socket_mode`, and `control.socket_owner` / `socket_group`) and the same peer check
 //! (root, the user epochgate runs as, `control.allowed_uids`, `control.allowed_gids`).
 //!
 //! # Protocol
@@ -13,6 +14,15 @@
 //! of JSON and closes the connection: the [`Snapshot`] its source produces now, or, for anything
 //! else, `{"error":"..."}` naming what was wrong and what is accepted. A peer that is not allowed
 //! gets `{"error":"permission denied: uid N is not allowed ..."}` whatever it sends.
+//!
+//! The socket is read-only unless `[admin] writable = true`. Then it also takes the operator's
+//! write `fail VM` (from root, the user epochgate runs as, `admin.write_uids` and
+//! `admin.write_gids`; these may connect even if they are not among the readers): the VM is
+//! fenced off as if its controller were lost, by the control thread, which owns the sessions
+//! (the request is handed to it, never to the worker), and the answer is
+//! `{"failed":VM,"was":MODE,"now":MODE,"session":"closed"|"none"}`. On a read-only socket, or
+//! from a peer that may not write, a write gets `{"error":...}` saying why and naming the key,
+//! counted as `admin_writes_refused`; a refused peer is counted as `admin_refused_peer`.
 //!
 //! # Guarantees
 //! - No client can hold the thread up: every connection is non-blocking and served by the same
@@ -40,9 +50,9 @@ mod server;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use client::{query, QueryError};
+pub use client::{command, query, QueryError};
 pub use render::{latency_text, render_stats, render_vms};
-pub use server::{frame_request, parse_request, AdminServer, Framed};
+pub use server::{frame_request, parse_request, write_request, AdminServer, Framed, Write, WRITES};
 
 use crate::stats::Snapshot;
 use std::sync::Arc;

@@ -121,6 +121,21 @@ pub fn render_stats(snap: &Snapshot) -> String {
         "  {:<20} {} without Hello (control.hello_timeout_ms), {} silent (control.liveness_timeout_ms)",
         "closed", c.hello_timeouts, c.liveness_timeouts
     );
+    let _ = writeln!(
+        s,
+        "  {:<20} {} not reading (their send buffer was full), {} failed by the operator",
+        "", c.closed_not_reading, c.operator_failed
+    );
+    let _ = writeln!(
+        s,
+        "  {:<20} {} peer(s) not allowed (control.allowed_uids/gids), {} command(s) before Hello, {} Hello(s) for a VM not theirs, {} malformed message(s)",
+        "refused", c.refused_peer, c.refused_before_hello, c.refused_other_vm, c.bad_messages
+    );
+    let _ = writeln!(
+        s,
+        "  {:<20} {} peer(s) not allowed, {} write(s) refused (admin.writable, admin.write_uids/gids)",
+        "admin socket", c.admin_refused_peer, c.admin_writes_refused
+    );
     for p in &snap.ports {
         let _ = writeln!(s);
         let _ = writeln!(s, "port {} ({})", p.name, p.role);

@@ -6,8 +6,9 @@ use super::{
     AdminError, SnapshotFn, MAX_CLIENTS, MAX_REQUEST, POLL_TICK, READ_TIMEOUT, REQUESTS,
     WRITE_TIMEOUT,
 };
-use crate::config::ControlConfig;
-use crate::control::server::{bind, Access};
+use crate::config::{AdminConfig, ControlConfig};
+use crate::control::server::{bind, Access, Operator};
+use crate::stats::ControlCounters;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use socket2::{Socket, Type};
@@ -30,7 +31,28 @@ impl AdminServer {
     /// `cfg.mode_bits()` and starts the "eg-admin" thread, which answers each request with
     /// what `source` returns at that moment.
     pub fn start(cfg: &ControlConfig, source: SnapshotFn) -> Result<AdminServer, AdminError> {
-        start_with(cfg, source, Access::of(cfg))
+        start_with(cfg, source, Access::of(cfg), Ops::default())
+    }
+
+    /// Like [`AdminServer::start`], counting its refusals in `counters` and, when
+    /// `admin.writable`, taking operator writes (`fail VM`) to the control thread through
+    /// `operator`.
+    pub fn start_for(
+        cfg: &ControlConfig,
+        admin: &AdminConfig,
+        source: SnapshotFn,
+        counters: Arc<ControlCounters>,
+        operator: Operator,
+    ) -> Result<AdminServer, AdminError> {
+        let writes = admin.writable.then(|| Writes {
+            access: Access {
+                owner: nix::unistd::geteuid().as_raw(),
+                uids: admin.write_uids.clone(),
+                gids: admin.write_gids.clone(),
+            },
+            operator,
+        });
+        start_with(cfg, source, Access::of(cfg), Ops { counters, writes })
     }
 
     /// Stops the thread (within one poll tick) and removes the socket file.
@@ -52,10 +74,24 @@ impl Drop for AdminServer {
     }
 }
 
+/// Who may write on a writable admin socket, and where writes go.
+pub(super) struct Writes {
+    pub(super) access: Access,
+    pub(super) operator: Operator,
+}
+
+/// What the admin server counts into and whether it takes writes (`None`: read-only).
+#[derive(Default)]
+pub(super) struct Ops {
+    pub(super) counters: Arc<ControlCounters>,
+    pub(super) writes: Option<Writes>,
+}
+
 pub(super) fn start_with(
     cfg: &ControlConfig,
     source: SnapshotFn,
     access: Access,
+    ops: Ops,
 ) -> Result<AdminServer, AdminError> {
     use std::os::unix::fs::MetadataExt;
     let path = cfg.admin_socket.clone();
@@ -63,7 +99,7 @@ pub(super) fn start_with(
         path: path.display().to_string(),
         why,
     };
-    let listener = bind(&path, Type::STREAM, cfg.mode_bits()).map_err(err)?;
+    let listener = bind(&path, Type::STREAM, cfg.admin_perms()).map_err(err)?;
     let identity = std::fs::symlink_metadata(&path)
         .map(|m| (m.dev(), m.ino()))
         .ok();
@@ -74,6 +110,7 @@ pub(super) fn start_with(
         identity,
         source,
         access,
+        ops,
         clients: Vec::new(),
         accept_paused_until: None,
         accept_failures: 0,
@@ -111,6 +148,8 @@ struct Client {
     /// Why the peer is refused: sent instead of the answer once its request line is read (so
     /// that a client is never cut off while it sends).
     refused: Option<String>,
+    /// The peer's uid, gid and pid (for write permission and the operator's log line).
+    peer: Option<(u32, u32, i32)>,
 }
 
 struct Server {
@@ -120,6 +159,7 @@ struct Server {
     identity: Option<(u64, u64)>,
     source: SnapshotFn,
     access: Access,
+    ops: Ops,
     clients: Vec<Client>,
     /// Set after an accept error other than "nothing to accept" (say, out of file
     /// descriptors): the listener is left alone for a moment instead of spinning on it.
@@ -233,13 +273,30 @@ impl Server {
                 sent: 0,
                 deadline: Instant::now() + READ_TIMEOUT,
                 refused: None,
+                peer: None,
             };
             let verdict = match getsockopt(&client.sock, PeerCredentials) {
-                Ok(c) => admit(&self.access, c.uid(), c.gid(), c.pid()),
+                Ok(c) => {
+                    client.peer = Some((c.uid(), c.gid(), c.pid()));
+                    // A writer may connect even when it is not among the readers.
+                    let writer = self
+                        .ops
+                        .writes
+                        .as_ref()
+                        .is_some_and(|w| w.access.allows(c.uid(), c.gid()));
+                    if writer {
+                        Ok(())
+                    } else {
+                        admit(&self.access, c.uid(), c.gid(), c.pid())
+                    }
+                }
                 Err(e) => Err(format!(
                     "permission denied: the peer's credentials cannot be read: {e}"
                 )),
             };
+            if verdict.is_err() {
+                self.ops.counters.admin_refused_peer.add(1);
+            }
             client.refused = verdict.err();
             self.clients.push(client);
         }
@@ -284,9 +341,13 @@ impl Server {
             }
             Framed::More => return,
         };
+        let peer = c.peer;
         let reply = match c.refused.take() {
             Some(why) => error_line(&why),
-            None => respond(&line, &self.source),
+            None => match write_request(&line) {
+                Some(write) => self.write(write, peer),
+                None => respond(&line, &self.source),
+            },
         };
         self.clients[i].answer(reply);
     }
@@ -317,6 +378,69 @@ impl Server {
             }
         }
     }
+}
+
+impl Server {
+    /// Carries out a write request (or says why not, counted as `admin_writes_refused`).
+    fn write(&self, write: Result<Write, String>, peer: Option<(u32, u32, i32)>) -> String {
+        let refuse = |why: String| {
+            self.ops.counters.admin_writes_refused.add(1);
+            error_line(&why)
+        };
+        let Some(writes) = &self.ops.writes else {
+            return refuse(format!(
+                "the admin socket is read-only: {} changes a VM, and only an admin socket with [admin] writable = true takes it \
+                 (then root, epochgate's own user and admin.write_uids / admin.write_gids may); it accepts {}",
+                WRITES.map(|w| format!("{w:?}")).join(", "),
+                accepted()
+            ));
+        };
+        let (uid, gid, pid) = peer.unwrap_or((u32::MAX, u32::MAX, 0));
+        if !writes.access.allows(uid, gid) {
+            return refuse(format!(
+                "permission denied: uid {uid} (gid {gid}, pid {pid}) may read but not write on the admin socket: allow it in admin.write_uids or admin.write_gids"
+            ));
+        }
+        let write = match write {
+            Ok(w) => w,
+            Err(why) => return refuse(why),
+        };
+        let by = format!("uid {uid}, pid {pid}");
+        match write {
+            Write::Fail(vm) => match writes.operator.fail(&vm, &by) {
+                Ok(answer) => answer.to_string(),
+                Err(why) => error_line(&why),
+            },
+        }
+    }
+}
+
+/// The write requests a writable admin socket takes.
+pub const WRITES: [&str; 1] = ["fail VM"];
+
+/// A write request, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// `fail VM`: fence the VM off as if its controller were lost.
+    Fail(String),
+}
+
+/// Whether a request line (without its newline) is a write request: `None` if it is not one
+/// (a read request, or something unknown), else the write or why it is malformed.
+pub fn write_request(line: &[u8]) -> Option<Result<Write, String>> {
+    let text = String::from_utf8_lossy(line);
+    let mut words = text.split_whitespace();
+    if words.next() != Some("fail") {
+        return None;
+    }
+    let args: Vec<&str> = words.collect();
+    Some(match args.as_slice() {
+        [vm] => Ok(Write::Fail((*vm).to_string())),
+        _ => Err(format!(
+            "fail takes one VM name: \"fail VM\" (got {:?})",
+            text.trim()
+        )),
+    })
 }
 
 impl Drop for Server {
@@ -433,7 +557,8 @@ pub fn parse_request(line: &[u8]) -> Result<&'static str, String> {
     match REQUESTS.iter().find(|r| **r == request) {
         Some(r) => Ok(r),
         None => Err(format!(
-            "unknown request {request:?}: this socket accepts {}, one per connection, ending with a newline",
+            "unknown request {request:?}: this socket accepts {}, one per connection, ending with a newline \
+             (and \"fail VM\" when [admin] writable = true)",
             accepted()
         )),
     }

@@ -173,6 +173,14 @@ pub(crate) fn sample() -> Snapshot {
             accept_errors: 3,
             hello_timeouts: 40,
             liveness_timeouts: 1,
+            refused_peer: 5,
+            closed_not_reading: 2,
+            refused_before_hello: 6,
+            refused_other_vm: 4,
+            bad_messages: 9,
+            operator_failed: 1,
+            admin_refused_peer: 3,
+            admin_writes_refused: 8,
         },
         workers: vec![crate::stats::WorkerSnapshot {
             lcore: 1,
@@ -473,7 +481,13 @@ fn refused_peers_are_told_why() {
             uids: Vec::new(),
             gids: Vec::new(),
         };
-        let _server = start_with(&f.cfg, Arc::new(move || snap.clone()), access).expect("start");
+        let _server = start_with(
+            &f.cfg,
+            Arc::new(move || snap.clone()),
+            access,
+            Default::default(),
+        )
+        .expect("start");
         let e = error_of(&raw(f.path(), b"stats\n"));
         assert!(
             e.starts_with(&format!("permission denied: uid {me} is not allowed")),

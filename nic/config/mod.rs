@@ -238,6 +238,23 @@ pub struct ControlConfig {
     /// Permissions of the control socket file, in octal ("0660"). Connecting needs write
     /// permission on it; the peer's credentials are checked as well.
     pub socket_mode: String,
+    /// Permissions of the admin socket file, in octal. Absent: `socket_mode`.
+    #[serde(default)]
+    pub admin_socket_mode: Option<String>,
+    /// The user (a name or a numeric uid) both socket files are given with chown. Absent: the
+    /// user epochgate runs as. Resolved when the config is loaded ([`ControlConfig::owner_uid`]).
+    #[serde(default)]
+    pub socket_owner: Option<IdSpec>,
+    /// The group (a name or a numeric gid) both socket files are given. Absent: epochgate's
+    /// group. With `socket_mode = "0660"`, the members of this group may connect.
+    #[serde(default)]
+    pub socket_group: Option<IdSpec>,
+    /// `socket_owner` resolved to a uid (set by validation, never written in the file).
+    #[serde(skip)]
+    pub owner_uid: Option<u32>,
+    /// `socket_group` resolved to a gid (set by validation).
+    #[serde(skip)]
+    pub group_gid: Option<u32>,
     /// Users whose VMM sessions are accepted, besides root and the user epochgate runs as
     /// (those two always are).
     pub allowed_uids: Vec<u32>,
@@ -272,6 +289,11 @@ impl Default for ControlConfig {
             socket: PathBuf::from("/run/epochgate/control.sock"),
             admin_socket: PathBuf::from("/run/epochgate/admin.sock"),
             socket_mode: "0660".to_string(),
+            admin_socket_mode: None,
+            socket_owner: None,
+            socket_group: None,
+            owner_uid: None,
+            group_gid: None,
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
             fence_drain_ms: 10,
@@ -304,6 +326,70 @@ impl ControlConfig {
     pub fn mode_bits(&self) -> u32 {
         parse_mode(&self.socket_mode).unwrap_or(0o660)
     }
+
+    /// `admin_socket_mode` (else `socket_mode`) as a number.
+    pub fn admin_mode_bits(&self) -> u32 {
+        self.admin_socket_mode
+            .as_deref()
+            .and_then(parse_mode)
+            .unwrap_or_else(|| self.mode_bits())
+    }
+
+    /// How the control socket file is set up: its mode and owner, and the keys that say so.
+    pub fn control_perms(&self) -> SocketPerms {
+        SocketPerms {
+            mode: self.mode_bits(),
+            mode_key: "control.socket_mode",
+            uid: self.owner_uid,
+            gid: self.group_gid,
+        }
+    }
+
+    /// How the admin socket file is set up.
+    pub fn admin_perms(&self) -> SocketPerms {
+        SocketPerms {
+            mode: self.admin_mode_bits(),
+            mode_key: if self.admin_socket_mode.is_some() {
+                "control.admin_socket_mode"
+            } else {
+                "control.socket_mode"
+            },
+            uid: self.owner_uid,
+            gid: self.group_gid,
+        }
+    }
+}
+
+/// A socket file's mode and owner as the config sets them (`chmod`, `chown` after bind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketPerms {
+    pub mode: u32,
+    /// The key the mode comes from, for errors.
+    pub mode_key: &'static str,
+    /// `control.socket_owner`, resolved; `None`: left as created (epochgate's user).
+    pub uid: Option<u32>,
+    /// `control.socket_group`, resolved; `None`: left as created.
+    pub gid: Option<u32>,
+}
+
+/// A user or group as written: a name (`"epochgate"`, `"kvm"`) or a numeric id (`65534`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a user or group name (a string) or a numeric id"
+)]
+pub enum IdSpec {
+    Id(i64),
+    Name(String),
+}
+
+impl fmt::Display for IdSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdSpec::Id(n) => write!(f, "{n}"),
+            IdSpec::Name(s) => write!(f, "{s:?}"),
+        }
+    }
 }
 
 fn parse_mode(s: &str) -> Option<u32> {
@@ -314,11 +400,17 @@ fn parse_mode(s: &str) -> Option<u32> {
     u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
 }
 
-/// `[admin]`: the metrics endpoint.
+/// `[admin]`: the metrics endpoint and whether the admin socket takes operator writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AdminConfig {
     /// Where `/metrics` is served over HTTP (Prometheus text format), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Whether the admin socket takes write requests (`fail VM`); read-only by default.
+    pub writable: bool,
+    /// Who may write besides root and epochgate's own user (only with `writable`).
+    pub write_uids: Vec<u32>,
+    /// Groups whose members may write (the peer's primary gid; only with `writable`).
+    pub write_gids: Vec<u32>,
 }
 
 /// `[admin]` as written.
@@ -326,6 +418,9 @@ pub struct AdminConfig {
 #[serde(default, deny_unknown_fields, expecting = "the [admin] table")]
 struct RawAdmin {
     metrics_listen: Option<String>,
+    writable: bool,
+    write_uids: Vec<u32>,
+    write_gids: Vec<u32>,
 }
 
 impl RawAdmin {
@@ -334,7 +429,26 @@ impl RawAdmin {
             None => None,
             Some(s) => Some(parse_listen(&s).map_err(|why| invalid("admin.metrics_listen", why))?),
         };
-        Ok(AdminConfig { metrics_listen })
+        if !self.writable {
+            let key = match (self.write_uids.is_empty(), self.write_gids.is_empty()) {
+                (false, _) => Some("admin.write_uids"),
+                (_, false) => Some("admin.write_gids"),
+                _ => None,
+            };
+            if let Some(key) = key {
+                return Err(invalid(
+                    key,
+                    "is set but admin.writable is false: the admin socket takes no writes from anyone; \
+                     set admin.writable = true, or remove the key",
+                ));
+            }
+        }
+        Ok(AdminConfig {
+            metrics_listen,
+            writable: self.writable,
+            write_uids: self.write_uids,
+            write_gids: self.write_gids,
+        })
     }
 }
 

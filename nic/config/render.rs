@@ -77,6 +77,25 @@ impl Config {
             line(format!("  rate:    {}", describe_rate(&vm.rate)));
         }
         let c = &self.control;
+        let owner = |spec: &Option<super::IdSpec>, id: Option<u32>, own: &str| match (spec, id) {
+            (Some(super::IdSpec::Name(n)), Some(id)) if n.parse::<u32>().is_err() => {
+                format!("{n} ({id})")
+            }
+            (_, Some(id)) => id.to_string(),
+            _ => own.to_string(),
+        };
+        line(format!(
+            "sockets:   owner {}, group {}; control socket mode {}, admin socket mode {}{}",
+            owner(&c.socket_owner, c.owner_uid, "epochgate's user"),
+            owner(&c.socket_group, c.group_gid, "epochgate's group"),
+            c.socket_mode,
+            c.admin_socket_mode.as_deref().unwrap_or(&c.socket_mode),
+            if c.admin_socket_mode.is_none() {
+                " (control.socket_mode)"
+            } else {
+                ""
+            }
+        ));
         line(format!(
             "control:   socket {} (mode {}), admin socket {}, fence drain <= {} ms, liveness {}, pings every {} ms, Hello within {} ms, at most {} sessions",
             c.socket.display(),
@@ -102,6 +121,26 @@ impl Config {
                 String::new()
             } else {
                 format!("; gids {}", gids.join(", "))
+            }
+        ));
+        let a = &self.admin;
+        line(format!(
+            "admin:     {}",
+            if a.writable {
+                let mut who = vec!["root".to_string(), "owner".to_string()];
+                who.extend(a.write_uids.iter().map(u32::to_string));
+                let gids: Vec<String> = a.write_gids.iter().map(u32::to_string).collect();
+                format!(
+                    "writable (fail VM) by uids {}{}; reads as the sessions",
+                    who.join(", "),
+                    if gids.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; gids {}", gids.join(", "))
+                    }
+                )
+            } else {
+                "read-only (stats, vms; admin.writable = true lets operators fail a VM)".to_string()
             }
         ));
         line(format!(

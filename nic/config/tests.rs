@@ -164,6 +164,7 @@ fn full_config_parses_every_key() {
             ping_interval_ms: Some(500),
             hello_timeout_ms: 1500,
             max_sessions: 16,
+            ..ControlConfig::default()
         }
     );
     assert_eq!(
@@ -2142,4 +2143,74 @@ fn announcements_repeat_five_times_100_ms_apart_unless_configured_and_bad_values
             .to_string();
         assert!(e.contains(key) && e.contains(why), "{extra}: {e}");
     }
+}
+
+/// Socket owners and modes: names and numeric ids resolve at load, an unknown user or group or
+/// a bad mode is refused naming its key.
+#[test]
+fn socket_owner_group_and_admin_mode_resolve_or_are_refused_naming_the_key() {
+    let base = "[egress]\nport = \"net_null0\"\n[[vm]]\nname = \"a\"\nport = \"net_tap0\"\n";
+    let load = |control: &str| Config::from_toml_str(&format!("[control]\n{control}\n{base}"));
+    let c = load("socket_owner = 65534\nsocket_group = \"root\"\nadmin_socket_mode = \"0640\"")
+        .expect("valid");
+    assert_eq!(c.control.owner_uid, Some(65534));
+    assert_eq!(c.control.group_gid, Some(0));
+    assert_eq!(c.control.admin_mode_bits(), 0o640);
+    assert_eq!(
+        c.control.admin_perms().mode_key,
+        "control.admin_socket_mode"
+    );
+    let c = load("socket_owner = \"root\"").expect("valid");
+    assert_eq!(c.control.owner_uid, Some(0));
+    assert_eq!(c.control.group_gid, None);
+    assert_eq!(c.control.admin_mode_bits(), 0o660, "socket_mode by default");
+    let text = c.topology();
+    assert!(text.contains("sockets:   owner root (0), group epochgate's group; control socket mode 0660, admin socket mode 0660 (control.socket_mode)"), "{text}");
+    assert!(text.contains("admin:     read-only"), "{text}");
+    for (control, key, why) in [
+        (
+            "socket_owner = \"no-such-user-eg\"",
+            "control.socket_owner",
+            "no user is named \"no-such-user-eg\"",
+        ),
+        (
+            "socket_group = \"no-such-group-eg\"",
+            "control.socket_group",
+            "no group is named \"no-such-group-eg\"",
+        ),
+        (
+            "socket_owner = -1",
+            "control.socket_owner",
+            "-1 is not a user id",
+        ),
+        (
+            "admin_socket_mode = \"0999\"",
+            "control.admin_socket_mode",
+            "is not a file mode",
+        ),
+        (
+            "socket_mode = \"rw\"",
+            "control.socket_mode",
+            "is not a file mode",
+        ),
+    ] {
+        let e = load(control).expect_err(control).to_string();
+        assert!(e.starts_with(&format!("{key}: ")), "{control}: {e}");
+        assert!(e.contains(why), "{control}: {e}");
+    }
+    let e = Config::from_toml_str(&format!("[admin]\nwrite_uids = [5]\n{base}"))
+        .expect_err("write_uids without writable")
+        .to_string();
+    assert!(
+        e.starts_with("admin.write_uids: ") && e.contains("admin.writable"),
+        "{e}"
+    );
+    let c = Config::from_toml_str(&format!(
+        "[admin]\nwritable = true\nwrite_uids = [5]\n{base}"
+    ))
+    .expect("valid");
+    assert!(c.admin.writable);
+    assert!(c
+        .topology()
+        .contains("admin:     writable (fail VM) by uids root, owner, 5"));
 }

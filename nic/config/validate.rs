@@ -7,8 +7,8 @@ use super::eal::lcore_ids;
 use super::PING_INTERVAL_MAX_MS;
 use super::{
     high_water_mark, invalid, parse_mode, vm_label, BufferLimits, Config, ConfigError,
-    ControlConfig, DataplaneConfig, EalConfig, FramesFrom, HoldFrom, Mode, ModeParseError, OnFull,
-    PortSpec, RateLimit, RawDataplane, RawLimits, RawVm, VmConfig, HIGH_WATER_DEFAULT,
+    ControlConfig, DataplaneConfig, EalConfig, FramesFrom, HoldFrom, IdSpec, Mode, ModeParseError,
+    OnFull, PortSpec, RateLimit, RawDataplane, RawLimits, RawVm, VmConfig, HIGH_WATER_DEFAULT,
     HOLD_BYTES_PER_FRAME, HOLD_DEFAULT_MAX_FRAMES, HOLD_TARGET_FRAMES,
 };
 use crate::wire::frame::MacAddr;
@@ -114,6 +114,26 @@ pub(super) fn validate_control(
             ),
         ));
     }
+    if let Some(m) = &control.admin_socket_mode {
+        if parse_mode(m).is_none() {
+            return Err(invalid(
+                "control.admin_socket_mode",
+                format!(
+                    "{m:?} is not a file mode: write permission bits in octal, e.g. \"0640\" (or leave it out: control.socket_mode)"
+                ),
+            ));
+        }
+    }
+    control.owner_uid = control
+        .socket_owner
+        .as_ref()
+        .map(|o| resolve_id("control.socket_owner", o, IdKind::User))
+        .transpose()?;
+    control.group_gid = control
+        .socket_group
+        .as_ref()
+        .map(|g| resolve_id("control.socket_group", g, IdKind::Group))
+        .transpose()?;
     if control.fence_drain_ms == 0 || control.fence_drain_ms > FENCE_DRAIN_MAX_MS {
         return Err(invalid(
             "control.fence_drain_ms",
@@ -185,6 +205,52 @@ pub(super) fn validate_control(
         ));
     }
     Ok(control)
+}
+
+#[derive(Clone, Copy)]
+enum IdKind {
+    User,
+    Group,
+}
+
+/// A user or group name (looked up in the system's user database now, when the config is
+/// loaded) or a numeric id (taken as it is, within 0..2^32-1: a socket may belong to an id
+/// with no name).
+fn resolve_id(key: &str, spec: &IdSpec, kind: IdKind) -> Result<u32, ConfigError> {
+    let what = match kind {
+        IdKind::User => "user",
+        IdKind::Group => "group",
+    };
+    match spec {
+        IdSpec::Id(n) => u32::try_from(*n)
+            .ok()
+            .filter(|n| *n != u32::MAX)
+            .ok_or_else(|| invalid(key, format!("{n} is not a {what} id (0..=4294967294)"))),
+        IdSpec::Name(name) => {
+            if let Ok(n) = name.parse::<u32>() {
+                return resolve_id(key, &IdSpec::Id(i64::from(n)), kind);
+            }
+            let found = match kind {
+                IdKind::User => {
+                    nix::unistd::User::from_name(name).map(|u| u.map(|u| u.uid.as_raw()))
+                }
+                IdKind::Group => {
+                    nix::unistd::Group::from_name(name).map(|g| g.map(|g| g.gid.as_raw()))
+                }
+            };
+            match found {
+                Ok(Some(id)) => Ok(id),
+                Ok(None) => Err(invalid(
+                    key,
+                    format!("no {what} is named {name:?} on this system (write an existing {what} name or a numeric id)"),
+                )),
+                Err(e) => Err(invalid(
+                    key,
+                    format!("cannot look up {what} {name:?}: {e}"),
+                )),
+            }
+        }
+    }
 }
 
 /// The pool `eal.memory_mb` holds when `dataplane.mbufs` is not written: everything

@@ -17,7 +17,7 @@ use super::state::{self, Tracker};
 #[cfg(test)]
 use super::Rings;
 use super::{Answer, Command, Op, VmIdx, Workers, EVENT};
-use crate::config::ControlConfig;
+use crate::config::{ControlConfig, SocketPerms};
 use crate::stats::{ControlCounters, ControlSnapshot, VmCounters};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -29,7 +29,7 @@ use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
-use std::sync::{Arc, OnceLock};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmm_shim::proto::{self, ErrorCode, Reply, Request, VmStats, MAX_MESSAGE};
@@ -50,6 +50,23 @@ const FD_HEADROOM: u64 = 32;
 /// successful accept resets it.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The send buffer each session's socket asks for (`SO_SNDBUF`; Linux doubles it for its own
+/// bookkeeping): the bound on what epochgate keeps for a session that does not read its replies
+/// and events, a few hundred messages. A VMM has at most one reply, its pongs and one
+/// checkpoint request per epoch unread; a session whose buffer is full when epochgate must
+/// send is closed as not reading (`closed_not_reading`), and its VM fails like any lost
+/// controller's.
+pub const SESSION_SEND_BUFFER: usize = 64 * 1024;
+/// Messages read from one session per round of the control thread: a session that floods is
+/// served at the same pace as every other, whatever it sends.
+pub const READS_PER_ROUND: usize = 1;
+/// Sessions closed for not reading are logged at most this often (the rest are counted in the
+/// next line and in `closed_not_reading`).
+const NOT_READING_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long an operator request waits for the control thread's answer.
+const OPERATOR_TIMEOUT: Duration = Duration::from_secs(5);
+/// Operator requests waiting for the control thread at once; more are refused as busy.
+const OPERATOR_QUEUE: usize = 16;
 
 /// Why the control server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,10 +121,19 @@ impl Access {
     }
 }
 
+/// Why a session was closed, when epochgate closed it for something it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    /// It did not read: a reply or event found its send buffer full.
+    NotReading,
+}
+
 struct Session {
     id: u64,
     sock: Socket,
     vm: Option<VmIdx>,
+    /// Set when epochgate closed it for a reason that is counted when it is reaped.
+    why_closed: Option<Closed>,
     /// A command of this session is with the worker.
     waiting: bool,
     /// When it connected: it has `control.hello_timeout_ms` from here to adopt a VM.
@@ -115,6 +141,59 @@ struct Session {
     /// Its last message, or the last answer to one (time with the worker is not silence).
     last_heard: Instant,
     closed: bool,
+}
+
+/// What an operator asks of the control thread through the admin socket.
+struct OperatorRequest {
+    /// The VM to fail.
+    vm: String,
+    /// Who asks (uid and pid), for the session's error text and the log.
+    by: String,
+    reply: mpsc::SyncSender<Result<serde_json::Value, String>>,
+}
+
+/// The admin thread's way to the control thread for operator writes: the control thread owns
+/// the sessions, so a request is queued and the control thread is woken (the workers' bell);
+/// it acts on the request in its next round, exactly as it would on a lost controller, and
+/// answers.
+#[derive(Clone)]
+pub struct Operator {
+    tx: mpsc::SyncSender<OperatorRequest>,
+    bell: Arc<Workers>,
+}
+
+impl Operator {
+    /// Fails VM `vm` as if its controller were lost: its session (if any) is told why and
+    /// closed, a protected VM goes to `failed` and what it holds is discarded
+    /// (`controller-lost`). `by` says who asked. The answer is the JSON the admin socket sends:
+    /// `{"failed":VM,"was":MODE,"now":MODE,"session":"closed"|"none"}`.
+    pub fn fail(&self, vm: &str, by: &str) -> Result<serde_json::Value, String> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let req = OperatorRequest {
+            vm: vm.to_string(),
+            by: by.to_string(),
+            reply: tx,
+        };
+        self.tx.try_send(req).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => format!(
+                "busy: {OPERATOR_QUEUE} operator requests are already waiting for the control thread; try again"
+            ),
+            mpsc::TrySendError::Disconnected(_) => {
+                "epochgate is stopping: its control thread takes no more requests".to_string()
+            }
+        })?;
+        self.bell.wake();
+        match rx.recv_timeout(OPERATOR_TIMEOUT) {
+            Ok(answer) => answer,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err("epochgate is stopping: the request was not carried out".to_string())
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+                "the control thread did not answer within {} s; whether VM {vm:?} was failed is unknown: see `epochgate vms`",
+                OPERATOR_TIMEOUT.as_secs()
+            )),
+        }
+    }
 }
 
 /// The running control thread.
@@ -126,6 +205,7 @@ pub struct ControlServer {
     bell: Arc<Workers>,
     thread: Option<JoinHandle<()>>,
     counters: Arc<ControlCounters>,
+    operator: Operator,
 }
 
 impl ControlServer {
@@ -143,13 +223,14 @@ impl ControlServer {
             path: path.display().to_string(),
             why,
         };
-        let listener = bind(&path, Type::SEQPACKET, cfg.mode_bits()).map_err(err)?;
+        let listener = bind(&path, Type::SEQPACKET, cfg.control_perms()).map_err(err)?;
         // Only now is this process the one whose state the file records.
         modes.write()?;
         let stop = Arc::new(AtomicBool::new(false));
         let why = Arc::new(OnceLock::new());
         let owners = vec![None; vms.len()];
         let counters = Arc::new(ControlCounters::default());
+        let (operator_tx, operator_rx) = mpsc::sync_channel(OPERATOR_QUEUE);
         let server = Server {
             listener,
             path: path.clone(),
@@ -177,8 +258,14 @@ impl ControlServer {
             spin_until: None,
             stop: stop.clone(),
             why: why.clone(),
+            operator: operator_rx,
+            not_reading_log: None,
         };
         let bell = server.workers.clone();
+        let operator = Operator {
+            tx: operator_tx,
+            bell: bell.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("eg-control".into())
             .spawn(move || server.run())
@@ -189,12 +276,18 @@ impl ControlServer {
             bell,
             thread: Some(thread),
             counters,
+            operator,
         })
     }
 
     /// The control thread's counters (sessions, refusals, timeouts), for the stats.
     pub fn counters(&self) -> Arc<ControlCounters> {
         self.counters.clone()
+    }
+
+    /// The handle through which the admin thread hands operator writes to the control thread.
+    pub fn operator(&self) -> Operator {
+        self.operator.clone()
     }
 
     /// Tells every session that epochgate is stopping and closes them. The socket file is left
@@ -232,7 +325,7 @@ impl Drop for ControlServer {
 /// socket file (one that refuses connections: its process is gone); refuses a socket that a
 /// live process serves (or that cannot be probed), and anything at `path` that is not a socket.
 /// The error says what and why, without the path (the caller names the setting and path).
-pub(crate) fn bind(path: &Path, ty: Type, mode: u32) -> Result<Socket, String> {
+pub(crate) fn bind(path: &Path, ty: Type, perms: SocketPerms) -> Result<Socket, String> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create its directory: {e}"))?;
@@ -259,8 +352,29 @@ pub(crate) fn bind(path: &Path, ty: Type, mode: u32) -> Result<Socket, String> {
     let sock = Socket::new(Domain::UNIX, ty.cloexec(), None)
         .map_err(|e| format!("cannot create a {ty:?} socket: {e}"))?;
     sock.bind(&addr).map_err(|e| format!("cannot bind: {e}"))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set its mode to {mode:o}: {e}"))?;
+    // Owner first, then mode: the file never has the configured mode with the wrong owner.
+    if perms.uid.is_some() || perms.gid.is_some() {
+        let key = match (perms.uid, perms.gid) {
+            (Some(_), Some(_)) => "control.socket_owner / control.socket_group",
+            (Some(_), None) => "control.socket_owner",
+            _ => "control.socket_group",
+        };
+        let show = |id: Option<u32>| id.map_or_else(|| "unchanged".to_string(), |i| i.to_string());
+        std::os::unix::fs::chown(path, perms.uid, perms.gid).map_err(|e| {
+            format!(
+                "cannot give it owner {} group {} ({key}): {e}",
+                show(perms.uid),
+                show(perms.gid)
+            )
+        })?;
+    }
+    let mode = perms.mode;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        format!(
+            "cannot set its mode to {mode:04o} ({}): {e}",
+            perms.mode_key
+        )
+    })?;
     sock.listen(BACKLOG)
         .map_err(|e| format!("cannot listen: {e}"))?;
     sock.set_nonblocking(true)
@@ -301,6 +415,10 @@ struct Server {
     spin_until: Option<Instant>,
     stop: Arc<AtomicBool>,
     why: Arc<OnceLock<String>>,
+    /// Operator writes from the admin thread.
+    operator: mpsc::Receiver<OperatorRequest>,
+    /// When a session closed for not reading was last logged, and how many more since.
+    not_reading_log: Option<(Instant, u64)>,
 }
 
 /// How long the listener rests after an accept error.
@@ -391,9 +509,15 @@ impl Server {
             for (i, revents) in ready.sessions {
                 self.serve(i, revents, &mut buf);
             }
+            let operated = self.operator_requests();
             self.check_hello();
             self.check_liveness();
             self.reap();
+            // Answered once the sessions they closed are reaped: their VMs' failure is on its
+            // way to the worker and persisted.
+            for (reply, answer) in operated {
+                let _ = reply.send(answer);
+            }
             self.counters.sessions.set(self.sessions.len() as u64);
             if !self.outbox.is_empty() || spinning {
                 std::thread::yield_now();
@@ -566,11 +690,15 @@ impl Server {
             return self.refuse(sock, Refusal::NoFds);
         }
         let _ = sock.set_nonblocking(true);
+        // The bound on unread replies and events (see SESSION_SEND_BUFFER); if the kernel
+        // refuses, its default (about 208 KiB) bounds it instead.
+        let _ = sock.set_send_buffer_size(SESSION_SEND_BUFFER);
         let now = Instant::now();
         let mut session = Session {
             id: self.next_id,
             sock,
             vm: None,
+            why_closed: None,
             waiting: false,
             opened: now,
             last_heard: now,
@@ -582,25 +710,31 @@ impl Server {
                 self.sessions.push(session);
                 self.settle();
             }
-            Ok(c) => send(
-                &mut session,
-                &Reply::error(
-                    ErrorCode::PermissionDenied,
-                format!(
-                    "uid {} (gid {}, pid {}) may not drive VMs: allow it in control.allowed_uids or control.allowed_gids",
-                    c.uid(),
-                    c.gid(),
-                    c.pid()
-                ),
-                ),
-            ),
-            Err(e) => send(
-                &mut session,
-                &Reply::error(
-                    ErrorCode::PermissionDenied,
-                    format!("the peer's credentials cannot be read: {e}"),
-                ),
-            ),
+            Ok(c) => {
+                self.counters.refused_peer.add(1);
+                send(
+                    &mut session,
+                    &Reply::error(
+                        ErrorCode::PermissionDenied,
+                        format!(
+                            "uid {} (gid {}, pid {}) may not drive VMs: allow it in control.allowed_uids or control.allowed_gids",
+                            c.uid(),
+                            c.gid(),
+                            c.pid()
+                        ),
+                    ),
+                )
+            }
+            Err(e) => {
+                self.counters.refused_peer.add(1);
+                send(
+                    &mut session,
+                    &Reply::error(
+                        ErrorCode::PermissionDenied,
+                        format!("the peer's credentials cannot be read: {e}"),
+                    ),
+                )
+            }
         }
     }
 
@@ -695,6 +829,7 @@ impl Server {
                     }
                     _ => format!("{e}; ignored"),
                 };
+                self.counters.bad_messages.add(1);
                 return send(&mut self.sessions[i], &Reply::error(e.code(), text));
             }
         };
@@ -719,6 +854,7 @@ impl Server {
                     "this session already drives VM {:?}; open another session for {name:?}",
                     self.vms[have].name
                 );
+                self.counters.refused_other_vm.add(1);
                 return send(
                     &mut self.sessions[i],
                     &Reply::error(ErrorCode::AlreadyAdopted, text),
@@ -730,6 +866,7 @@ impl Server {
                         "Hello asks for protocol version {version}; this epochgate speaks {}",
                         proto::VERSION
                     );
+                    self.counters.bad_messages.add(1);
                     return send(
                         &mut self.sessions[i],
                         &Reply::error(ErrorCode::Version, text),
@@ -738,6 +875,7 @@ impl Server {
                 let Some(vi) = self.vms.iter().position(|v| v.name == name) else {
                     let known: Vec<&str> = self.vms.iter().map(|v| v.name.as_str()).collect();
                     let text = format!("no VM is named {name:?} (configured: {known:?})");
+                    self.counters.refused_other_vm.add(1);
                     return send(
                         &mut self.sessions[i],
                         &Reply::error(ErrorCode::UnknownVm, text),
@@ -745,6 +883,7 @@ impl Server {
                 };
                 if self.owners[vi].is_some() {
                     let text = format!("VM {name:?} is already driven by another session");
+                    self.counters.refused_other_vm.add(1);
                     return send(
                         &mut self.sessions[i],
                         &Reply::error(ErrorCode::VmBusy, text),
@@ -760,6 +899,7 @@ impl Server {
                     "{} before Hello: say which VM this session drives first",
                     req.name()
                 );
+                self.counters.refused_before_hello.add(1);
                 return send(
                     &mut self.sessions[i],
                     &Reply::error(ErrorCode::NotAdopted, text),
@@ -837,6 +977,10 @@ impl Server {
                 continue;
             }
             let s = self.sessions.swap_remove(i);
+            if s.why_closed == Some(Closed::NotReading) {
+                self.counters.closed_not_reading.add(1);
+                self.log_not_reading(&s);
+            }
             if let Some(vm) = s.vm {
                 self.owners[vm] = None;
                 self.vms[vm].counters.controller.set(0);
@@ -853,6 +997,115 @@ impl Server {
                 });
             }
         }
+    }
+
+    /// Logs a session closed for not reading: the first at once, then at most one line per
+    /// [`NOT_READING_LOG_EVERY`], which counts the others.
+    fn log_not_reading(&mut self, s: &Session) {
+        let now = Instant::now();
+        if let Some((at, more)) = &mut self.not_reading_log {
+            if now.duration_since(*at) < NOT_READING_LOG_EVERY {
+                *more += 1;
+                return;
+            }
+        }
+        let more = self.not_reading_log.map_or(0, |(_, n)| n);
+        let vm = s.vm.map_or_else(
+            || "no VM".to_string(),
+            |v| format!("VM {:?}", self.vms[v].name),
+        );
+        let also = if more > 0 {
+            format!(
+                " ({more} more since the last such line, {} in all: closed_not_reading)",
+                self.counters.closed_not_reading.get()
+            )
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "epochgate: control socket {}: closed a session ({vm}) that did not read what it was sent: its socket's send buffer ({SESSION_SEND_BUFFER} bytes asked) was full; its VM fails as if its controller were lost{also}",
+            self.path.display()
+        );
+        self.not_reading_log = Some((now, 0));
+    }
+
+    /// Carries out the operator requests the admin thread queued; returns their answers, to
+    /// be sent once this round has reaped the sessions they closed.
+    #[allow(clippy::type_complexity)]
+    fn operator_requests(
+        &mut self,
+    ) -> Vec<(
+        mpsc::SyncSender<Result<serde_json::Value, String>>,
+        Result<serde_json::Value, String>,
+    )> {
+        let mut out = Vec::new();
+        while let Ok(req) = self.operator.try_recv() {
+            let answer = self.operator_fail(&req.vm, &req.by);
+            out.push((req.reply, answer));
+        }
+        out
+    }
+
+    /// The operator fails VM `name`: exactly what a lost controller does (the session, if any,
+    /// is told why and closed; [`Server::reap`] then fails the VM), or, with no session, what
+    /// the loss of one would have done.
+    fn operator_fail(&mut self, name: &str, by: &str) -> Result<serde_json::Value, String> {
+        let Some(vi) = self.vms.iter().position(|v| v.name == name) else {
+            let known: Vec<&str> = self.vms.iter().map(|v| v.name.as_str()).collect();
+            return Err(format!("no VM is named {name:?} (configured: {known:?})"));
+        };
+        let was = self.modes.mode(vi);
+        let session = self.owners[vi].and_then(|id| self.sessions.iter_mut().find(|s| s.id == id));
+        let now = if was == proto::Mode::Protected {
+            proto::Mode::Failed
+        } else {
+            was
+        };
+        let closed = match session {
+            Some(s) if !s.closed => {
+                let text = format!(
+                    "the operator failed VM {name:?} through the admin socket ({by}): its controller is taken for dead,                      its held output discarded (controller-lost); the session is over, connect again and adopt the VM in a new epoch"
+                );
+                // The same code as a liveness timeout: the session is over and the shim does
+                // not reconnect by itself.
+                send(s, &Reply::error(ErrorCode::LivenessTimeout, text));
+                s.closed = true;
+                true
+            }
+            // Closed already this round: reap fails the VM.
+            Some(_) => true,
+            None if was != proto::Mode::Protected => {
+                return Err(format!(
+                    "VM {name:?} is {was} and no session drives it: nothing to fail (fail ends a VM's session and discards what a protected VM holds)"
+                ));
+            }
+            None => {
+                // A protected VM nobody drives (after a restart): what the loss of its
+                // controller would do. Persisted before the answer, as reap does.
+                if let Err(e) = self.modes.set(vi, proto::Mode::Failed) {
+                    eprintln!("epochgate: {e}");
+                }
+                self.command(Command {
+                    vm: vi,
+                    session: EVENT,
+                    op: Op::Fail,
+                });
+                false
+            }
+        };
+        self.counters.operator_failed.add(1);
+        eprintln!(
+            "epochgate: the operator ({by}) failed VM {name:?} through the admin socket: it was {was}, {}",
+            if closed { "its session was told why and closed" } else { "no session drove it" }
+        );
+        // A session closed here is reaped at the end of this round (its VM fails then), before
+        // the answer goes out and before any later message is read.
+        Ok(serde_json::json!({
+            "failed": name,
+            "was": was.to_string(),
+            "now": now.to_string(),
+            "session": if closed { "closed" } else { "none" },
+        }))
     }
 
     fn shutdown(&mut self) {
@@ -905,16 +1158,22 @@ fn persist(modes: &mut Tracker, vm: VmIdx, reply: Reply) -> Reply {
     }
 }
 
-/// Sends a reply; a peer that cannot take it (gone, or not reading) is closed.
+/// Sends a reply; a peer that cannot take it (gone, or not reading: its send buffer is full)
+/// is closed.
 fn send(s: &mut Session, reply: &Reply) {
     if s.closed {
         return;
     }
-    if s.sock
-        .send_with_flags(&reply.encode(), nix::libc::MSG_NOSIGNAL)
-        .is_err()
-    {
-        s.closed = true;
+    match s.sock.send_with_flags(
+        &reply.encode(),
+        nix::libc::MSG_NOSIGNAL | nix::libc::MSG_DONTWAIT,
+    ) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+            s.why_closed = Some(Closed::NotReading);
+            s.closed = true;
+        }
+        Err(_) => s.closed = true,
     }
 }
 
@@ -1192,6 +1451,111 @@ mod tests {
         let s = connect(dir.path());
         say(&s, &Request::hello("vm").unwrap());
         assert!(matches!(hear(&s), Reply::Welcome { .. }));
+        server.stop();
+    }
+
+    /// A session that sends pings and never reads is closed once its send buffer is full,
+    /// counted as `closed_not_reading`, and its VM is failed like a lost controller's; another
+    /// session goes on meanwhile.
+    #[test]
+    fn a_session_that_never_reads_is_closed_counted_and_its_vm_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, worker) = start(dir.path(), ControlConfig::default(), Duration::ZERO);
+        let s = connect(dir.path());
+        say(&s, &Request::hello("vm").unwrap());
+        // The Welcome stays unread, like everything after it.
+        s.set_nonblocking(true).unwrap();
+        let c = server.counters();
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while c.closed_not_reading.get() == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "never closed after {sent} pings"
+            );
+            match s.send(&Request::Ping { token: sent }.encode()) {
+                Ok(_) => sent += 1,
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        println!("closed after {sent} unread pings");
+        while worker.failed.lock().unwrap().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "VM never failed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(c.closed_not_reading.get(), 1);
+        // The VM is free again: a new session adopts it.
+        let t = connect(dir.path());
+        say(&t, &Request::hello("vm").unwrap());
+        assert!(matches!(hear(&t), Reply::Welcome { .. }));
+        server.stop();
+    }
+
+    /// Commands before Hello, a second Hello and a Hello for a VM another session drives are
+    /// refused, counted, and change nothing.
+    #[test]
+    fn a_session_acts_only_on_its_own_vm_and_refusals_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, worker) = start(dir.path(), ControlConfig::default(), Duration::ZERO);
+        let a = connect(dir.path());
+        let b = connect(dir.path());
+        for req in [
+            Request::Fence { epoch: 1 },
+            Request::Commit { epoch: 1 },
+            Request::Discard,
+            Request::Protect,
+            Request::Demote,
+            Request::Stats,
+        ] {
+            say(&b, &req);
+            assert!(
+                matches!(
+                    hear(&b),
+                    Reply::Error {
+                        code: ErrorCode::NotAdopted,
+                        ..
+                    }
+                ),
+                "{req:?} before Hello"
+            );
+        }
+        say(&a, &Request::hello("vm").unwrap());
+        assert!(matches!(hear(&a), Reply::Welcome { .. }));
+        say(&b, &Request::hello("vm").unwrap());
+        assert!(matches!(
+            hear(&b),
+            Reply::Error {
+                code: ErrorCode::VmBusy,
+                ..
+            }
+        ));
+        say(&a, &Request::hello("vm").unwrap());
+        assert!(matches!(
+            hear(&a),
+            Reply::Error {
+                code: ErrorCode::AlreadyAdopted,
+                ..
+            }
+        ));
+        say(&b, &Request::hello("nope").unwrap());
+        assert!(matches!(
+            hear(&b),
+            Reply::Error {
+                code: ErrorCode::UnknownVm,
+                ..
+            }
+        ));
+        let c = server.counters();
+        assert_eq!(c.refused_before_hello.get(), 6);
+        assert_eq!(c.refused_other_vm.get(), 3);
+        // b never adopted: closing it fails nothing; a's VM is untouched by all of it.
+        drop(b);
+        say(&a, &Request::Fence { epoch: 1 });
+        assert!(matches!(hear(&a), Reply::Fenced { epoch: 1, .. }));
+        assert!(worker.failed.lock().unwrap().is_empty());
         server.stop();
     }
 }

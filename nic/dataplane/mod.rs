@@ -466,7 +466,13 @@ impl Appliance {
             let stats = stats.clone();
             Arc::new(move || stats.snapshot())
         };
-        let admin = AdminServer::start(&cfg.control, source.clone())?;
+        let admin = AdminServer::start_for(
+            &cfg.control,
+            &cfg.admin,
+            source.clone(),
+            control.counters(),
+            control.operator(),
+        )?;
         let metrics = cfg
             .admin
             .metrics_listen

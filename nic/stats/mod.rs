@@ -697,7 +697,8 @@ impl WorkerSnapshot {
     }
 }
 
-/// The control thread's counters (it is their only writer).
+/// The control thread's counters (it is their only writer, but for the `admin_*` ones, whose
+/// only writer is the admin thread).
 #[derive(Debug, Default)]
 pub struct ControlCounters {
     /// Sessions open now (a gauge).
@@ -712,10 +713,32 @@ pub struct ControlCounters {
     /// silence past `control.liveness_timeout_ms`.
     pub hello_timeouts: Counter,
     pub liveness_timeouts: Counter,
+    /// Connections refused because the peer's credentials (SO_PEERCRED) are not allowed
+    /// (`control.allowed_uids`, `control.allowed_gids`).
+    pub refused_peer: Counter,
+    /// Sessions closed because they did not read what epochgate sent them (their socket's
+    /// send buffer, the per-session bound on unread replies and events, was full).
+    pub closed_not_reading: Counter,
+    /// Commands refused because the session had not adopted a VM (`Hello`) yet.
+    pub refused_before_hello: Counter,
+    /// `Hello`s refused because they asked for a VM the session may not take: a second VM, a
+    /// VM another session drives, or no such VM.
+    pub refused_other_vm: Counter,
+    /// Messages refused as malformed (truncated, oversize, wrong version, unknown type).
+    pub bad_messages: Counter,
+    /// VMs failed by an operator (`epochgate fail VM` on a writable admin socket).
+    pub operator_failed: Counter,
+    /// Admin socket connections refused for their peer's credentials (written by the admin
+    /// thread).
+    pub admin_refused_peer: Counter,
+    /// Write requests refused on the admin socket: it is read-only (`admin.writable`), or
+    /// the peer may not write (`admin.write_uids`, `admin.write_gids`) (the admin thread).
+    pub admin_writes_refused: Counter,
 }
 
 /// [`ControlCounters`] at a moment.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct ControlSnapshot {
     pub sessions: u64,
     pub refused_max_sessions: u64,
@@ -723,6 +746,14 @@ pub struct ControlSnapshot {
     pub accept_errors: u64,
     pub hello_timeouts: u64,
     pub liveness_timeouts: u64,
+    pub refused_peer: u64,
+    pub closed_not_reading: u64,
+    pub refused_before_hello: u64,
+    pub refused_other_vm: u64,
+    pub bad_messages: u64,
+    pub operator_failed: u64,
+    pub admin_refused_peer: u64,
+    pub admin_writes_refused: u64,
 }
 
 impl ControlSnapshot {
@@ -734,6 +765,14 @@ impl ControlSnapshot {
             accept_errors: c.accept_errors.get(),
             hello_timeouts: c.hello_timeouts.get(),
             liveness_timeouts: c.liveness_timeouts.get(),
+            refused_peer: c.refused_peer.get(),
+            closed_not_reading: c.closed_not_reading.get(),
+            refused_before_hello: c.refused_before_hello.get(),
+            refused_other_vm: c.refused_other_vm.get(),
+            bad_messages: c.bad_messages.get(),
+            operator_failed: c.operator_failed.get(),
+            admin_refused_peer: c.admin_refused_peer.get(),
+            admin_writes_refused: c.admin_writes_refused.get(),
         }
     }
 }
