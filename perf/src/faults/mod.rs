@@ -565,6 +565,9 @@ pub struct RunReport {
     pub frames_sent: u64,
     pub frames_on_egress: u64,
     pub processes: u32,
+    /// Starts retried because DPDK's af_packet fanout group id was taken (see
+    /// `start_epochgate`).
+    pub fanout_retries: u32,
     pub violations: Vec<String>,
     pub seconds: f64,
 }
@@ -1075,13 +1078,28 @@ impl Run<'_> {
         self.incarnation = self.report.processes;
         self.report.processes += 1;
         self.sent_now = vec![0; VMS.len()];
-        self.eg = Some(Epochgate::start(
-            self.ns,
-            &self.o.epochgate,
-            &self.dir,
-            self.incarnation,
-        )?);
-        Ok(())
+        // DPDK 22.11's af_packet PMD names its PACKET_FANOUT group (pid ^ ifindex) & 0xffff:
+        // an epochgate whose pid lands next to the peer's can take a group id the peer's
+        // sockets hold, and its port fails to start (EINVAL). That is the harness's
+        // set-up, not epochgate: such a start is retried (a new process, a new pid) and
+        // counted.
+        let mut tries = 0;
+        loop {
+            match Epochgate::start(self.ns, &self.o.epochgate, &self.dir, self.incarnation) {
+                Ok(eg) => {
+                    self.eg = Some(eg);
+                    return Ok(());
+                }
+                Err(e) if tries < 8 && format!("{e:#}").contains("PACKET_FANOUT") => {
+                    tries += 1;
+                    self.report.fanout_retries += 1;
+                    self.trace(&format!(
+                        "epochgate did not start (af_packet fanout id taken), retry {tries}"
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Ends the current epochgate process, by SIGTERM (checked later against the capture) or
@@ -1363,6 +1381,7 @@ fn write_report(o: &Options, out: &Path, reports: &[RunReport], took: Duration) 
     let sent: u64 = reports.iter().map(|r| r.frames_sent).sum();
     let egress: u64 = reports.iter().map(|r| r.frames_on_egress).sum();
     let processes: u64 = reports.iter().map(|r| u64::from(r.processes)).sum();
+    let retries: u64 = reports.iter().map(|r| u64::from(r.fanout_retries)).sum();
     let json = json!({
         "seed": o.seed,
         "first_run": o.first,
@@ -1371,6 +1390,7 @@ fn write_report(o: &Options, out: &Path, reports: &[RunReport], took: Duration) 
         "operations": total_ops,
         "operations_by_kind": ops,
         "epochgate_processes": processes,
+        "start_retries_af_packet_fanout": retries,
         "frames_sent": sent,
         "frames_checked_on_egress": egress,
         "failed_runs": failed.len(),
@@ -1382,8 +1402,8 @@ fn write_report(o: &Options, out: &Path, reports: &[RunReport], took: Duration) 
         serde_json::to_string_pretty(&json)?,
     )?;
     let mut md = format!(
-        "# Fault campaign\n\n`epochgate-perf faults --runs {} --seed {} --first {} --ops {}`: {} run(s), {} operations, {} epochgate processes, {} frames sent, {} checked on the uplink, {:.1} min.\n\n**{}**\n\n| operation | count |\n|---|---|\n",
-        o.runs, o.seed, o.first, o.ops, reports.len(), total_ops, processes, sent, egress, took.as_secs_f64() / 60.0,
+        "# Fault campaign\n\n`epochgate-perf faults --runs {} --seed {} --first {} --ops {}`: {} run(s), {} operations, {} epochgate processes, {} frames sent, {} checked on the uplink, {:.1} min; {} start(s) retried because DPDK's af_packet fanout group id (pid ^ ifindex) was the peer's.\n\n**{}**\n\n| operation | count |\n|---|---|\n",
+        o.runs, o.seed, o.first, o.ops, reports.len(), total_ops, processes, sent, egress, took.as_secs_f64() / 60.0, retries,
         if failed.is_empty() { "0 violations".to_string() } else { format!("{} run(s) with violations", failed.len()) },
     );
     for (k, n) in &ops {
