@@ -130,7 +130,8 @@ fn idle_connections_a_session_that_never_reads_and_a_command_flood_stall_no_othe
                     other => panic!("flood command {i}: {other:?}"),
                 }
             }
-            refused
+            // The session stays open (its VM adopted) until the test has looked.
+            (refused, s)
         })
     };
 
@@ -151,7 +152,7 @@ fn idle_connections_a_session_that_never_reads_and_a_command_flood_stall_no_othe
         "busy's frames did not keep leaving: {sent_before:?} -> {tx_end}"
     );
 
-    let refused = flooder.join().expect("the flooder");
+    let (refused, flood_session) = flooder.join().expect("the flooder");
     let bad = (0..FLOOD).filter(|i| i % 3 != 1).count() as u64;
     assert_eq!(refused, bad, "every bad flood command refused");
     let s = eg.wait_for("the non-reader closed and counted", |s| {
@@ -170,6 +171,7 @@ fn idle_connections_a_session_that_never_reads_and_a_command_flood_stall_no_othe
         "the flooder's VM is its own"
     );
     drop(idle);
+    drop(flood_session);
     drop(vmm);
     let last = eg.stop();
     assert_balanced(&last);
