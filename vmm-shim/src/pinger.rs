@@ -1,18 +1,22 @@
-//! The background pinger of a [`Client`](crate::Client): one thread per session that reads
-//! the socket, pings epochgate while the session is idle, and notices when epochgate stops
-//! answering.
+//! The background pinger of a [`Client`](crate::Client): one thread per session that pings
+//! epochgate while the session is idle, reads what epochgate says while nobody else does, and
+//! notices when epochgate stops answering.
 //!
-//! The thread is the only reader of the socket. Every datagram it reads goes, in order, into
-//! an inbox that the caller's calls read instead of the socket, except the `Pong`s that answer
-//! its own pings (each carries a token only the pinger knows), which it consumes: so a pong
-//! of the pinger is never taken for the answer to one of the caller's calls, and events reach
-//! the caller in the order epochgate sent them. Both threads send on the socket under one
-//! mutex, which also keeps the "something is unanswered since" clock.
+//! One thread at a time reads the socket (the *reader*, a flag in the shared state). A call of
+//! the caller's reads it itself: its answer wakes the caller directly, with no hand-over through
+//! this thread (on a machine where every wake-up costs microseconds, that hand-over was half of
+//! a fence's round trip). While no call reads, this thread waits for the socket to be readable
+//! and then takes what is there into an inbox, which the caller's next call or
+//! [`Client::next_event`](crate::Client::next_event) reads first, so messages keep the order
+//! epochgate sent them in. Whoever reads consumes the `Pong`s that answer the pinger's own
+//! pings (each carries a token only the pinger knows): a pong of the pinger is never taken for
+//! the answer to one of the caller's calls. Both threads send on the socket under one mutex,
+//! which also keeps the "something is unanswered since" clock.
 //!
 //! Epochgate has stopped answering when something sent (a ping or a call) has had no datagram
-//! at all back for the answer timeout; the inbox then ends with that, and every later call
-//! says so. A pinger that was itself frozen (its process stopped) does not blame epochgate for
-//! the time it did not run.
+//! at all back for the answer timeout; whoever notices first ends the session with that, and
+//! every later call says so. A thread that was itself frozen (its process stopped) does not
+//! blame epochgate for the time it did not run.
 //!
 //! While the inbox holds something (or the session is over) an eventfd is readable: that is
 //! the descriptor [`Client`](crate::Client)'s `AsFd` gives, so callers that poll keep working.
@@ -79,6 +83,13 @@ struct State {
     unanswered_since: Option<Instant>,
     /// Tokens of the pinger's pings whose pongs have not come yet.
     tokens: VecDeque<u64>,
+    /// A call is reading the socket (or is about to: see `caller_holds`).
+    reading: bool,
+    /// The caller sent a call and holds the reader role for the answer (`reading` is set), so
+    /// that the pinger does not take the answer between the send and the caller's read.
+    caller_holds: bool,
+    /// Datagrams the pinger thread took into the inbox (a call's answer should never be one).
+    taken: u64,
     /// The client is being dropped.
     stop: bool,
 }
@@ -110,6 +121,66 @@ impl Shared {
         // Counter overflow is the only failure of a write of 1: it stays readable anyway.
         let _ = self.bell.write(1);
         self.cond.notify_all();
+    }
+
+    /// Takes a datagram just read: the clocks learn that epochgate answered, and a pong to
+    /// the pinger is consumed (`None`).
+    fn heard(&self, st: &mut State, bytes: Vec<u8>, now: Instant) -> Option<Vec<u8>> {
+        st.last_heard = now;
+        st.unanswered_since = None;
+        (!is_pinger_pong(&mut st.tokens, &bytes)).then_some(bytes)
+    }
+
+    /// When silence would end the session (something sent, nothing back since).
+    fn silent_at(&self, st: &State) -> Option<Instant> {
+        st.unanswered_since.map(|u| u + self.timeout)
+    }
+
+    /// After a wait that was to end at `asked`: a thread woken far later than that was frozen
+    /// (SIGSTOP, a debugger, a host that stopped the VM), and that time is not epochgate's
+    /// silence: its clock starts again. Then ends the session if epochgate has been silent
+    /// for the timeout; true if it has.
+    fn check_silence(&self, st: &mut State, asked: Option<Instant>, now: Instant) -> bool {
+        let frozen = asked.is_some_and(|a| now.saturating_duration_since(a) > self.timeout / 2);
+        if frozen && st.unanswered_since.is_some() {
+            st.unanswered_since = Some(now);
+        }
+        if st.end.is_none() && self.silent_at(st).is_some_and(|t| now >= t) {
+            st.end = Some(End::Silent {
+                since: st.last_heard,
+                timeout: self.timeout,
+            });
+            self.ring();
+        }
+        matches!(st.end, Some(End::Silent { .. }))
+    }
+
+    /// Ends the session with a failed read.
+    fn failed(&self, st: &mut State, e: ShimError) {
+        if st.end.is_none() {
+            st.end = Some(match e {
+                ShimError::Io(e) => End::Io(e.kind(), e.to_string()),
+                _ => End::Closed,
+            });
+        }
+        self.ring();
+    }
+
+    fn wait_cond<'a>(
+        &self,
+        st: MutexGuard<'a, State>,
+        until: Option<Instant>,
+    ) -> MutexGuard<'a, State> {
+        match until {
+            None => self.cond.wait(st).unwrap_or_else(PoisonError::into_inner),
+            Some(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                self.cond
+                    .wait_timeout(st, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+        }
     }
 
     fn quiet(&self) {
@@ -155,6 +226,9 @@ impl Pinger {
                 last_heard: now,
                 unanswered_since: None,
                 tokens: VecDeque::new(),
+                reading: false,
+                caller_holds: false,
+                taken: 0,
                 stop: false,
             }),
             cond: Condvar::new(),
@@ -181,10 +255,22 @@ impl Pinger {
         self.shared.timeout
     }
 
+    /// How many datagrams the pinger thread took into the inbox (read while no call read).
+    #[cfg(test)]
+    pub(crate) fn taken(&self) -> u64 {
+        self.shared.lock().taken
+    }
+
     /// Sends one datagram (a call of the caller's).
+    /// The caller reads the answer next ([`Pinger::recv`]): it holds the reader role from the
+    /// send on.
     pub(crate) fn send(&self, bytes: &[u8]) -> io::Result<()> {
         let mut st = self.shared.lock();
-        self.shared.send_locked(&mut st, bytes)
+        self.shared.send_locked(&mut st, bytes)?;
+        // Calls take `&mut Client`: no other call reads now.
+        st.reading = true;
+        st.caller_holds = true;
+        Ok(())
     }
 
     /// The silence that ended the session, if that is how it ended (the socket may still be
@@ -198,38 +284,59 @@ impl Pinger {
     }
 
     /// The next datagram epochgate sent (other than pongs to the pinger), waiting until
-    /// `deadline`: like [`Connection::recv`].
+    /// `deadline`: like [`Connection::recv`]. What the pinger took into the inbox comes first;
+    /// then the caller reads the socket itself (unless the pinger is taking what is readable
+    /// just then, which never blocks: it waits for that).
     pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>, ShimError> {
-        let mut st = self.shared.lock();
-        loop {
+        let sh = &*self.shared;
+        let mut st = sh.lock();
+        // The role the last send took for this read is this read's; it ends with it.
+        let mut mine = std::mem::take(&mut st.caller_holds);
+        let got = loop {
             if let Some(bytes) = st.inbox.pop_front() {
                 if st.inbox.is_empty() && st.end.is_none() {
-                    self.shared.quiet();
+                    sh.quiet();
                 }
-                return Ok(Some(bytes));
+                break Ok(Some(bytes));
             }
             if let Some(end) = &st.end {
-                return Err(end.error());
+                break Err(end.error());
             }
-            st = match deadline {
-                None => self
-                    .shared
-                    .cond
-                    .wait(st)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(None);
-                    }
-                    self.shared
-                        .cond
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break Ok(None);
+            }
+            if st.reading && !mine {
+                st = sh.wait_cond(st, deadline);
+                continue;
+            }
+            // Read until the caller's deadline, or until silence would end the session.
+            let until = match (deadline, sh.silent_at(&st)) {
+                (Some(d), Some(s)) => Some(d.min(s)),
+                (d, s) => d.or(s),
             };
+            st.reading = true;
+            mine = true;
+            drop(st);
+            let got = sh.conn.recv(until);
+            let now = Instant::now();
+            st = sh.lock();
+            match got {
+                Ok(Some(bytes)) => {
+                    if let Some(bytes) = sh.heard(&mut st, bytes, now) {
+                        break Ok(Some(bytes));
+                    }
+                }
+                Ok(None) => {
+                    sh.check_silence(&mut st, until, now);
+                }
+                Err(e) => sh.failed(&mut st, e),
+            }
+        };
+        if mine {
+            st.reading = false;
+            sh.cond.notify_all();
         }
+        got
     }
 }
 
@@ -242,6 +349,7 @@ impl AsFd for Pinger {
 impl Drop for Pinger {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
+        self.shared.cond.notify_all();
         // Wakes the thread from its poll (the socket reads as hung up); the session is over
         // anyway, as it is when a Client without pinger is dropped.
         let _ = self.shared.conn.socket().shutdown(Shutdown::Both);
@@ -255,77 +363,76 @@ fn run_pinger(sh: &Shared) {
     let tokens = RandomState::new();
     let mut n: u64 = 0;
     loop {
-        let wake = {
-            let st = sh.lock();
-            if st.stop {
-                return;
-            }
-            let ping_at = st.last_sent + sh.interval;
-            match st.unanswered_since {
-                Some(u) => ping_at.min(u + sh.timeout),
-                None => ping_at,
-            }
-        };
-        let got = sh.conn.recv(Some(wake));
-        let now = Instant::now();
         let mut st = sh.lock();
-        if st.stop {
+        if st.stop || st.end.is_some() {
             return;
         }
-        // Woken far later than asked: this process was stopped (SIGSTOP, a debugger, a host
-        // that froze it). That time is not epochgate's silence: start the clock again.
-        if now.saturating_duration_since(wake) > sh.timeout / 2 && st.unanswered_since.is_some() {
-            st.unanswered_since = Some(now);
+        let ping_at = st.last_sent + sh.interval;
+        let wake = sh.silent_at(&st).map_or(ping_at, |t| t.min(ping_at));
+        if st.reading {
+            // A call reads the socket: this thread only keeps time until it is done.
+            st = sh.wait_cond(st, Some(wake));
+        } else {
+            drop(st);
+            // Readable (or hung up) means something to take, unless a call takes it first.
+            let readable = sh.conn.wait(Some(wake));
+            st = sh.lock();
+            match readable {
+                Ok(true) if !st.reading && st.end.is_none() => drain(sh, &mut st),
+                Ok(_) => {}
+                Err(e) => sh.failed(&mut st, ShimError::Io(e)),
+            }
         }
-        match got {
-            Ok(Some(bytes)) => {
-                st.last_heard = now;
-                st.unanswered_since = None;
-                if is_pinger_pong(&mut st.tokens, &bytes) {
-                    continue;
+        let now = Instant::now();
+        if st.stop || st.end.is_some() {
+            return;
+        }
+        if sh.check_silence(&mut st, Some(wake), now) {
+            return;
+        }
+        if now >= st.last_sent + sh.interval {
+            n = n.wrapping_add(1);
+            let token = tokens.hash_one(n);
+            let ping = Request::Ping { token }.encode();
+            // A send that fails (epochgate gone) shows as the close the next read reports;
+            // the token is not kept.
+            if sh.send_locked(&mut st, &ping).is_ok() {
+                if st.tokens.len() == MAX_TOKENS {
+                    st.tokens.pop_front();
                 }
-                st.inbox.push_back(bytes);
-                if st.inbox.len() == 1 {
-                    sh.ring();
-                } else {
-                    sh.cond.notify_all();
-                }
-            }
-            Ok(None) => {
-                if st.unanswered_since.is_some_and(|u| now >= u + sh.timeout) {
-                    st.end = Some(End::Silent {
-                        since: st.last_heard,
-                        timeout: sh.timeout,
-                    });
-                    sh.ring();
-                    return;
-                }
-                if now >= st.last_sent + sh.interval {
-                    n = n.wrapping_add(1);
-                    let token = tokens.hash_one(n);
-                    let ping = Request::Ping { token }.encode();
-                    // A send that fails (epochgate gone) shows as the close the next read
-                    // reports; the token is not kept.
-                    if sh.send_locked(&mut st, &ping).is_ok() {
-                        if st.tokens.len() == MAX_TOKENS {
-                            st.tokens.pop_front();
-                        }
-                        st.tokens.push_back(token);
-                    } else {
-                        st.last_sent = now;
-                    }
-                }
-            }
-            Err(e) => {
-                st.end = Some(match e {
-                    ShimError::Io(e) => End::Io(e.kind(), e.to_string()),
-                    _ => End::Closed,
-                });
-                sh.ring();
-                return;
+                st.tokens.push_back(token);
+            } else {
+                st.last_sent = now;
             }
         }
     }
+}
+
+/// Takes everything readable now into the inbox, ringing the bell when the inbox turns
+/// non-empty. Under the lock, and never waiting: no call can send (and so expect an answer)
+/// meanwhile, so a call's answer is always read by the call.
+fn drain(sh: &Shared, st: &mut State) {
+    loop {
+        let got = sh.conn.recv(Some(Instant::now()));
+        let now = Instant::now();
+        match got {
+            Ok(Some(bytes)) => {
+                if let Some(bytes) = sh.heard(st, bytes, now) {
+                    st.taken += 1;
+                    st.inbox.push_back(bytes);
+                    if st.inbox.len() == 1 {
+                        sh.ring();
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                sh.failed(st, e);
+                break;
+            }
+        }
+    }
+    sh.cond.notify_all();
 }
 
 /// Whether `bytes` is a `Pong` answering one of the pinger's pings (then forgotten, with
