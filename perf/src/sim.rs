@@ -156,7 +156,6 @@ impl Sim {
             // Checkpoint: pause the guest, fence, resume.
             let t_pause = tsc();
             let fence_at = Instant::now();
-            self.shared.first_tx_tsc.store(0, SeqCst);
             ticket += 1;
             self.shared.want_pause.store(ticket, SeqCst);
             let deadline = Instant::now() + Duration::from_secs(10);

@@ -284,6 +284,10 @@ pub fn run(plan: &Plan) -> Result<TrafficResult> {
                     unstage(port, i as u16, &mut v.next_seq);
                 }
                 v.paused = want;
+                // The next epoch's first frame is the first sent after this pause: a frame
+                // that went out between the simulator's decision and the pause belongs to the
+                // epoch being fenced, and must not start the next epoch's request clock.
+                sh.first_tx_tsc.store(0, SeqCst);
                 sh.paused_at.store(u64::from(v.acked), SeqCst);
                 sh.paused_ticket.store(want, SeqCst);
             } else if want == 0 && v.paused != 0 {

@@ -1757,12 +1757,19 @@ mod tests {
         let Link::Pinged(p) = &c.link else {
             panic!("the pinger is on")
         };
-        assert_eq!(p.taken(), 0, "every answer went straight to the calling thread");
+        assert_eq!(
+            p.taken(),
+            0,
+            "every answer went straight to the calling thread"
+        );
         go_rx.recv_timeout(PATIENCE).unwrap();
         // The pinger thread reads the idle event and makes the descriptor readable.
         let until = Instant::now() + PATIENCE;
         while !readable(c.as_fd()) {
-            assert!(Instant::now() < until, "the idle event never made the fd readable");
+            assert!(
+                Instant::now() < until,
+                "the idle event never made the fd readable"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         let Link::Pinged(p) = &c.link else {
