@@ -1735,6 +1735,7 @@ mod tests {
     #[test]
     fn a_calls_answer_is_read_by_the_caller_and_idle_events_by_the_pinger() {
         let (go_tx, go_rx) = mpsc::channel::<()>();
+        let (checked_tx, checked_rx) = mpsc::channel::<()>();
         let (mut c, t) = pinged_session(pinged(3_600_000, 10_000), move |s| {
             for epoch in 1..=50 {
                 assert_eq!(next_not_ping(s), Some(Request::Fence { epoch }));
@@ -1747,6 +1748,7 @@ mod tests {
                 .unwrap();
             }
             // While no call reads, the pinger takes what comes.
+            checked_rx.recv_timeout(PATIENCE).unwrap();
             s.send(&event(51)).unwrap();
             go_tx.send(()).unwrap();
             assert_eq!(next_not_ping(s), None);
@@ -1762,6 +1764,7 @@ mod tests {
             0,
             "every answer went straight to the calling thread"
         );
+        checked_tx.send(()).unwrap();
         go_rx.recv_timeout(PATIENCE).unwrap();
         // The pinger thread reads the idle event and makes the descriptor readable.
         let until = Instant::now() + PATIENCE;

@@ -189,7 +189,7 @@ impl Shared {
     }
 }
 
-/// The pinger of one session: owns the socket and the reader thread, stopped on drop.
+/// The pinger of one session: owns the socket and the pinger thread, stopped on drop.
 pub(crate) struct Pinger {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
