@@ -12,9 +12,7 @@ pub use vmm_shim::proto::{Mode, Release, Reply};
 use crossbeam::queue::ArrayQueue;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// A VM's index in the configuration (and in the worker).
 pub type VmIdx = usize;
@@ -139,41 +137,6 @@ impl Workers {
         }
     }
 
-    /// The earliest next timer of any worker (see [`Rings::next_timer`]).
-    pub fn next_timer(&self) -> Option<Instant> {
-        self.shards
-            .iter()
-            .filter_map(|s| s.rings.next_timer())
-            .min()
-    }
-
-    /// What the workers' timers are now, to tell later whether one moved (read it before
-    /// [`Workers::next_timer`]).
-    pub fn timer_mark(&self) -> Vec<u64> {
-        self.shards
-            .iter()
-            .map(|s| s.rings.timer.load(SeqCst))
-            .collect()
-    }
-
-    /// The control thread is about to sleep until `until` (`None`: without a bound), having
-    /// decided on the timers it saw (`mark`); false if a worker's timer moved meanwhile (then
-    /// it must not sleep on what it saw). Every worker that moves its timer earlier than the
-    /// sleep's end rings the bell from now on (see [`Rings::set_timer`]).
-    pub fn sleep(&self, until: Option<Instant>, mark: &[u64]) -> bool {
-        for s in &self.shards {
-            s.rings.sleep(until);
-        }
-        self.timer_mark() == mark
-    }
-
-    /// The control thread is awake (no worker needs to ring for its timers).
-    pub fn awake(&self) {
-        for s in &self.shards {
-            s.rings.sleep_end.store(AWAKE, SeqCst);
-        }
-    }
-
     /// Rings a bell (to wake the control thread from another thread, e.g. to stop it).
     pub fn wake(&self) {
         if let Some(s) = self.shards.first() {
@@ -184,24 +147,6 @@ impl Workers {
     pub fn count(&self) -> usize {
         self.shards.len()
     }
-}
-
-/// How long before a worker's next timer (a deferral's deadline, a postponed request, a fence's
-/// deadline) the control thread stops sleeping, so that a checkpoint request or an answer that
-/// comes of it is sent on at once instead of after a wake-up by the bell (a wake-up from
-/// another core can cost tens of microseconds on a virtual machine). Covers the lateness of
-/// the thread's own timed wake-up.
-pub const TIMER_LEAD: Duration = Duration::from_micros(150);
-
-/// How long after a worker's timer was due the control thread keeps polling when nothing came
-/// of it (a worker normally moves its timer on at once).
-pub const TIMER_GRACE: Duration = Duration::from_micros(100);
-
-/// `Rings::sleep_end` of a control thread that is awake.
-const AWAKE: u64 = 0;
-
-fn ticks(d: Duration, hz: u64) -> u64 {
-    u64::try_from(d.as_nanos() * u128::from(hz) / 1_000_000_000).unwrap_or(u64::MAX)
 }
 
 /// The rings between the control thread and one worker. Each has one producer and one consumer
@@ -216,19 +161,6 @@ pub struct Rings {
     pub commands: ArrayQueue<Command>,
     pub answers: ArrayQueue<Answer>,
     bell: EventFd,
-    /// The worker's next timer (a deferral's deadline, a postponed request, a fence's
-    /// deadline) in TSC ticks, `u64::MAX` for none: the control thread is awake when an answer
-    /// or a checkpoint request may come of it, instead of paying a wake-up by the bell.
-    timer: AtomicU64,
-    /// Until when (TSC) the control thread sleeps: [`AWAKE`] while it is awake, `u64::MAX`
-    /// without a bound. A timer set earlier than this (less [`TIMER_LEAD`]) rings the bell.
-    sleep_end: AtomicU64,
-    /// [`TIMER_LEAD`] in ticks.
-    lead_ticks: u64,
-    /// The worker's clock, read by the control thread too: the TSC and its ticks per second
-    /// (0: no clock, timers are not shown). Only differences from now are converted (never
-    /// from a reading long ago: a calibration a little off would add up).
-    clock: (fn() -> u64, u64),
 }
 
 impl Rings {
@@ -244,56 +176,7 @@ impl Rings {
             answers: ArrayQueue::new(n * 4),
             bell: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
                 .expect("eventfd for the control thread's bell"),
-            timer: AtomicU64::new(u64::MAX),
-            sleep_end: AtomicU64::new(AWAKE),
-            lead_ticks: 0,
-            clock: (|| 0, 0),
         }
-    }
-
-    /// Rings whose worker shows its timers, on the clock `now` (the TSC) that ticks `hz` times
-    /// a second.
-    pub fn clocked(mut self, now: fn() -> u64, hz: u64) -> Rings {
-        self.clock = (now, hz);
-        self.lead_ticks = ticks(TIMER_LEAD, hz);
-        self
-    }
-
-    /// The worker's next timer changed to `tsc` (`u64::MAX`: none); rings the bell if the
-    /// control thread sleeps past the time it should wake for it. Called only on a change (a
-    /// new deferral deadline, say), never in a round where nothing changed.
-    #[inline]
-    pub fn set_timer(&self, tsc: u64) {
-        // SeqCst with `Workers::sleep`: either the worker sees the sleep, or the control
-        // thread sees the new timer before it sleeps.
-        self.timer.store(tsc, SeqCst);
-        let end = self.sleep_end.load(SeqCst);
-        if tsc != u64::MAX && end != AWAKE && tsc.saturating_sub(self.lead_ticks) < end {
-            self.wake();
-        }
-    }
-
-    fn sleep(&self, until: Option<Instant>) {
-        let (tsc, hz) = self.clock;
-        let end = match until {
-            Some(t) => tsc()
-                .saturating_add(ticks(t.saturating_duration_since(Instant::now()), hz))
-                .max(AWAKE + 1),
-            None => u64::MAX,
-        };
-        self.sleep_end.store(end, SeqCst);
-    }
-
-    /// When the worker's next timer fires, if it has one (and a clock).
-    pub fn next_timer(&self) -> Option<Instant> {
-        let (tsc, hz) = self.clock;
-        let t = self.timer.load(SeqCst);
-        if hz == 0 || t == u64::MAX {
-            return None;
-        }
-        let (now_tsc, now) = (tsc(), Instant::now());
-        let ns = u128::from(t.saturating_sub(now_tsc)) * 1_000_000_000 / u128::from(hz);
-        Some(now + Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)))
     }
 
     /// Rings the bell (the worker, after pushing answers).
@@ -362,53 +245,6 @@ mod tests {
         let mut got: Vec<VmIdx> = std::iter::from_fn(|| w.pop().map(|a| a.vm)).collect();
         got.sort();
         assert_eq!(got, [1, 2]);
-    }
-
-    /// A worker's timer is shown to the control thread on the worker's clock, and a timer
-    /// set while the control thread sleeps past it rings the bell; one after the sleep's end,
-    /// or while it is awake, does not.
-    #[test]
-    fn a_timer_earlier_than_the_control_threads_sleep_rings_the_bell() {
-        // A clock that stands still: one tick per nanosecond, at 1 s.
-        let hz = 1_000_000_000;
-        let r = Arc::new(Rings::new(1).clocked(|| 1_000_000_000, hz));
-        let w = Workers::single(r.clone(), 1);
-        let rung = || {
-            let mut fds = [nix::poll::PollFd::new(
-                r.bell(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap();
-            r.hush();
-            n == 1
-        };
-        assert_eq!(w.next_timer(), None);
-        let ms = |n: u64| 1_000_000_000 + n * 1_000_000;
-        let before = Instant::now();
-        r.set_timer(ms(5));
-        assert!(!rung(), "awake: nothing to ring for");
-        let mark = w.timer_mark();
-        let at = w.next_timer().expect("a timer");
-        let (lo, hi) = (at - Instant::now(), at - before);
-        assert!(
-            lo <= Duration::from_millis(5) && hi >= Duration::from_millis(5),
-            "5 ms from now: {lo:?}..{hi:?}"
-        );
-        // Asleep for 100 ms with that timer seen: a timer at 50 ms must wake it.
-        let until = Instant::now() + Duration::from_millis(100);
-        assert!(w.sleep(Some(until), &mark));
-        r.set_timer(ms(50));
-        assert!(rung(), "50 ms - lead is before the sleep ends");
-        // A timer after the sleep's end (plus the lead) needs no bell.
-        r.set_timer(ms(200));
-        assert!(!rung());
-        // The timer moved while the thread decided: it must not sleep on what it saw.
-        assert!(!w.sleep(Some(until), &mark));
-        w.awake();
-        r.set_timer(ms(1));
-        assert!(!rung(), "awake again");
-        r.set_timer(u64::MAX);
-        assert_eq!(w.next_timer(), None);
     }
 
     #[test]

@@ -16,13 +16,12 @@
 use super::state::{self, Tracker};
 #[cfg(test)]
 use super::Rings;
-use super::{Answer, Command, Op, VmIdx, Workers, EVENT, TIMER_GRACE, TIMER_LEAD};
+use super::{Answer, Command, Op, VmIdx, Workers, EVENT};
 use crate::config::{ControlConfig, SocketPerms};
 use crate::stats::{ControlCounters, ControlSnapshot, VmCounters};
 use nix::errno::Errno;
-use nix::poll::{ppoll, PollFd, PollFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, recv, sockopt::PeerCredentials, MsgFlags};
-use nix::sys::time::TimeSpec;
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -472,9 +471,6 @@ fn reserve_fd() -> Option<File> {
 
 impl Server {
     fn run(mut self) {
-        // Timed wake-ups (a worker's timer) come when asked, not up to 50 us later (the
-        // default slack). Only a hint: without it they are merely later.
-        let _ = nix::sys::prctl::set_timerslack(1_000);
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
         // Acquire: a stop that was told why (ControlServer::fail) set it before the flag.
         while !self.stop.load(Acquire) {
@@ -493,34 +489,16 @@ impl Server {
             if !spinning {
                 self.spin_until = None;
             }
-            // Around a worker's timer it polls too (from `TIMER_LEAD` before it).
-            let mark = self.workers.timer_mark();
-            let timer = self.workers.next_timer();
-            let near_timer = timer.is_some_and(|t| now + TIMER_LEAD >= t && now < t + TIMER_GRACE);
-            let spinning = spinning || near_timer;
             let timeout = if self.outbox.is_empty() && !spinning {
                 let mut t = self.next_deadline(now).unwrap_or(MAX_SLEEP).min(MAX_SLEEP);
                 if !rest.is_zero() {
                     t = t.min(rest);
                 }
-                if let Some(at) = timer.filter(|&at| at > now + TIMER_LEAD) {
-                    t = t.min(at - TIMER_LEAD - now);
-                }
                 t
             } else {
                 Duration::ZERO
             };
-            let ready = if timeout.is_zero() {
-                self.wait(timeout, rest.is_zero())
-            } else if self.workers.sleep(Some(now + timeout), &mark) {
-                let ready = self.wait(timeout, rest.is_zero());
-                self.workers.awake();
-                ready
-            } else {
-                // A worker's timer moved while this thread decided: decide again.
-                self.workers.awake();
-                continue;
-            };
+            let ready = self.wait(timeout, rest.is_zero());
             if ready.bell {
                 self.workers.hush();
             }
@@ -588,9 +566,10 @@ impl Server {
             };
             fds.push(PollFd::new(s.sock.as_fd(), events));
         }
-        // To the microsecond (the thread's timer slack is 1 us, see `run`): a wake-up for a
-        // worker's timer is not a millisecond late.
-        if ppoll(&mut fds, Some(TimeSpec::from_duration(timeout)), None).is_err() {
+        // Rounded up: a deadline 0.3 ms away is not polled with a zero timeout in a loop.
+        let ms = timeout.as_micros().div_ceil(1000);
+        let ms = u16::try_from(ms).unwrap_or(u16::MAX);
+        if poll(&mut fds, PollTimeout::from(ms)).is_err() {
             return Ready::default();
         }
         let revents = |fd: &PollFd| fd.revents().unwrap_or(PollFlags::empty());

@@ -402,7 +402,7 @@ impl Appliance {
             });
         }
 
-        let rings = Arc::new(Rings::new(vms.len()).clocked(dpdk::tsc, dpdk::tsc_hz(eal)));
+        let rings = Arc::new(Rings::new(vms.len()));
         let meter = MeterHub::new(vms.len());
         let egress = Arc::new(EgressCounters::default());
         let worker_counters = Arc::new(WorkerCounters::default());

@@ -409,8 +409,6 @@ pub struct Worker {
     /// The earliest TSC at which a core has a timer due (u64::MAX: none). A lower bound: when
     /// it comes, every core is ticked and it is computed again.
     wakeup: u64,
-    /// The `wakeup` the control thread was last shown ([`Rings::set_timer`]).
-    shown_wakeup: u64,
     /// When VMs whose counters changed are published next, and how often.
     next_vm_publish: u64,
     vm_publish_ticks: u64,
@@ -516,7 +514,6 @@ impl Worker {
             classifier,
             windows,
             wakeup: u64::MAX,
-            shown_wakeup: u64::MAX,
             next_vm_publish: now,
             vm_publish_ticks,
             loop_stats: LoopStats::default(),
@@ -626,10 +623,6 @@ impl Worker {
                     vm.publish();
                 }
             }
-        }
-        if self.wakeup != self.shown_wakeup {
-            self.shown_wakeup = self.wakeup;
-            self.rings.set_timer(self.wakeup);
         }
         if self.told {
             self.told = false;
