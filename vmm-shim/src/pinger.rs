@@ -83,11 +83,10 @@ struct State {
     unanswered_since: Option<Instant>,
     /// Tokens of the pinger's pings whose pongs have not come yet.
     tokens: VecDeque<u64>,
-    /// A call is reading the socket (or is about to: see `caller_holds`).
+    /// A call holds the reader role: from its send (so that the pinger cannot take the answer
+    /// before the call reads it) to the end of its read. The pinger only reads while it is
+    /// clear, under the lock.
     reading: bool,
-    /// The caller sent a call and holds the reader role for the answer (`reading` is set), so
-    /// that the pinger does not take the answer between the send and the caller's read.
-    caller_holds: bool,
     /// Datagrams the pinger thread took into the inbox (a call's answer should never be one).
     taken: u64,
     /// The client is being dropped.
@@ -227,7 +226,6 @@ impl Pinger {
                 unanswered_since: None,
                 tokens: VecDeque::new(),
                 reading: false,
-                caller_holds: false,
                 taken: 0,
                 stop: false,
             }),
@@ -261,15 +259,12 @@ impl Pinger {
         self.shared.lock().taken
     }
 
-    /// Sends one datagram (a call of the caller's).
-    /// The caller reads the answer next ([`Pinger::recv`]): it holds the reader role from the
-    /// send on.
+    /// Sends one datagram (a call of the caller's), which then reads the answer
+    /// ([`Pinger::recv`]) holding the reader role from the send on.
     pub(crate) fn send(&self, bytes: &[u8]) -> io::Result<()> {
         let mut st = self.shared.lock();
         self.shared.send_locked(&mut st, bytes)?;
-        // Calls take `&mut Client`: no other call reads now.
         st.reading = true;
-        st.caller_holds = true;
         Ok(())
     }
 
@@ -285,13 +280,12 @@ impl Pinger {
 
     /// The next datagram epochgate sent (other than pongs to the pinger), waiting until
     /// `deadline`: like [`Connection::recv`]. What the pinger took into the inbox comes first;
-    /// then the caller reads the socket itself (unless the pinger is taking what is readable
-    /// just then, which never blocks: it waits for that).
+    /// then the caller reads the socket itself, holding the reader role until it returns
+    /// (calls take `&mut Client`, so no other call reads meanwhile).
     pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>, ShimError> {
         let sh = &*self.shared;
         let mut st = sh.lock();
-        // The role the last send took for this read is this read's; it ends with it.
-        let mut mine = std::mem::take(&mut st.caller_holds);
+        st.reading = true;
         let got = loop {
             if let Some(bytes) = st.inbox.pop_front() {
                 if st.inbox.is_empty() && st.end.is_none() {
@@ -305,17 +299,11 @@ impl Pinger {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break Ok(None);
             }
-            if st.reading && !mine {
-                st = sh.wait_cond(st, deadline);
-                continue;
-            }
             // Read until the caller's deadline, or until silence would end the session.
             let until = match (deadline, sh.silent_at(&st)) {
                 (Some(d), Some(s)) => Some(d.min(s)),
                 (d, s) => d.or(s),
             };
-            st.reading = true;
-            mine = true;
             drop(st);
             let got = sh.conn.recv(until);
             let now = Instant::now();
@@ -332,10 +320,9 @@ impl Pinger {
                 Err(e) => sh.failed(&mut st, e),
             }
         };
-        if mine {
-            st.reading = false;
-            sh.cond.notify_all();
-        }
+        st.reading = false;
+        // The pinger waits for the role while a call holds it.
+        sh.cond.notify_all();
         got
     }
 }
@@ -432,7 +419,6 @@ fn drain(sh: &Shared, st: &mut State) {
             }
         }
     }
-    sh.cond.notify_all();
 }
 
 /// Whether `bytes` is a `Pong` answering one of the pinger's pings (then forgotten, with
