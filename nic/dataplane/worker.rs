@@ -785,6 +785,10 @@ impl Worker {
             free_all(&mut burst);
             return;
         }
+        // The classifier reads every frame's headers: start all of the loads first.
+        for m in &burst {
+            m.prefetch_data();
+        }
         let mut sp = speaker!(self, vi);
         let vm = &mut self.vms[vi];
         let (classifier, windows) = (&self.classifier, &mut self.windows);
@@ -819,6 +823,10 @@ impl Worker {
         }
         count_rx(&port.counters, burst.len(), burst_bytes(&burst));
         self.loop_stats.moved_in(burst.len());
+        // Demux and the classifier read every frame's headers: start all of the loads first.
+        for m in &burst {
+            m.prefetch_data();
+        }
         let now = self.now;
         for m in burst {
             // Only VMs attached here can send here: a frame with the address of a VM that has
@@ -898,7 +906,9 @@ impl Worker {
             let vm = &mut self.vms[g.vm];
             let (run, taken) = vm.core.take_run(max, g.bytes);
             for h in run {
-                self.out_owner.push((g.vm, h.frame.len() as u32, h.at));
+                // Held for an epoch, the mbuf is out of the cache; TX reads its header.
+                h.frame.prefetch_header();
+                self.out_owner.push((g.vm, h.wire_len(), h.at));
                 self.out.push(h.frame);
             }
             vm.dirty = true;

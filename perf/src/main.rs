@@ -8,6 +8,7 @@
 
 mod check;
 mod control_idle;
+mod cost;
 mod demo;
 mod faults;
 mod passthrough;
@@ -119,6 +120,18 @@ enum Cmd {
         rounds: usize,
         #[arg(long, default_value_t = 64)]
         size: u32,
+        /// Also measure the same VM protected (40 Hz, 5 ms transfer, checkpointed by an
+        /// in-process VMM through the shim), holding at most this many frames
+        /// (`dataplane.vm_queue`; the source fills it in every epoch), and report its per-frame
+        /// cost against the pass-through VM's plus the classifier's.
+        #[arg(long, num_args = 0..=1, default_missing_value = "32768", value_name = "HOLD")]
+        protected: Option<u64>,
+        /// The protected VM's checkpoint period (ms).
+        #[arg(long, default_value_t = 25.0)]
+        epoch_ms: f64,
+        /// The checkpoint transfer before each commit (ms).
+        #[arg(long, default_value_t = 5.0)]
+        transfer_ms: f64,
         #[arg(long)]
         epochgate: Option<PathBuf>,
         #[arg(long, default_value = "perf-out")]
@@ -345,9 +358,21 @@ fn main() {
             seconds,
             rounds,
             size,
+            protected,
+            epoch_ms,
+            transfer_ms,
             epochgate,
             out,
-        } => passthrough::run(seconds, rounds.max(1), size, epochgate, &out).map(|()| true),
+        } => passthrough::run(
+            seconds,
+            rounds.max(1),
+            size,
+            protected,
+            (epoch_ms, transfer_ms),
+            epochgate,
+            &out,
+        )
+        .map(|()| true),
         Cmd::ControlIdle {
             sessions,
             seconds,

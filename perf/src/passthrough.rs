@@ -36,6 +36,12 @@ struct Setup {
     huge: bool,
     size: u32,
     seconds: f64,
+    /// Frames the protected VM may hold (`dataplane.vm_queue`): the source offers far more
+    /// than any hold budget takes in one epoch, so this is how many frames each epoch carries.
+    hold: u64,
+    /// The protected VM's checkpoint period, and the transfer before each commit.
+    epoch: Duration,
+    transfer: Duration,
 }
 
 impl Setup {
@@ -43,47 +49,210 @@ impl Setup {
     fn source(&self) -> String {
         format!("net_null1,size={}", self.size)
     }
+    /// The protected run's pool: the hold budget plus what the pass-through run has for the
+    /// rings and caches, rounded to 2^n - 1 as DPDK prefers.
+    fn protected_mbufs(&self) -> u64 {
+        (self.hold + 16384).next_power_of_two() - 1
+    }
 }
 
-/// Frames per second epochgate forwarded from the null source to the null sink.
-fn run_epochgate(bin: &Path, s: &Setup, dir: &Path, round: usize) -> Result<f64> {
-    let cfg = dir.join("epochgate-perf.toml");
+/// How the null source's VM runs in an epochgate measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VmMode {
+    /// Pass-through: RX to TX, no hold.
+    Passthrough,
+    /// Protected, checkpointed by an in-process VMM through the shim every `Setup::epoch`
+    /// with a `Setup::transfer` before each commit (by default the harness's 40 Hz scenario).
+    Protected,
+}
+/// Measured after this much steady state (the VMM has committed at least a few epochs).
+const WARMUP: Duration = Duration::from_millis(600);
+
+/// What one epochgate measurement saw between two snapshots of its counters.
+#[derive(Debug, Clone, Copy)]
+struct EgRun {
+    /// Frames per second out of the egress port.
+    pps: f64,
+    /// The worker's busy TSC time per frame received, ns (busy rounds are rounds that moved a
+    /// frame: the work a frame costs, whatever the source's rate or the hold's fill).
+    ns_per_frame: f64,
+    /// Share of the worker's time in busy rounds.
+    busy: f64,
+    /// Epochs committed in the window (0 for pass-through).
+    epochs: u64,
+    /// Frames epochgate dropped in the window, for any reason (the source only offers what
+    /// the VM may read, so this stays 0).
+    dropped: u64,
+}
+
+fn delta(a: &epochgate::stats::Snapshot, b: &epochgate::stats::Snapshot) -> Result<EgRun> {
+    let egress = |s: &epochgate::stats::Snapshot| {
+        s.ports
+            .iter()
+            .find(|p| p.role == "egress")
+            .map(|p| p.tx_frames)
+            .context("no egress port in the snapshot")
+    };
+    let (wa, wb) = (
+        a.workers.first().context("no worker in the snapshot")?,
+        b.workers.first().context("no worker in the snapshot")?,
+    );
+    let secs = (b.uptime_ms.saturating_sub(a.uptime_ms)) as f64 / 1e3;
+    let frames = wb.rx_frames.saturating_sub(wa.rx_frames);
+    let busy = wb.busy_cycles.saturating_sub(wa.busy_cycles);
+    let idle = wb.idle_cycles.saturating_sub(wa.idle_cycles);
+    if secs <= 0.0 || frames == 0 || wb.tsc_hz == 0 {
+        bail!("no frames forwarded in the measured window ({secs} s, {frames} frames)");
+    }
+    let epochs = |s: &epochgate::stats::Snapshot| s.vms.first().map_or(0, |v| v.epochs_committed);
+    let dropped = |s: &epochgate::stats::Snapshot| -> u64 {
+        let vms: u64 = s.vms.iter().flat_map(|v| v.dropped.values()).sum();
+        let ports: u64 = s.ports.iter().flat_map(|p| p.dropped.values()).sum();
+        vms + ports
+    };
+    Ok(EgRun {
+        pps: (egress(b)?.saturating_sub(egress(a)?)) as f64 / secs,
+        ns_per_frame: busy as f64 / frames as f64 / wb.tsc_hz as f64 * 1e9,
+        busy: busy as f64 / (busy + idle).max(1) as f64,
+        epochs: epochs(b).saturating_sub(epochs(a)),
+        dropped: dropped(b).saturating_sub(dropped(a)),
+    })
+}
+
+/// The in-process VMM of a protected measurement: protect, then fence every `epoch` and
+/// commit `transfer` later, until `stop`; then release what is held and unprotect. Returns the
+/// epochs it committed.
+fn checkpoint_loop(
+    control: &Path,
+    (epoch_len, transfer): (Duration, Duration),
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<u64> {
+    use std::sync::atomic::Ordering::Relaxed;
+    use vmm_shim::client::Client;
+    let mut c = Client::connect(control, "vm1").context("the VMM connecting to epochgate")?;
+    c.set_timeout(Some(Duration::from_secs(10)));
+    let mut epoch = c.protect().context("protect")?;
+    let mut committed = 0;
+    let wait = |c: &mut Client, until: Instant| -> Result<()> {
+        // Waiting on the session also takes its checkpoint requests, so none pile up.
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            c.next_event(Some(left)).context("waiting for events")?;
+        }
+        Ok(())
+    };
+    let mut next = Instant::now() + epoch_len;
+    while !stop.load(Relaxed) {
+        wait(&mut c, next)?;
+        next += epoch_len;
+        let fenced = c.fence(epoch).context("fence")?;
+        wait(&mut c, Instant::now() + transfer)?;
+        c.commit(epoch).context("commit")?;
+        committed += 1;
+        epoch = fenced.epoch + 1;
+    }
+    c.unprotect(vmm_shim::proto::Release::Release)
+        .context("unprotect")?;
+    Ok(committed)
+}
+
+/// epochgate forwarding from the null source to the null sink, measured between two snapshots
+/// of its counters taken over the admin socket after `WARMUP`.
+fn run_epochgate(bin: &Path, s: &Setup, dir: &Path, mode: VmMode, round: usize) -> Result<EgRun> {
+    let tag = match mode {
+        VmMode::Passthrough => "passthrough",
+        VmMode::Protected => "protected",
+    };
+    let cfg = dir.join(format!("epochgate-{tag}.toml"));
+    let (mbufs, hold) = match mode {
+        VmMode::Passthrough => (16383, String::new()),
+        VmMode::Protected => (s.protected_mbufs(), format!("vm_queue = {}\n", s.hold)),
+    };
+    let control = dir.join("c.sock");
+    let admin = dir.join("a.sock");
+    for p in [&control, &admin] {
+        let _ = std::fs::remove_file(p);
+    }
     std::fs::write(
         &cfg,
         format!(
             "[eal]\nlcores = \"0-1\"\nmemory_mb = 512\nhugepages = {huge}\nfile_prefix = \"eg-perf-{pid}\"\n\n\
-             [egress]\nport = \"{sink}\"\n\n[control]\nsocket = \"{d}/c.sock\"\nadmin_socket = \"{d}/a.sock\"\n\n\
-             [dataplane]\nmbufs = 16383\n\n[[vm]]\nname = \"vm1\"\nport = \"{src}\"\nmac = \"52:54:00:00:00:01\"\n",
+             [egress]\nport = \"{sink}\"\n\n[control]\nsocket = \"{c}\"\nadmin_socket = \"{a}\"\n\n\
+             [dataplane]\nmbufs = {mbufs}\n{hold}\n[[vm]]\nname = \"vm1\"\nport = \"{src}\"\nmac = \"52:54:00:00:00:01\"\n",
             huge = s.huge,
             pid = std::process::id(),
             sink = Setup::SINK,
             src = s.source(),
-            d = dir.display()
+            c = control.display(),
+            a = admin.display(),
         ),
     )?;
-    let stats = dir.join(format!("epochgate-stats-{round}.json"));
-    let out = Command::new(bin)
+    let log = std::fs::File::create(dir.join(format!("epochgate-{tag}-{round}.log")))?;
+    let total = WARMUP.as_secs_f64() + s.seconds + 2.0;
+    let mut child = Command::new(bin)
         .args(["run", "--quiet", "--config"])
         .arg(&cfg)
         .arg("--duration")
-        .arg(s.seconds.to_string())
-        .arg("--stats-file")
-        .arg(&stats)
-        .output()
+        .arg(total.to_string())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
         .context("running epochgate")?;
-    std::fs::write(
-        dir.join(format!("epochgate-{round}.log")),
-        [&out.stdout[..], &out.stderr[..]].concat(),
-    )?;
-    if !out.status.success() {
-        bail!("epochgate failed: {}", String::from_utf8_lossy(&out.stderr));
+    let measured = (|| -> Result<EgRun> {
+        let up = Instant::now();
+        while epochgate::admin::query(&admin, "stats").is_err() {
+            if let Some(st) = child.try_wait()? {
+                bail!(
+                    "epochgate exited ({st}) before it answered on {}",
+                    admin.display()
+                );
+            }
+            if up.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "epochgate did not answer on {} within 30 s",
+                    admin.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| -> Result<EgRun> {
+            let vmm = (mode == VmMode::Protected)
+                .then(|| scope.spawn(|| checkpoint_loop(&control, (s.epoch, s.transfer), &stop)));
+            let window = (|| -> Result<EgRun> {
+                std::thread::sleep(WARMUP);
+                let a = epochgate::admin::query(&admin, "stats")?;
+                std::thread::sleep(Duration::from_secs_f64(s.seconds));
+                let b = epochgate::admin::query(&admin, "stats")?;
+                delta(&a, &b)
+            })();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(v) = vmm {
+                v.join()
+                    .map_err(|_| anyhow::anyhow!("the VMM thread panicked"))?
+                    .context("the in-process VMM")?;
+            }
+            let w = window?;
+            if mode == VmMode::Protected && w.epochs == 0 {
+                bail!("no epoch was committed in the measured window");
+            }
+            if w.dropped > 0 {
+                println!(
+                    "  epochgate ({tag}) dropped {} frames in the window: see its stats",
+                    w.dropped
+                );
+            }
+            Ok(w)
+        })
+    })();
+    let status = child.wait()?;
+    let w = measured?;
+    if !status.success() {
+        bail!(
+            "epochgate failed ({status}): see {}",
+            dir.join(format!("epochgate-{tag}-{round}.log")).display()
+        );
     }
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats)?)?;
-    let tx = v["ports"][0]["tx_frames"]
-        .as_u64()
-        .context("no egress tx_frames")?;
-    let ms = v["uptime_ms"].as_u64().context("no uptime")?;
-    Ok(tx as f64 / (ms as f64 / 1000.0))
+    Ok(w)
 }
 
 /// Frames per second testpmd (io mode) forwarded between the same two vdevs.
@@ -136,7 +305,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(seconds: f64, rounds: usize, size: u32, bin: Option<PathBuf>, out: &Path) -> Result<()> {
+pub fn run(
+    seconds: f64,
+    rounds: usize,
+    size: u32,
+    protected: Option<u64>,
+    (epoch_ms, transfer_ms): (f64, f64),
+    bin: Option<PathBuf>,
+    out: &Path,
+) -> Result<()> {
     let bin = match bin {
         Some(b) => b,
         None => sibling("epochgate")?,
@@ -146,6 +323,9 @@ pub fn run(seconds: f64, rounds: usize, size: u32, bin: Option<PathBuf>, out: &P
         huge: hugepages_free() >= 256,
         size,
         seconds,
+        hold: protected.unwrap_or(0),
+        epoch: Duration::from_secs_f64(epoch_ms.max(0.1) / 1e3),
+        transfer: Duration::from_secs_f64(transfer_ms.max(0.0) / 1e3),
     };
     println!(
         "pass-through: {} -> epochgate | dpdk-testpmd io -> {}, {size}-byte frames, {seconds} s x {rounds} rounds, {}",
@@ -153,35 +333,85 @@ pub fn run(seconds: f64, rounds: usize, size: u32, bin: Option<PathBuf>, out: &P
         Setup::SINK,
         if setup.huge { "hugepages" } else { "--no-huge" }
     );
+    // What the null source delivers: `size` zero bytes (the null PMD leaves the data as the
+    // pool has it, and nothing writes to it), so the classifier's term is measured on that.
+    let classifier_ns = crate::cost::classifier_policy_ns(&[vec![0u8; size as usize]], 2_000_000);
     let (mut eg, mut tp, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut prot, mut cost_ratios) = (Vec::new(), Vec::new());
     for r in 0..rounds {
-        let e = run_epochgate(&bin, &setup, out, r)?;
+        let e = run_epochgate(&bin, &setup, out, VmMode::Passthrough, r)?;
+        let p = protected
+            .is_some()
+            .then(|| run_epochgate(&bin, &setup, out, VmMode::Protected, r))
+            .transpose()?;
         let t = run_testpmd(&setup, out, r)?;
         println!(
             "  round {}: epochgate {:7.2} Mpps   testpmd {:7.2} Mpps   ratio {:.3}",
             r + 1,
-            e / 1e6,
+            e.pps / 1e6,
             t / 1e6,
-            e / t
+            e.pps / t
         );
+        if let Some(p) = p {
+            let cost = p.ns_per_frame / (e.ns_per_frame + classifier_ns);
+            println!(
+                "           protected {:7.2} Mpps, {} epochs: {:.2} ns/frame (busy {:.0}%) vs pass-through {:.2} ns/frame (busy {:.0}%) + classifier {:.2}: ratio {cost:.3}",
+                p.pps / 1e6,
+                p.epochs,
+                p.ns_per_frame,
+                p.busy * 100.0,
+                e.ns_per_frame,
+                e.busy * 100.0,
+                classifier_ns,
+            );
+            prot.push(p);
+            cost_ratios.push(cost);
+        }
         eg.push(e);
         tp.push(t);
-        ratios.push(e / t);
+        ratios.push(e.pps / t);
     }
     let ratio = median(ratios.clone());
     println!(
         "result: epochgate / testpmd = {ratio:.3} (median of {rounds}; epochgate {:.2} Mpps, testpmd {:.2} Mpps)",
-        median(eg.clone()) / 1e6,
+        median(eg.iter().map(|e| e.pps).collect()) / 1e6,
         median(tp.clone()) / 1e6
     );
+    let cost_median = (!cost_ratios.is_empty()).then(|| median(cost_ratios.clone()));
+    if let Some(c) = cost_median {
+        println!(
+            "result: protected ns/frame / (pass-through ns/frame + classifier) = {c:.3} (median of {rounds}; goal <= 1.00: {})",
+            if c <= 1.0 { "PASS" } else { "MISS" }
+        );
+    }
+    let runs = |v: &[EgRun]| {
+        v.iter()
+            .map(|e| {
+                serde_json::json!({"pps": e.pps, "ns_per_frame": e.ns_per_frame,
+                                   "busy": e.busy, "epochs_committed": e.epochs,
+                                   "dropped": e.dropped})
+            })
+            .collect::<Vec<_>>()
+    };
     let json = serde_json::json!({
         "benchmark": "passthrough-vs-testpmd-io",
         "topology": {"source": setup.source(), "sink": Setup::SINK, "frame_size": size, "hugepages": setup.huge},
         "seconds": seconds,
-        "epochgate_pps": eg,
+        "epochgate_pps": eg.iter().map(|e| e.pps).collect::<Vec<_>>(),
+        "epochgate": runs(&eg),
         "testpmd_pps": tp,
         "ratios": ratios,
         "ratio_median": ratio,
+        "protected": protected.is_some().then(|| serde_json::json!({
+            "epoch_ms": setup.epoch.as_secs_f64() * 1e3,
+            "transfer_ms": setup.transfer.as_secs_f64() * 1e3,
+            "vm_queue": setup.hold,
+            "mbufs": setup.protected_mbufs(),
+            "classifier_policy_ns_per_frame": classifier_ns,
+            "runs": runs(&prot),
+            "cost_ratios": cost_ratios,
+            "cost_ratio_median": cost_median,
+        })),
     });
     let path = out.join("passthrough.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&json)?)?;

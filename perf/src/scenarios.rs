@@ -11,7 +11,6 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
-use std::time::Instant;
 
 /// How long each measurement runs.
 #[derive(Debug, Clone, Copy)]
@@ -452,36 +451,13 @@ impl Runner<'_> {
     /// the frames of the protected runs, as a share of epochgate's whole per-frame time in the
     /// protected 64 B run (the worker core spins: its time per frame is 1 / throughput).
     pub fn classify_share(&mut self) -> Result<()> {
-        use epochgate::classify::{Classifier, VmDefer};
-        use epochgate::hold::policy::{FrameKind, PolicyConfig, RequestPolicy};
         let frames: Vec<Vec<u8>> = Profile::Mix
             .templates(0, [0x52, 0x54, 0, 0x10, 0, 0])
             .into_iter()
             .chain(udp(64).templates(0, [0x52, 0x54, 0, 0x10, 0, 0]))
             .collect();
-        let c = Classifier::default();
         let n = 2_000_000u64;
-        let t = Instant::now();
-        let mut policy = RequestPolicy::new(PolicyConfig::default(), 0);
-        let mut requests = 0u64;
-        for i in 0..n {
-            let f = &frames[(i as usize) % frames.len()];
-            let v = c.classify_with("vm0", VmDefer::Builtin, None, std::hint::black_box(f));
-            let kind = if v.is_deferrable() {
-                FrameKind::Deferrable
-            } else {
-                FrameKind::Immediate
-            };
-            if policy
-                .on_frame_sized(i * 10, kind, i % 1024, f.len() as u64)
-                .is_some()
-            {
-                requests += 1;
-                policy.on_fence(i * 10);
-            }
-        }
-        let ns = t.elapsed().as_nanos() as f64 / n as f64;
-        std::hint::black_box(requests);
+        let ns = crate::cost::classifier_policy_ns(&frames, n);
         let row = |name: &str| self.rows.iter().find(|r| r.name == name);
         // A frame's cost to epochgate: the worker's busy time per frame when it reported it,
         // else (an older binary) the whole per-frame time at the measured rate.

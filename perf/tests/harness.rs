@@ -100,3 +100,55 @@ fn a_bad_plan_is_refused_with_its_name() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("/nonexistent/plan.json"), "{err}");
 }
+
+/// `epochgate-perf passthrough --protected`: the same null source forwarded pass-through and
+/// protected (checkpointed through the shim by an in-process VMM), beside testpmd. The
+/// measurement is only a measurement if epochs were committed and frames went out of both.
+#[test]
+fn the_protected_null_benchmark_commits_epochs_and_measures_both_modes() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(perf())
+        .args([
+            "passthrough",
+            "--protected",
+            "2048",
+            "--seconds",
+            "1",
+            "--rounds",
+            "1",
+            "--epochgate",
+        ])
+        .arg(epochgate())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("passthrough.json")).unwrap())
+            .unwrap();
+    let pass = &v["epochgate"][0];
+    let prot = &v["protected"]["runs"][0];
+    assert!(pass["pps"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(prot["pps"].as_f64().unwrap() > 0.0, "{v}");
+    // At 40 Hz a 1 s window holds about 40 commits; at least one proves the VM was protected.
+    assert!(prot["epochs_committed"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(pass["epochs_committed"].as_u64(), Some(0), "{v}");
+    assert_eq!(prot["dropped"].as_u64(), Some(0), "{v}");
+    assert_eq!(pass["dropped"].as_u64(), Some(0), "{v}");
+    for r in [pass, prot] {
+        assert!(r["ns_per_frame"].as_f64().is_some_and(|n| n > 0.0), "{v}");
+    }
+    assert!(
+        v["protected"]["cost_ratio_median"]
+            .as_f64()
+            .is_some_and(f64::is_finite),
+        "{v}"
+    );
+    assert!(
+        text.contains("protected ns/frame / (pass-through ns/frame + classifier)"),
+        "{text}"
+    );
+}
