@@ -100,22 +100,58 @@ impl Row {
             epochgate,
             hold_budget,
             timeline: t.timeline.clone(),
-            worker_busy: m.stats.as_ref().and_then(|s| {
-                let (b, i) = s.workers.iter().fold((0u64, 0u64), |(b, i), w| {
-                    (b + w.busy_cycles, i + w.idle_cycles)
-                });
-                (b + i > 0).then(|| b as f64 / (b + i) as f64)
+            worker_busy: workers(m).and_then(|w| {
+                (w.busy + w.idle > 0).then(|| w.busy as f64 / (w.busy + w.idle) as f64)
             }),
-            worker_ns_per_frame: m.stats.as_ref().and_then(|s| {
-                let (c, f, hz) = s.workers.iter().fold((0u64, 0u64, 0u64), |(c, f, hz), w| {
-                    (c + w.busy_cycles, f + w.rx_frames, hz.max(w.tsc_hz))
-                });
-                (f > 0 && hz > 0).then(|| c as f64 / f as f64 / hz as f64 * 1e9)
+            worker_ns_per_frame: workers(m).and_then(|w| {
+                (w.frames > 0 && w.hz > 0)
+                    .then(|| w.busy as f64 / w.frames as f64 / w.hz as f64 * 1e9)
             }),
             stalled_ms: t.stalled_ms,
             window_s: t.window_s,
         }
     }
+}
+
+/// The poll loops' busy and idle cycles and frames received, summed over the workers: over the
+/// measured window when the run sampled it, else over the whole run (an older binary, or the
+/// admin socket did not answer in the window).
+struct WorkerTotals {
+    busy: u64,
+    idle: u64,
+    frames: u64,
+    hz: u64,
+}
+
+fn workers(m: &Measured) -> Option<WorkerTotals> {
+    let sum = |ws: &[epochgate::stats::WorkerSnapshot]| {
+        ws.iter().fold(
+            WorkerTotals {
+                busy: 0,
+                idle: 0,
+                frames: 0,
+                hz: 0,
+            },
+            |t, w| WorkerTotals {
+                busy: t.busy + w.busy_cycles,
+                idle: t.idle + w.idle_cycles,
+                frames: t.frames + w.rx_frames,
+                hz: t.hz.max(w.tsc_hz),
+            },
+        )
+    };
+    if let Some((a, b)) = &m.window_workers {
+        let (a, b) = (sum(a), sum(b));
+        if b.frames > a.frames {
+            return Some(WorkerTotals {
+                busy: b.busy.saturating_sub(a.busy),
+                idle: b.idle.saturating_sub(a.idle),
+                frames: b.frames - a.frames,
+                hz: b.hz,
+            });
+        }
+    }
+    m.stats.as_ref().map(|s| sum(&s.workers))
 }
 
 pub struct Runner<'a> {

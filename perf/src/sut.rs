@@ -10,7 +10,7 @@
 use crate::plan::{Plan, SimPlan, TrafficResult, VmPlan};
 use crate::wire::Profile;
 use anyhow::{bail, Context, Result};
-use epochgate::stats::Snapshot;
+use epochgate::stats::{Snapshot, WorkerSnapshot};
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -101,6 +101,11 @@ pub struct Measured {
     /// epochgate's final counters (None for testpmd).
     #[serde(skip)]
     pub stats: Option<Snapshot>,
+    /// Its poll loops' counters at the first and the last progress report inside the measured
+    /// window (None for testpmd, or if the admin socket did not answer): the worker's busy
+    /// share over the whole run would count the start-up and the drain as idle.
+    #[serde(skip)]
+    pub window_workers: Option<(Vec<WorkerSnapshot>, Vec<WorkerSnapshot>)>,
     /// Per VM: frames the harness lost minus the drops epochgate counted for it (0 = every
     /// loss is accounted for).
     pub unaccounted: Vec<i64>,
@@ -384,7 +389,23 @@ pub fn epochgate(
         idle_priority: env.idle_priority,
     };
     let admin = s.join("a.sock");
-    let r = traffic(env, &plan, &dir, &mut |v| progress(v, Some(&admin)));
+    let (from, to) = (setup.warmup, setup.warmup + setup.seconds);
+    let (mut first, mut last) = (None, None);
+    let r = traffic(env, &plan, &dir, &mut |v| {
+        progress(v, Some(&admin));
+        let t = v["t_s"].as_f64().unwrap_or(0.0);
+        if (from..=to).contains(&t) {
+            let w = epochgate::admin::query(&admin, "stats")
+                .ok()
+                .map(|s| s.workers);
+            if first.is_none() {
+                first = w;
+            } else if w.is_some() {
+                last = w;
+            }
+        }
+    });
+    let window_workers = first.zip(last);
     // Stop epochgate the way an operator does (SIGTERM), and read its final counters.
     let pid = nix::unistd::Pid::from_raw(kid.0.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -426,6 +447,7 @@ pub fn epochgate(
             .collect(),
         traffic,
         stats: Some(stats),
+        window_workers,
         unaccounted,
         dir,
     })
@@ -521,6 +543,7 @@ pub fn testpmd(env: &Env, name: &str, setup: &Setup) -> Result<Measured> {
     let traffic = r?;
     Ok(Measured {
         target: "testpmd",
+        window_workers: None,
         unaccounted: vec![0; traffic.vms.len()],
         hold_budget_frames: vec![0; n],
         traffic,
