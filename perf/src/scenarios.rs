@@ -665,9 +665,10 @@ pub fn write_report(dir: &std::path::Path, r: &Runner, meta: Value) -> Result<St
          `hold` is epochgate's arrival-to-transmit meter.\n\n\
          `stalled` is how long the harness's loop was descheduled by other load (over 5% of the \
          run marks the row: its numbers say more about the machine).\n\n\
-         `busy` is the share of epochgate's worker cycles in rounds that moved frames (near 1: \
-         epochgate was the bottleneck; lower: the harness or the offered rate was); `ns/frame` \
-         the worker's busy time per frame received (what a frame costs epochgate).\n\n\
+         `busy` is the share of epochgate's worker cycles in rounds that moved frames, over the \
+         measured window (near 1: epochgate was the bottleneck; lower: the harness or the offered \
+         rate was); `ns/frame` the worker's busy time per frame received in the window (what a \
+         frame costs epochgate).\n\n\
          | run | target | Mpps | Gb/s | busy | ns/frame | checked | violations | latency | fence rtt | commit->first | commit->last | request | hold (epochgate) | hold budget | stalled ms |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
