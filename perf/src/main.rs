@@ -11,6 +11,7 @@ mod control_idle;
 mod cost;
 mod demo;
 mod faults;
+mod floor;
 mod passthrough;
 mod plan;
 mod scenarios;
@@ -187,6 +188,21 @@ enum Cmd {
     /// one result line as JSON.
     #[command(hide = true)]
     Traffic { plan: PathBuf },
+    /// (internal) The hold floor of `passthrough --protected`: a delay line of each depth on
+    /// the net_null ports; prints one result line as JSON.
+    #[command(hide = true)]
+    HoldFloor {
+        #[arg(long, required = true)]
+        depth: Vec<u64>,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 64)]
+        size: u32,
+        #[arg(long)]
+        no_huge: bool,
+        #[arg(long, default_value_t = 16383)]
+        mbufs: u32,
+    },
 }
 
 fn env(c: &Common) -> Result<sut::Env> {
@@ -406,6 +422,23 @@ fn main() {
         })(),
         Cmd::Soak(a) => soak::run(&a),
         Cmd::Traffic { plan } => traffic_main(&plan).map(|()| true),
+        Cmd::HoldFloor {
+            depth,
+            seconds,
+            size,
+            no_huge,
+            mbufs,
+        } => floor::measure(&floor::Args {
+            depths: depth,
+            seconds,
+            size,
+            huge: !no_huge,
+            mbufs,
+        })
+        .and_then(|f| {
+            println!("{}", serde_json::to_string(&f)?);
+            Ok(true)
+        }),
     };
     match r {
         Ok(true) => {}

@@ -83,6 +83,11 @@ struct EgRun {
     /// Frames epochgate dropped in the window, for any reason (the source only offers what
     /// the VM may read, so this stays 0).
     dropped: u64,
+    /// Frames received and sent per busy round (a pass-through round moves a burst in and the
+    /// same burst out; a protected VM's frames go in and out in different rounds).
+    per_busy_round: f64,
+    /// What a round that moved nothing costs, ns: the fixed cost a busy round also pays.
+    idle_round_ns: f64,
 }
 
 fn delta(a: &epochgate::stats::Snapshot, b: &epochgate::stats::Snapshot) -> Result<EgRun> {
@@ -116,6 +121,14 @@ fn delta(a: &epochgate::stats::Snapshot, b: &epochgate::stats::Snapshot) -> Resu
         busy: busy as f64 / (busy + idle).max(1) as f64,
         epochs: epochs(b).saturating_sub(epochs(a)),
         dropped: dropped(b).saturating_sub(dropped(a)),
+        per_busy_round: {
+            let moved = (wb.rx_frames + wb.tx_frames).saturating_sub(wa.rx_frames + wa.tx_frames);
+            moved as f64 / wb.busy_rounds.saturating_sub(wa.busy_rounds).max(1) as f64
+        },
+        idle_round_ns: {
+            let rounds = wb.idle_rounds().saturating_sub(wa.idle_rounds()).max(1);
+            idle as f64 / rounds as f64 / wb.tsc_hz as f64 * 1e9
+        },
     })
 }
 
@@ -338,11 +351,25 @@ pub fn run(
     let classifier_ns = crate::cost::classifier_policy_ns(&[vec![0u8; size as usize]], 2_000_000);
     let (mut eg, mut tp, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut prot, mut cost_ratios) = (Vec::new(), Vec::new());
+    let (mut floors, mut floor_ratios) = (Vec::new(), Vec::new());
     for r in 0..rounds {
         let e = run_epochgate(&bin, &setup, out, VmMode::Passthrough, r)?;
         let p = protected
             .is_some()
             .then(|| run_epochgate(&bin, &setup, out, VmMode::Protected, r))
+            .transpose()?;
+        // The least any buffer holding that many frames does, on the same ports and pool.
+        let floor = protected
+            .map(|hold| {
+                let args = crate::floor::Args {
+                    depths: vec![0, hold],
+                    seconds: setup.seconds,
+                    size,
+                    huge: setup.huge,
+                    mbufs: setup.protected_mbufs() as u32,
+                };
+                crate::floor::run_child(&args, &out.join(format!("hold-floor-{r}.log")))
+            })
             .transpose()?;
         let t = run_testpmd(&setup, out, r)?;
         println!(
@@ -364,6 +391,19 @@ pub fn run(
                 e.busy * 100.0,
                 classifier_ns,
             );
+            println!(
+                "           frames in+out per busy round: protected {:.1}, pass-through {:.1}; a round that moves nothing costs {:.0} ns",
+                p.per_busy_round, e.per_busy_round, p.idle_round_ns,
+            );
+            if let Some([f0, fh]) = floor.as_deref() {
+                let over = p.ns_per_frame / (fh.ns_per_frame + classifier_ns);
+                println!(
+                    "           hold floor (a FIFO that delays each frame by {} others): {:.2} ns/frame ({:.2} at depth 0); protected / (floor + classifier) = {over:.3}",
+                    fh.depth, fh.ns_per_frame, f0.ns_per_frame,
+                );
+                floor_ratios.push(over);
+                floors.push([*f0, *fh]);
+            }
             prot.push(p);
             cost_ratios.push(cost);
         }
@@ -384,12 +424,21 @@ pub fn run(
             if c <= 1.0 { "PASS" } else { "MISS" }
         );
     }
+    if !floor_ratios.is_empty() {
+        println!(
+            "result: protected ns/frame / (hold floor at depth {} + classifier) = {:.3} (median of {rounds}: what epochgate's epochs, policy, ledger and scheduler add to the least work of holding)",
+            setup.hold,
+            median(floor_ratios.clone())
+        );
+    }
     let runs = |v: &[EgRun]| {
         v.iter()
             .map(|e| {
                 serde_json::json!({"pps": e.pps, "ns_per_frame": e.ns_per_frame,
                                    "busy": e.busy, "epochs_committed": e.epochs,
-                                   "dropped": e.dropped})
+                                   "dropped": e.dropped,
+                                   "frames_per_busy_round": e.per_busy_round,
+                                   "idle_round_ns": e.idle_round_ns})
             })
             .collect::<Vec<_>>()
     };
@@ -411,6 +460,9 @@ pub fn run(
             "runs": runs(&prot),
             "cost_ratios": cost_ratios,
             "cost_ratio_median": cost_median,
+            "hold_floor": floors,
+            "over_floor_ratios": floor_ratios,
+            "over_floor_median": (!floor_ratios.is_empty()).then(|| median(floor_ratios.clone())),
         })),
     });
     let path = out.join("passthrough.json");
