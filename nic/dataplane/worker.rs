@@ -20,9 +20,9 @@ use crate::config::RateLimit;
 use crate::control::{Answer, Command, Mode, Op, Reply, Rings};
 use crate::dpdk::{free_all, tsc, Burst, Mbuf, Mempool, RxQueue, TxQueue, BURST};
 use crate::egress::sched::{Backlog, Bucket, Class, Regulator, SchedConfig, Scheduler};
-use crate::hold::epoch::Weighed;
+use crate::hold::epoch::{Count, Weighed};
 use crate::hold::policy::{FrameKind, PolicyConfig};
-use crate::hold::vm::{Nanos, Outcome, Sink, VmCore, VmSettings};
+use crate::hold::vm::{Nanos, Outcome, Sink, VmCore, VmSettings, MIN_FRAME};
 use crate::ingress::demux::{Attach, Demux, Inbound, Source, VmIdx};
 use crate::stats::meter::{self, MeterHub, VmHistograms, WorkerMeter};
 use crate::stats::{DropReason, EgressCounters, PortCounters, VmCounters, Waiting, WorkerCounters};
@@ -718,11 +718,15 @@ impl Worker {
                 self.learn(vi, &burst);
             }
             let vm = &self.vms[vi];
-            if idle && shortest >= 14 && !vm.regulated() && vm.core.direct() {
+            if idle && u64::from(shortest) >= MIN_FRAME && !vm.regulated() && vm.core.direct() {
                 idle = self.send_direct(vi, &mut burst, bytes);
             } else {
                 idle = false;
-                self.receive_burst(vi, burst, shortest >= 14);
+                let whole = Count {
+                    frames: burst.len() as u64,
+                    bytes,
+                };
+                self.receive_burst(vi, burst, whole, shortest);
             }
             self.vms[vi].dirty = true;
         }
@@ -775,13 +779,12 @@ impl Worker {
 
     /// A burst of VM `vi`'s frames into its core (held, ready or dropped by reason). A VM that
     /// cannot send (standby, failed) drops the whole burst at once with a bulk free.
-    fn receive_burst(&mut self, vi: VmIdx, mut burst: Burst, no_runt: bool) {
+    fn receive_burst(&mut self, vi: VmIdx, mut burst: Burst, whole: Count, shortest: u32) {
         let now = self.now;
         let vm = &mut self.vms[vi];
         let refused = vm.core.refuses_all();
-        if let Some(reason) = refused.filter(|_| no_runt) {
-            let bytes = burst_bytes(&burst);
-            vm.core.received_dropped(burst.len() as u64, bytes, reason);
+        if let Some(reason) = refused.filter(|_| u64::from(shortest) >= MIN_FRAME) {
+            vm.core.received_dropped(whole.frames, whole.bytes, reason);
             free_all(&mut burst);
             return;
         }
@@ -792,14 +795,14 @@ impl Worker {
         let mut sp = speaker!(self, vi);
         let vm = &mut self.vms[vi];
         let (classifier, windows) = (&self.classifier, &mut self.windows);
-        for m in burst {
-            vm.core.receive(
-                m,
-                now,
-                |m| kind_of(classifier, windows, &vm.name, vm.defer, &vm.counters, m),
-                &mut sp,
-            );
-        }
+        vm.core.receive_burst(
+            burst,
+            whole,
+            u64::from(shortest),
+            now,
+            |m| kind_of(classifier, windows, &vm.name, vm.defer, &vm.counters, m),
+            &mut sp,
+        );
         if let Some(t) = vm.core.next_wakeup() {
             self.wakeup = self.wakeup.min(t);
         }

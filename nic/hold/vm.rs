@@ -38,7 +38,7 @@ const COMMITS_IN_FLIGHT: usize = 64;
 const QUEUE_RESERVE: u64 = 1 << 20;
 
 /// The shortest Ethernet frame epochgate accepts from a VM (a header).
-const MIN_FRAME: u64 = 14;
+pub const MIN_FRAME: u64 = 14;
 
 /// A frame in a VM's queue, with the TSC of its arrival (for the hold-time histogram) and
 /// its length, read once on arrival: the queue, the scheduler and TX accounting weigh a held
@@ -251,6 +251,7 @@ struct Fencing {
 }
 
 /// One VM: see the module documentation.
+#[derive(Debug)]
 pub struct VmCore<F> {
     mode: Mode,
     /// Frames waiting for egress, in the order the VM sent them: what is releasable at the
@@ -458,6 +459,73 @@ impl<F: Weighed> VmCore<F> {
             self.queue.push(Held::new(frame, now));
             self.ledger.received(1, len, Place::Ready);
         }
+        self.check();
+    }
+
+    /// A burst of frames the VM sent, all at `now`: `whole` counts them and `shortest` is the
+    /// length of the shortest. Exactly what [`receive`](Self::receive) of each frame in order
+    /// does, with what holds for the whole burst decided once: the clock, the fence's
+    /// port-not-empty, the mode, the buffer limit (when the whole burst fits, no frame of it
+    /// can be over) and the ledger, moved once. A burst of which a frame may be dropped (a
+    /// runt, a VM that cannot send, a limit it would cross) goes frame by frame.
+    #[inline]
+    pub fn receive_burst<S: Sink>(
+        &mut self,
+        frames: impl IntoIterator<Item = F>,
+        whole: Count,
+        shortest: u64,
+        now: u64,
+        mut classify: impl FnMut(&F) -> FrameKind,
+        sink: &mut S,
+    ) {
+        let to = match self.mode {
+            Mode::Protected => Place::Held,
+            Mode::Passthrough => Place::Ready,
+            Mode::Standby | Mode::Failed => Place::Dropped(DropReason::Standby),
+        };
+        let fits = self.limits.on_full != OnFull::Drop
+            || (self.queue.len() as u64 + whole.frames <= self.limits.max_frames
+                && (self.limits.max_bytes == 0
+                    || self.queued_bytes() + whole.bytes <= self.limits.max_bytes));
+        if shortest < MIN_FRAME || !fits || matches!(to, Place::Dropped(_)) {
+            for frame in frames {
+                self.receive(frame, now, &mut classify, sink);
+            }
+            return;
+        }
+        self.at(now);
+        if let Some(f) = self.fencing.as_mut() {
+            f.empty_since = None;
+        }
+        let (mut n, mut bytes) = (0u64, 0u64);
+        if to == Place::Held {
+            for frame in frames {
+                (n, bytes) = (n + 1, bytes + frame.bytes());
+                let kind = classify(&frame);
+                self.queue.push(Held::new(frame, now));
+                // Once this epoch's request went out, the policy has nothing to say until the
+                // fence (`on_frame_sized` would return at once): no call per frame.
+                if self.policy.requested() {
+                    continue;
+                }
+                let r = self.policy.on_frame_sized(
+                    now,
+                    kind,
+                    self.queue.len() as u64,
+                    self.queued_bytes(),
+                );
+                if let Some(r) = r {
+                    self.request(r.why, sink);
+                }
+            }
+        } else {
+            for frame in frames {
+                (n, bytes) = (n + 1, bytes + frame.bytes());
+                self.queue.push(Held::new(frame, now));
+            }
+        }
+        debug_assert_eq!((n, bytes), (whole.frames, whole.bytes), "the burst's count");
+        self.ledger.received(n, bytes, to);
         self.check();
     }
 
