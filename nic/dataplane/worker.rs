@@ -379,9 +379,10 @@ pub struct Worker {
     demux: Demux,
     egress: usize,
     ingress: Option<usize>,
-    /// Frames staged for the egress TX queue, and for each its VM, length and arrival TSC.
+    /// Frames staged for the egress TX queue, and whose they are: `out_runs` covers `out` in
+    /// order, one run per stretch of one VM's frames that arrived together.
     out: Burst,
-    out_owner: ArrayVec<(VmIdx, u32, u64), BURST>,
+    out_runs: ArrayVec<OutRun, BURST>,
     /// Which VM's released frame goes next: priority, starvation guard, DRR, regulators.
     sched: Scheduler,
     /// Latency histograms, handed to the stats side every `meter::PUBLISH_MS`.
@@ -493,7 +494,7 @@ impl Worker {
             egress,
             ingress,
             out: Burst::new(),
-            out_owner: ArrayVec::new(),
+            out_runs: ArrayVec::new(),
             sched,
             meter,
             egress_counters,
@@ -911,7 +912,20 @@ impl Worker {
             for h in run {
                 // Held for an epoch, the mbuf is out of the cache; TX reads its header.
                 h.frame.prefetch_header();
-                self.out_owner.push((g.vm, h.wire_len(), h.at));
+                let len = u64::from(h.wire_len());
+                match self.out_runs.last_mut() {
+                    Some(r) if r.vm == g.vm && r.at == h.at => {
+                        r.frames += 1;
+                        r.bytes += len;
+                    }
+                    // At most one run per frame in `out`: never beyond its capacity.
+                    _ => self.out_runs.push(OutRun {
+                        vm: g.vm,
+                        at: h.at,
+                        frames: 1,
+                        bytes: len,
+                    }),
+                }
                 self.out.push(h.frame);
             }
             vm.dirty = true;
@@ -928,27 +942,31 @@ impl Worker {
             return;
         }
         self.loop_stats.moved_out(sent);
-        // Account by runs of frames of one VM that arrived together (the usual case: a burst
-        // goes out as it came in): one ledger move and one histogram record per run.
+        // Accounted by runs (the usual case: a burst goes out as it came in): one ledger move
+        // and one histogram record per run.
         let now = self.now;
+        let out = &self.out;
         let mut total = 0u64;
-        let mut i = 0;
-        while i < sent {
-            let (vi, _, at) = self.out_owner[i];
-            let (mut frames, mut bytes) = (0u64, 0u64);
-            while i < sent && self.out_owner[i].0 == vi && self.out_owner[i].2 == at {
-                bytes += u64::from(self.out_owner[i].1);
-                frames += 1;
-                i += 1;
-            }
-            total += bytes;
-            let hold = self.ns.of(now.saturating_sub(at));
-            meter::record(&mut self.meter.vm(vi).hold, hold, frames);
-            let mut sp = speaker!(self, vi);
-            self.vms[vi].core.transmitted(frames, bytes, now, &mut sp);
-            self.vms[vi].dirty = true;
-        }
-        self.out_owner.drain(..sent);
+        take_sent(
+            &mut self.out_runs,
+            sent as u64,
+            |k| burst_bytes_of(&out[..k as usize]),
+            |r| {
+                total += r.bytes;
+                let hold = self.ns.of(now.saturating_sub(r.at));
+                meter::record(&mut self.meter.vm(r.vm).hold, hold, r.frames);
+                let mut sp = speaker!(self, r.vm);
+                self.vms[r.vm]
+                    .core
+                    .transmitted(r.frames, r.bytes, now, &mut sp);
+                self.vms[r.vm].dirty = true;
+            },
+        );
+        debug_assert_eq!(
+            self.out_runs.iter().map(|r| r.frames).sum::<u64>(),
+            self.out.len() as u64,
+            "the runs cover the staged frames"
+        );
         let port = &self.ports[self.egress].counters;
         port.tx_frames.add(sent as u64);
         port.tx_bytes.add(total);
@@ -1143,11 +1161,11 @@ impl Worker {
                 break;
             }
         }
-        for &(vi, _, _) in &self.out_owner {
-            self.vms[vi].core.unstaged(1, DropReason::Shutdown);
+        for r in &self.out_runs {
+            self.vms[r.vm].core.unstaged(r.frames, DropReason::Shutdown);
         }
         free_all(&mut self.out);
-        self.out_owner.clear();
+        self.out_runs.clear();
         for vm in &mut self.vms {
             vm.core.stop_ready();
             vm.publish();
@@ -1205,7 +1223,57 @@ fn kind_of(
 
 #[inline]
 fn burst_bytes<const N: usize>(burst: &ArrayVec<Mbuf, N>) -> u64 {
-    burst.iter().map(|m| m.len() as u64).sum()
+    burst_bytes_of(burst)
+}
+
+#[inline]
+fn burst_bytes_of(frames: &[Mbuf]) -> u64 {
+    frames.iter().map(|m| m.len() as u64).sum()
+}
+
+/// A stretch of `out`: `frames` frames (`bytes` bytes) of VM `vm` that arrived at `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OutRun {
+    vm: VmIdx,
+    at: u64,
+    frames: u64,
+    bytes: u64,
+}
+
+/// TX took the first `sent` of the frames `runs` covers: tells `taken` what it took, run by
+/// run, and leaves in `runs` what is still staged. A run TX took only part of is split;
+/// `unsent_bytes(k)` gives the bytes of the first `k` frames still staged (the rest of that
+/// run, which leads the staged frames now).
+#[inline]
+fn take_sent(
+    runs: &mut ArrayVec<OutRun, BURST>,
+    sent: u64,
+    unsent_bytes: impl FnOnce(u64) -> u64,
+    mut taken: impl FnMut(OutRun),
+) {
+    let mut left = sent;
+    let mut whole = 0;
+    for r in runs.iter_mut() {
+        if left == 0 {
+            break;
+        }
+        if r.frames <= left {
+            left -= r.frames;
+            whole += 1;
+            taken(*r);
+        } else {
+            let rest = r.frames - left;
+            let rest_bytes = unsent_bytes(rest);
+            taken(OutRun {
+                frames: left,
+                bytes: r.bytes - rest_bytes,
+                ..*r
+            });
+            (r.frames, r.bytes) = (rest, rest_bytes);
+            break;
+        }
+    }
+    runs.drain(..whole);
 }
 
 #[inline]
@@ -1284,6 +1352,60 @@ mod tests {
         ] {
             let p = PortSpec::parse(spec).unwrap();
             assert_eq!(DrainProof::of(&p), proof, "{spec}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod out_run_tests {
+    use super::{take_sent, OutRun, BURST};
+    use arrayvec::ArrayVec;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Staged frames (each with its VM, arrival and length) grouped into runs as
+        /// `fill_egress` groups them; TX takes any prefix. What `take_sent` says was sent is
+        /// exactly that prefix, frame for frame and byte for byte, and what it leaves covers
+        /// the rest, in order.
+        #[test]
+        fn take_sent_accounts_exactly_the_frames_tx_took(
+            frames in prop::collection::vec((0usize..3, 0u64..3, 14u64..2048), 0..=BURST),
+            cut in 0.0f64..=1.0,
+        ) {
+            let mut runs: ArrayVec<OutRun, BURST> = ArrayVec::new();
+            for &(vm, at, len) in &frames {
+                match runs.last_mut() {
+                    Some(r) if r.vm == vm && r.at == at => {
+                        r.frames += 1;
+                        r.bytes += len;
+                    }
+                    _ => runs.push(OutRun { vm, at, frames: 1, bytes: len }),
+                }
+            }
+            let sent = ((frames.len() as f64) * cut) as usize;
+            let unsent = &frames[sent..];
+            let mut taken = Vec::new();
+            take_sent(
+                &mut runs,
+                sent as u64,
+                |k| unsent[..k as usize].iter().map(|f| f.2).sum(),
+                |r| taken.push(r),
+            );
+            let expand = |rs: &[OutRun], fs: &[(usize, u64, u64)]| -> Result<(), TestCaseError> {
+                // Runs say (vm, at) per frame and the bytes of each stretch.
+                let mut i = 0;
+                for r in rs {
+                    prop_assert!(r.frames > 0, "an empty run {r:?}");
+                    let part = &fs[i..i + r.frames as usize];
+                    prop_assert!(part.iter().all(|f| (f.0, f.1) == (r.vm, r.at)), "{r:?} vs {part:?}");
+                    prop_assert_eq!(part.iter().map(|f| f.2).sum::<u64>(), r.bytes);
+                    i += r.frames as usize;
+                }
+                prop_assert_eq!(i, fs.len());
+                Ok(())
+            };
+            expand(&taken, &frames[..sent])?;
+            expand(&runs, unsent)?;
         }
     }
 }
