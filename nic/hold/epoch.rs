@@ -445,7 +445,9 @@ impl<T: Weighed> EpochQueue<T> {
     pub fn drain_run(&mut self, max_frames: usize, max_bytes: u64) -> (Drain<'_, T>, Count) {
         let limit = max_frames.min(self.releasable);
         let (mut n, mut bytes) = (0usize, 0u64);
-        for frame in self.frames.range(..limit) {
+        // Over the ring's two contiguous halves: no index arithmetic per frame.
+        let (front, back) = self.frames.as_slices();
+        for frame in front.iter().chain(back).take(limit) {
             if bytes >= max_bytes {
                 break;
             }
