@@ -950,7 +950,7 @@ impl Worker {
         take_sent(
             &mut self.out_runs,
             sent as u64,
-            |k| burst_bytes_of(&out[..k as usize]),
+            |k| burst_bytes(&out[..k as usize]),
             |r| {
                 total += r.bytes;
                 let hold = self.ns.of(now.saturating_sub(r.at));
@@ -1222,12 +1222,7 @@ fn kind_of(
 }
 
 #[inline]
-fn burst_bytes<const N: usize>(burst: &ArrayVec<Mbuf, N>) -> u64 {
-    burst_bytes_of(burst)
-}
-
-#[inline]
-fn burst_bytes_of(frames: &[Mbuf]) -> u64 {
+fn burst_bytes(frames: &[Mbuf]) -> u64 {
     frames.iter().map(|m| m.len() as u64).sum()
 }
 

@@ -404,11 +404,12 @@ impl<F: Weighed> VmCore<F> {
         room
     }
 
-    /// Whether one more frame of `len` bytes would go over a limit.
+    /// Whether `frames` more frames of `bytes` bytes in all stay within both limits (so none
+    /// of them would be over one on arrival).
     #[inline]
-    fn over_limit(&self, len: u64) -> bool {
-        self.queue.len() as u64 >= self.limits.max_frames
-            || (self.limits.max_bytes != 0 && self.queued_bytes() + len > self.limits.max_bytes)
+    fn fits(&self, frames: u64, bytes: u64) -> bool {
+        self.queue.len() as u64 + frames <= self.limits.max_frames
+            && (self.limits.max_bytes == 0 || self.queued_bytes() + bytes <= self.limits.max_bytes)
     }
 
     /// A frame the VM sent, at `now`: held (protected), ready (passthrough) or dropped under a
@@ -435,7 +436,7 @@ impl<F: Weighed> VmCore<F> {
                 Mode::Standby => Some(DropReason::Standby),
                 Mode::Failed => Some(DropReason::Failed),
                 // (Under backpressure the port was read only as far as there was room.)
-                _ if self.limits.on_full == OnFull::Drop && self.over_limit(len) => {
+                _ if self.limits.on_full == OnFull::Drop && !self.fits(1, len) => {
                     Some(DropReason::BufferFull)
                 }
                 _ => None,
@@ -478,50 +479,35 @@ impl<F: Weighed> VmCore<F> {
         mut classify: impl FnMut(&F) -> FrameKind,
         sink: &mut S,
     ) {
-        let to = match self.mode {
-            Mode::Protected => Place::Held,
-            Mode::Passthrough => Place::Ready,
-            Mode::Standby | Mode::Failed => Place::Dropped(DropReason::Standby),
+        let kept = match self.mode {
+            Mode::Protected => Some(Place::Held),
+            Mode::Passthrough => Some(Place::Ready),
+            Mode::Standby | Mode::Failed => None,
         };
-        let fits = self.limits.on_full != OnFull::Drop
-            || (self.queue.len() as u64 + whole.frames <= self.limits.max_frames
-                && (self.limits.max_bytes == 0
-                    || self.queued_bytes() + whole.bytes <= self.limits.max_bytes));
-        if shortest < MIN_FRAME || !fits || matches!(to, Place::Dropped(_)) {
+        let fits = self.limits.on_full != OnFull::Drop || self.fits(whole.frames, whole.bytes);
+        let Some(to) = kept.filter(|_| fits && shortest >= MIN_FRAME) else {
             for frame in frames {
                 self.receive(frame, now, &mut classify, sink);
             }
             return;
-        }
+        };
         self.at(now);
         if let Some(f) = self.fencing.as_mut() {
             f.empty_since = None;
         }
         let (mut n, mut bytes) = (0u64, 0u64);
-        if to == Place::Held {
-            for frame in frames {
-                (n, bytes) = (n + 1, bytes + frame.bytes());
-                let kind = classify(&frame);
-                self.queue.push(Held::new(frame, now));
-                // Once this epoch's request went out, the policy has nothing to say until the
-                // fence (`on_frame_sized` would return at once): no call per frame.
-                if self.policy.requested() {
-                    continue;
-                }
-                let r = self.policy.on_frame_sized(
-                    now,
-                    kind,
-                    self.queue.len() as u64,
-                    self.queued_bytes(),
-                );
-                if let Some(r) = r {
-                    self.request(r.why, sink);
-                }
-            }
-        } else {
-            for frame in frames {
-                (n, bytes) = (n + 1, bytes + frame.bytes());
-                self.queue.push(Held::new(frame, now));
+        for frame in frames {
+            (n, bytes) = (n + 1, bytes + frame.bytes());
+            let kind = (to == Place::Held).then(|| classify(&frame));
+            self.queue.push(Held::new(frame, now));
+            // Once this epoch's request went out, the policy has nothing to say until the
+            // fence (`on_frame_sized` would return at once): no call per frame.
+            let Some(kind) = kind.filter(|_| !self.policy.requested()) else {
+                continue;
+            };
+            let (held, held_bytes) = (self.queue.len() as u64, self.queued_bytes());
+            if let Some(r) = self.policy.on_frame_sized(now, kind, held, held_bytes) {
+                self.request(r.why, sink);
             }
         }
         debug_assert_eq!((n, bytes), (whole.frames, whole.bytes), "the burst's count");

@@ -43,17 +43,9 @@ const RING: u16 = 1024; // and its default rx_ring / tx_ring
 
 /// Runs the floor loop at each depth in this process and returns what it measured.
 pub fn measure(a: &Args) -> Result<Vec<Floor>> {
-    let mut eal_args: Vec<String> = vec!["epochgate-perf-floor".into(), "-l".into(), "0-1".into()];
-    // With hugepages, their files are unlinked once mapped (as `passthrough::run_testpmd` does).
-    eal_args.push(if a.huge { "--huge-unlink" } else { "--no-huge" }.into());
-    eal_args.extend(["-m", "512", "--no-pci", "--file-prefix"].map(String::from));
-    eal_args.push(format!("eg-perf-floor-{}", std::process::id()));
-    eal_args.extend([
-        "--vdev".into(),
-        "net_null0,no-rx=1".into(),
-        "--vdev".into(),
-        format!("net_null1,size={}", a.size),
-    ]);
+    let prefix = format!("eg-perf-floor-{}", std::process::id());
+    let mut eal_args = vec!["epochgate-perf-floor".to_string()];
+    eal_args.extend(crate::passthrough::null_eal_args(a.huge, &prefix, a.size));
     let eal = dpdk::init(&eal_args).context("EAL init for the floor loop")?;
     let lcore = *dpdk::worker_lcores(eal)
         .first()

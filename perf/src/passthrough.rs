@@ -44,10 +44,31 @@ struct Setup {
     transfer: Duration,
 }
 
+/// The EAL arguments of a DPDK process (testpmd, the hold floor) on the null topology: two
+/// lcores, no PCI, the sink and a source of `size`-byte frames. With hugepages, their files
+/// are unlinked once mapped, so the memory goes back to the system when the process exits
+/// instead of staying allocated until the next DPDK process starts.
+pub fn null_eal_args(huge: bool, prefix: &str, size: u32) -> Vec<String> {
+    let mut args: Vec<String> = vec!["-l".into(), "0-1".into()];
+    args.push(if huge { "--huge-unlink" } else { "--no-huge" }.into());
+    args.extend(["-m", "512", "--no-pci", "--file-prefix", prefix].map(String::from));
+    args.extend([
+        "--vdev".into(),
+        Setup::SINK.into(),
+        "--vdev".into(),
+        null_source(size),
+    ]);
+    args
+}
+
+fn null_source(size: u32) -> String {
+    format!("net_null1,size={size}")
+}
+
 impl Setup {
     const SINK: &'static str = "net_null0,no-rx=1";
     fn source(&self) -> String {
-        format!("net_null1,size={}", self.size)
+        null_source(self.size)
     }
     /// The protected run's pool: the hold budget plus what the pass-through run has for the
     /// rings and caches, rounded to 2^n - 1 as DPDK prefers.
@@ -270,18 +291,8 @@ fn run_epochgate(bin: &Path, s: &Setup, dir: &Path, mode: VmMode, round: usize) 
 
 /// Frames per second testpmd (io mode) forwarded between the same two vdevs.
 fn run_testpmd(s: &Setup, dir: &Path, round: usize) -> Result<f64> {
-    let mut args: Vec<String> = vec!["-l".into(), "0-1".into()];
-    // With hugepages, their files are unlinked once mapped: testpmd's memory goes back to the
-    // system when it exits instead of staying allocated until the next DPDK process starts.
-    args.push(if s.huge { "--huge-unlink" } else { "--no-huge" }.into());
-    args.extend(["-m", "512", "--no-pci", "--file-prefix"].map(String::from));
-    args.push(format!("eg-perf-testpmd-{}", std::process::id()));
-    args.extend([
-        "--vdev".into(),
-        Setup::SINK.into(),
-        "--vdev".into(),
-        s.source(),
-    ]);
+    let prefix = format!("eg-perf-testpmd-{}", std::process::id());
+    let mut args = null_eal_args(s.huge, &prefix, s.size);
     args.extend(["--", "-i", "--forward-mode=io", "--total-num-mbufs=16384"].map(String::from));
     let mut child = Command::new("dpdk-testpmd")
         .args(&args)
@@ -424,11 +435,11 @@ pub fn run(
             if c <= 1.0 { "PASS" } else { "MISS" }
         );
     }
-    if !floor_ratios.is_empty() {
+    let over_floor_median = (!floor_ratios.is_empty()).then(|| median(floor_ratios.clone()));
+    if let Some(m) = over_floor_median {
         println!(
-            "result: protected ns/frame / (hold floor at depth {} + classifier) = {:.3} (median of {rounds}: what epochgate's epochs, policy, ledger and scheduler add to the least work of holding)",
+            "result: protected ns/frame / (hold floor at depth {} + classifier) = {m:.3} (median of {rounds}: what epochgate's epochs, policy, ledger and scheduler add to the least work of holding)",
             setup.hold,
-            median(floor_ratios.clone())
         );
     }
     let runs = |v: &[EgRun]| {
@@ -462,7 +473,7 @@ pub fn run(
             "cost_ratio_median": cost_median,
             "hold_floor": floors,
             "over_floor_ratios": floor_ratios,
-            "over_floor_median": (!floor_ratios.is_empty()).then(|| median(floor_ratios.clone())),
+            "over_floor_median": over_floor_median,
         })),
     });
     let path = out.join("passthrough.json");
