@@ -900,6 +900,11 @@ impl Worker {
         if self.out.is_full() {
             return;
         }
+        if self.vms.iter().all(|v| v.core.releasable() == 0) {
+            // Nothing released anywhere (most rounds of a protected VM between commits).
+            self.sched.idle();
+            return;
+        }
         self.sched.begin(self.now);
         while !self.out.is_full() {
             let Some(g) = self.sched.grant(&Heads(&self.vms)) else {

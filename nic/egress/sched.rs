@@ -57,7 +57,9 @@
 //! [`Scheduler::begin`], a class change or a regulator change) from which a VM found ineligible is unlinked for the
 //! rest of the burst: a burst costs O(VMs + frames), and a class without VMs costs nothing. When
 //! `quantum` is smaller than the frames, whole rounds in which no VM's deficit turns positive are
-//! skipped in one step (O(VMs) per such skip) instead of being walked.
+//! skipped in one step (O(VMs) per such skip) instead of being walked. A burst in which no VM
+//! has a frame at all is [`Scheduler::idle`]: it does what such a burst does (every turn ends, no
+//! positive deficit is kept) and, once that is done, costs nothing until the next pick.
 
 /// Clamp for rates, depths, clocks and amounts: keeps every scaled product below 2^126.
 const MAX_UNITS: u64 = i64::MAX as u64;
@@ -565,6 +567,9 @@ pub struct Scheduler {
     /// VMs with a regulator.
     regulated: usize,
     stats: SchedStats,
+    /// No turn is open and no deficit is positive (what a burst with nothing to send leaves):
+    /// [`Scheduler::idle`] has nothing to do. Only a pick opens a turn or adds a quantum.
+    settled: bool,
 }
 
 impl Scheduler {
@@ -590,6 +595,7 @@ impl Scheduler {
             last: None,
             regulated: 0,
             stats: SchedStats::default(),
+            settled: true,
         }
     }
 
@@ -653,10 +659,31 @@ impl Scheduler {
         }
     }
 
+    /// A burst in which no VM has a frame (the caller knows every backlog is empty): leaves
+    /// the scheduler as [`begin`](Self::begin) and a [`pick`](Self::pick) returning `None`
+    /// would (every turn ends and no VM keeps a positive deficit; regulators, the guard and
+    /// the round pointers are untouched), without visiting the VMs if no pick came since the
+    /// last time. The poll loop calls it in every round with nothing released.
+    pub fn idle(&mut self) {
+        self.last = None;
+        if self.settled {
+            return;
+        }
+        for v in &mut self.vms {
+            v.deficit = v.deficit.min(0);
+        }
+        for round in &mut self.rounds {
+            round.open = false;
+            round.stale = true;
+        }
+        self.settled = true;
+    }
+
     /// The VM whose head frame goes next, or `None` if no VM may send now. Charges nothing;
     /// asking again before [`Scheduler::sent`] gives the same answer.
     pub fn pick(&mut self, backlog: &impl Backlog) -> Option<usize> {
         self.last = None;
+        self.settled = false;
         let now = self.now;
         let [rel, pt] = &mut self.rounds;
         let r = rel.find(&mut self.vms, now, backlog);
@@ -1025,6 +1052,33 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_burst_ends_every_turn_and_keeps_no_positive_deficit() {
+        // VM 0 sends 500 of its 1500-byte quantum in a burst with room for one frame, its last:
+        // its turn is open with 1000 left. Once a burst found nothing to send, VM 0 starts
+        // afresh like VM 1.
+        let run = |idle: bool| {
+            let mut s = sched(0, 1500, 2);
+            let mut q = Queues::new(2);
+            q.push(0, 500);
+            assert_eq!(burst(&mut s, &mut q, 0, 1), vec![0]);
+            if idle {
+                s.idle();
+                s.idle();
+            } else {
+                assert!(burst(&mut s, &mut q, 1, 32).is_empty());
+            }
+            q.fill(0, 8, 600);
+            q.fill(1, 8, 600);
+            burst(&mut s, &mut q, 2, 8)
+        };
+        // The pointer stays on VM 0, whose turn opens anew: 1500 -> 900 -> 300 -> -300, three
+        // frames (with the 1000 kept it would be five; in its old turn, two), then VM 1's.
+        let expected = vec![0, 0, 0, 1, 1, 1, 0, 0];
+        assert_eq!(run(false), expected, "a burst with nothing to send");
+        assert_eq!(run(true), expected, "idle");
+    }
+
+    #[test]
     fn drr_small_quantum_skips_idle_rounds() {
         let mut s = sched(0, 1, 2);
         let mut q = Queues::new(2);
@@ -1255,7 +1309,9 @@ mod tests {
 
         /// Runs are the same schedule: draining each `grant` frame by frame gives exactly the
         /// frames (and guard balance and stats) that `pick`/`sent` one frame at a time give,
-        /// over random classes, regulators, arrivals and shares.
+        /// over random classes, regulators, arrivals and shares. And `idle` is a burst with
+        /// nothing to send: the run side calls it instead of a burst whenever every backlog is
+        /// empty (as the poll loop does), and nothing that follows differs.
         #[test]
         fn grants_equal_frame_by_frame_picks(
             share in share(),
@@ -1281,8 +1337,13 @@ mod tests {
                     qb.push(vm % n, len(raw, jumbo));
                 }
                 let by_frame = burst(&mut a, &mut qa, now, st.room);
-                b.begin(now);
                 let mut by_run = Vec::new();
+                if qb.q.iter().all(VecDeque::is_empty) {
+                    b.idle();
+                    prop_assert_eq!(&by_run, &by_frame);
+                    continue;
+                }
+                b.begin(now);
                 while by_run.len() < st.room {
                     let Some(g) = b.grant(&qb) else { break };
                     prop_assert!(g.frames > 0 && g.bytes > 0, "empty grant {:?}", g);
