@@ -358,8 +358,13 @@ pub fn run(
         if setup.huge { "hugepages" } else { "--no-huge" }
     );
     // What the null source delivers: `size` zero bytes (the null PMD leaves the data as the
-    // pool has it, and nothing writes to it), so the classifier's term is measured on that.
-    let classifier_ns = crate::cost::classifier_policy_ns(&[vec![0u8; size as usize]], 2_000_000);
+    // pool has it, and nothing writes to it), so the classifier's term is measured on that,
+    // with an epoch of the hold (the source fills it in every epoch).
+    let classifier_ns = crate::cost::classifier_policy_ns(
+        &[vec![0u8; size as usize]],
+        2_000_000,
+        protected.unwrap_or(1024),
+    );
     let (mut eg, mut tp, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut prot, mut cost_ratios) = (Vec::new(), Vec::new());
     let (mut floors, mut floor_ratios) = (Vec::new(), Vec::new());

@@ -493,8 +493,11 @@ impl Runner<'_> {
             .chain(udp(64).templates(0, [0x52, 0x54, 0, 0x10, 0, 0]))
             .collect();
         let n = 2_000_000u64;
-        let ns = crate::cost::classifier_policy_ns(&frames, n);
         let row = |name: &str| self.rows.iter().find(|r| r.name == name);
+        // The protected run's epochs: 25 ms of its rate (at least one frame).
+        let epoch_ms = sim40().epoch_ms;
+        let epoch_frames = row("protected-64").map_or(1, |r| (r.rx_pps * epoch_ms / 1e3) as u64);
+        let ns = crate::cost::classifier_policy_ns(&frames, n, epoch_frames);
         // A frame's cost to epochgate: the worker's busy time per frame when it reported it,
         // else (an older binary) the whole per-frame time at the measured rate.
         let cost = |name: &str| {
@@ -507,7 +510,7 @@ impl Runner<'_> {
         let share = protected.map(|p| ns / p);
         self.extra.insert(
             "classifier_policy".into(),
-            json!({"ns_per_frame": ns, "frames": n, "protected_64_ns_per_frame": protected,
+            json!({"ns_per_frame": ns, "frames": n, "epoch_frames": epoch_frames, "protected_64_ns_per_frame": protected,
                    "unprotected_64_ns_per_frame": unprotected, "share": share}),
         );
         if let Some(share) = share {
