@@ -10,6 +10,14 @@
 //! no epochs, no policy, no ledger and no scheduler. At depth 0 it forwards what it receives
 //! (testpmd's io loop plus the FIFO).
 //!
+//! With epochs (`--epoch-ms E --transfer-ms T`, what `passthrough --protected` passes), a line
+//! of nonzero depth holds frames as the protected VM's hold does instead: it takes frames while
+//! it holds fewer than `depth`, seals what it took every E ms, and sends each sealed batch T ms
+//! after its seal. Its frames are then held as long as the VM's are: a frame held 30 ms comes
+//! back from memory colder than one held the 3 ms a steady FIFO of 32768 frames holds it at
+//! the null source's rate. Its time per frame counts only rounds that moved a frame, as the
+//! worker's busy time does.
+//!
 //! It runs in its own process (one EAL per process) and prints one JSON line.
 
 use anyhow::{anyhow, Context, Result};
@@ -31,6 +39,8 @@ pub struct Floor {
 #[derive(Debug, Clone)]
 pub struct Args {
     pub depths: Vec<u64>,
+    /// Epochs and transfer (ms) for the nonzero depths; `None`: steady FIFOs.
+    pub epochs: Option<(f64, f64)>,
     pub seconds: f64,
     pub size: u32,
     pub huge: bool,
@@ -70,13 +80,20 @@ pub fn measure(a: &Args) -> Result<Vec<Floor>> {
     );
     let hz = dpdk::tsc_hz(eal);
     let (depths, seconds) = (a.depths.clone(), a.seconds);
+    let epochs = a.epochs.map(|(e, t)| Epochs {
+        every: ((e / 1e3 * hz as f64) as u64).max(1),
+        transfer: (t / 1e3 * hz as f64) as u64,
+    });
     let capacity = depths.iter().copied().max().unwrap_or(0) as usize + 2 * dpdk::BURST;
     let (done, result) = std::sync::mpsc::channel();
     let handle = dpdk::launch_on(eal, lcore, move || {
         let mut out = Vec::new();
         let mut line: VecDeque<Mbuf> = VecDeque::with_capacity(capacity);
         for depth in depths {
-            let (frames, ticks) = delay_line(&mut rx, &mut tx, &mut line, depth, hz, seconds);
+            let (frames, ticks) = match epochs.filter(|_| depth > 0) {
+                Some(e) => epoch_line(&mut rx, &mut tx, &mut line, depth, e, hz, seconds),
+                None => delay_line(&mut rx, &mut tx, &mut line, depth, hz, seconds),
+            };
             line.clear(); // frees what the line still holds
             out.push(Floor {
                 depth,
@@ -141,6 +158,86 @@ fn delay_line(
     }
 }
 
+/// The floor's epochs, in TSC ticks.
+#[derive(Debug, Clone, Copy)]
+struct Epochs {
+    every: u64,
+    transfer: u64,
+}
+
+/// Holds at most `depth` frames in epochs (see the module documentation) for the warm-up and
+/// then `seconds`; returns the frames received and the TSC ticks of the rounds that moved one.
+fn epoch_line(
+    rx: &mut dpdk::RxQueue,
+    tx: &mut dpdk::TxQueue,
+    line: &mut VecDeque<Mbuf>,
+    depth: u64,
+    e: Epochs,
+    hz: u64,
+    seconds: f64,
+) -> (u64, u64) {
+    let depth = depth as usize;
+    let start = dpdk::tsc();
+    let from = start + (WARMUP.as_secs_f64() * hz as f64) as u64;
+    let end = from + (seconds * hz as f64) as u64;
+    let (mut frames, mut busy, mut counting) = (0u64, 0u64, false);
+    // Frames that may go (at the head of the line), those of the open epoch (at its tail), and
+    // the sealed batches in between: (when it may go, how many).
+    let (mut releasable, mut open) = (0usize, 0usize);
+    let mut sealed: VecDeque<(u64, usize)> = VecDeque::with_capacity(64);
+    let (mut next_seal, mut last, mut last_busy) = (start + e.every, start, false);
+    loop {
+        let now = dpdk::tsc();
+        if counting && last_busy {
+            busy += now - last;
+        }
+        last = now;
+        if now >= end {
+            return (frames, busy);
+        }
+        if !counting && now >= from {
+            (counting, frames, busy) = (true, 0, 0);
+        }
+        if now >= next_seal {
+            sealed.push_back((now + e.transfer, open));
+            open = 0;
+            next_seal = now + e.every;
+        }
+        while let Some(&(_, n)) = sealed.front().filter(|s| s.0 <= now) {
+            releasable += n;
+            sealed.pop_front();
+        }
+        let mut moved = 0;
+        let room = depth.saturating_sub(line.len());
+        if room > 0 {
+            let mut burst = dpdk::Burst::new();
+            let n = rx.rx_burst_upto(&mut burst, room);
+            frames += n as u64;
+            for m in &burst {
+                std::hint::black_box(m.data().first().copied());
+            }
+            line.extend(burst.drain(..));
+            open += n;
+            moved += n;
+        }
+        if releasable > 0 {
+            let mut out = dpdk::Burst::new();
+            while releasable > out.len() && !out.is_full() {
+                let m = line.pop_front().expect("released frames are in the line");
+                m.prefetch_header();
+                out.push(m);
+            }
+            let sent = tx.tx_burst(&mut out);
+            releasable -= sent;
+            moved += sent;
+            while let Some(m) = out.pop() {
+                line.push_front(m);
+            }
+        }
+        last_busy = moved > 0;
+    }
+}
+
 /// Runs `epochgate-perf hold-floor` as a child process and parses its result line.
 pub fn run_child(a: &Args, log: &std::path::Path) -> Result<Vec<Floor>> {
     let me = std::env::current_exe()?;
@@ -152,6 +249,12 @@ pub fn run_child(a: &Args, log: &std::path::Path) -> Result<Vec<Floor>> {
         .arg(a.size.to_string())
         .arg("--mbufs")
         .arg(a.mbufs.to_string());
+    if let Some((e, t)) = a.epochs {
+        cmd.arg("--epoch-ms")
+            .arg(e.to_string())
+            .arg("--transfer-ms")
+            .arg(t.to_string());
+    }
     if !a.huge {
         cmd.arg("--no-huge");
     }

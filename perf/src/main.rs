@@ -202,6 +202,11 @@ enum Cmd {
         no_huge: bool,
         #[arg(long, default_value_t = 16383)]
         mbufs: u32,
+        /// Hold the nonzero depths in epochs of this many ms (with `--transfer-ms`).
+        #[arg(long, requires = "transfer_ms")]
+        epoch_ms: Option<f64>,
+        #[arg(long, requires = "epoch_ms")]
+        transfer_ms: Option<f64>,
     },
 }
 
@@ -428,8 +433,11 @@ fn main() {
             size,
             no_huge,
             mbufs,
+            epoch_ms,
+            transfer_ms,
         } => floor::measure(&floor::Args {
             depths: depth,
+            epochs: epoch_ms.zip(transfer_ms),
             seconds,
             size,
             huge: !no_huge,

@@ -379,6 +379,10 @@ pub fn run(
             .map(|hold| {
                 let args = crate::floor::Args {
                     depths: vec![0, hold],
+                    epochs: Some((
+                        setup.epoch.as_secs_f64() * 1e3,
+                        setup.transfer.as_secs_f64() * 1e3,
+                    )),
                     seconds: setup.seconds,
                     size,
                     huge: setup.huge,
@@ -414,7 +418,7 @@ pub fn run(
             if let Some([f0, fh]) = floor.as_deref() {
                 let over = p.ns_per_frame / (fh.ns_per_frame + classifier_ns);
                 println!(
-                    "           hold floor (a FIFO that delays each frame by {} others): {:.2} ns/frame ({:.2} at depth 0); protected / (floor + classifier) = {over:.3}",
+                    "           hold floor (at most {} frames held in the same epochs, no classifier, policy, ledger or scheduler): {:.2} ns/frame ({:.2} forwarding); protected / (floor + classifier) = {over:.3}",
                     fh.depth, fh.ns_per_frame, f0.ns_per_frame,
                 );
                 floor_ratios.push(over);

@@ -141,6 +141,15 @@ fn the_protected_null_benchmark_commits_epochs_and_measures_both_modes() {
     for r in [pass, prot] {
         assert!(r["ns_per_frame"].as_f64().is_some_and(|n| n > 0.0), "{v}");
     }
+    // The hold floor forwarded (depth 0) and held 2048 frames in the same 25 ms epochs: both
+    // moved frames, so the ratio over it measures something.
+    let floor = &v["protected"]["hold_floor"][0];
+    assert_eq!(floor[0]["depth"].as_u64(), Some(0), "{v}");
+    assert_eq!(floor[1]["depth"].as_u64(), Some(2048), "{v}");
+    for f in [&floor[0], &floor[1]] {
+        assert!(f["frames"].as_u64().is_some_and(|n| n > 0), "{v}");
+        assert!(f["ns_per_frame"].as_f64().is_some_and(|n| n > 0.0), "{v}");
+    }
     assert!(
         v["protected"]["cost_ratio_median"]
             .as_f64()
