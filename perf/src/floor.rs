@@ -135,27 +135,40 @@ fn delay_line(
             counting = true;
             frames = 0;
         }
-        let mut burst = dpdk::Burst::new();
-        let n = rx.rx_burst(&mut burst);
-        frames += n as u64;
-        for m in &burst {
-            std::hint::black_box(m.data().first().copied());
-        }
-        line.extend(burst.drain(..));
+        frames += take_in(rx, line, dpdk::BURST) as u64;
         if line.len() > depth {
-            let mut out = dpdk::Burst::new();
-            while line.len() > depth && !out.is_full() {
-                let m = line.pop_front().expect("the line is longer than depth");
-                m.prefetch_header();
-                out.push(m);
-            }
-            tx.tx_burst(&mut out);
-            // What the sink did not take goes back to the head, in order.
-            while let Some(m) = out.pop() {
-                line.push_front(m);
-            }
+            send_head(tx, line, line.len() - depth);
         }
     }
+}
+
+/// Receives at most `max` frames onto the line's tail, reading each one's first byte (what
+/// any classifier reads). Returns how many.
+fn take_in(rx: &mut dpdk::RxQueue, line: &mut VecDeque<Mbuf>, max: usize) -> usize {
+    let mut burst = dpdk::Burst::new();
+    let n = rx.rx_burst_upto(&mut burst, max);
+    for m in &burst {
+        std::hint::black_box(m.data().first().copied());
+    }
+    line.extend(burst.drain(..));
+    n
+}
+
+/// Sends at most `n` frames from the line's head, prefetching their headers as epochgate's
+/// release does; what the sink did not take goes back to the head, in order. Returns how many
+/// were sent.
+fn send_head(tx: &mut dpdk::TxQueue, line: &mut VecDeque<Mbuf>, n: usize) -> usize {
+    let mut out = dpdk::Burst::new();
+    while out.len() < n && !out.is_full() {
+        let m = line.pop_front().expect("the line holds the frames to send");
+        m.prefetch_header();
+        out.push(m);
+    }
+    let sent = tx.tx_burst(&mut out);
+    while let Some(m) = out.pop() {
+        line.push_front(m);
+    }
+    sent
 }
 
 /// The floor's epochs, in TSC ticks.
@@ -210,29 +223,15 @@ fn epoch_line(
         let mut moved = 0;
         let room = depth.saturating_sub(line.len());
         if room > 0 {
-            let mut burst = dpdk::Burst::new();
-            let n = rx.rx_burst_upto(&mut burst, room);
+            let n = take_in(rx, line, room);
             frames += n as u64;
-            for m in &burst {
-                std::hint::black_box(m.data().first().copied());
-            }
-            line.extend(burst.drain(..));
             open += n;
             moved += n;
         }
         if releasable > 0 {
-            let mut out = dpdk::Burst::new();
-            while releasable > out.len() && !out.is_full() {
-                let m = line.pop_front().expect("released frames are in the line");
-                m.prefetch_header();
-                out.push(m);
-            }
-            let sent = tx.tx_burst(&mut out);
+            let sent = send_head(tx, line, releasable);
             releasable -= sent;
             moved += sent;
-            while let Some(m) = out.pop() {
-                line.push_front(m);
-            }
         }
         last_busy = moved > 0;
     }
