@@ -138,3 +138,32 @@ fn the_eal_starts_once_per_process() {
     let t = dpdk::tsc();
     assert!(dpdk::tsc() >= t);
 }
+
+/// Rate limits, deferral deadlines and every latency are TSC ticks over `tsc_hz`: it must be
+/// the TSC's rate against the system clock, whatever happened to the process at start-up.
+#[test]
+fn tsc_hz_is_the_tscs_rate_against_the_system_clock() {
+    let e = env();
+    // The narrowest of 32 brackets `tsc, clock, tsc` at each end of 200 ms.
+    let origin = std::time::Instant::now();
+    let stamp = || {
+        (0..32)
+            .map(|_| {
+                let a = dpdk::tsc();
+                let ns = origin.elapsed().as_nanos() as f64;
+                let b = dpdk::tsc();
+                (b - a, (a + (b - a) / 2) as f64, ns)
+            })
+            .min_by_key(|s| s.0)
+            .unwrap()
+    };
+    let (_, t0, n0) = stamp();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (_, t1, n1) = stamp();
+    let measured = (t1 - t0) / (n1 - n0) * 1e9;
+    let hz = dpdk::tsc_hz(e.eal) as f64;
+    assert!(
+        (hz / measured - 1.0).abs() < 1e-3,
+        "tsc_hz {hz} against {measured:.0} measured here"
+    );
+}

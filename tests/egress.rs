@@ -263,9 +263,10 @@ fn rate_limited_vms_send_no_faster_than_their_rate_and_lose_nothing() {
     r.peer().send_nowait(2, &b);
     // What has left can never be more than the bucket allows since t0 (the test measures its
     // time after reading the counters, so slowness on its side only loosens the bound). The
-    // buckets run on the TSC at the frequency EAL estimated at start-up, which can be off by a
-    // few tenths of a percent (seen: 0.4%, 52 bytes over 0.128 s): 1% of the rate is allowed
-    // for it. A frame may overdraw a bucket by at most one frame (1518 bytes with a VLAN tag).
+    // buckets run on the TSC at the frequency epochgate measured at start-up (a few ppm; DPDK's
+    // own estimate, used before, was seen 0.4% off: 52 bytes over 0.128 s): 1% of the rate is
+    // allowed for the clocks. A frame may overdraw a bucket by at most one frame (1518 bytes
+    // with a VLAN tag).
     const CLOCK: f64 = 1.01;
     loop {
         let s = r.live();
