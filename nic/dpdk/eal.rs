@@ -139,8 +139,9 @@ pub fn tsc() -> u64 {
 /// TSC ticks per second, measured against the system clock while the EAL started.
 ///
 /// Not `rte_get_tsc_hz`: where the CPU does not report its TSC frequency (most VMs), DPDK times
-/// one 100 ms sleep with unbracketed reads and rounds to 10 MHz, so a preemption at start-up
-/// skews every rate limit and timer by as much as it lasted (1 ms is 1%).
+/// one 100 ms sleep with unbracketed reads and rounds the result to 10 MHz. The rounding alone
+/// is up to 0.25% of a 2 GHz TSC, and a preemption between a pair of reads adds as much as it
+/// lasted (1 ms is 1%): every rate limit, deadline and latency would be off by that much.
 pub fn tsc_hz(eal: &Eal) -> u64 {
     eal.tsc_hz
 }
