@@ -119,6 +119,17 @@ fn stdin_lines() -> crossbeam::channel::Receiver<String> {
     rx
 }
 
+/// Port `idx` of a command line, or an error naming the line and why.
+fn port_of<'a, P>(line: &str, idx: &str, ports: &'a mut [P]) -> Result<(usize, &'a mut P)> {
+    let i: usize = idx
+        .parse()
+        .with_context(|| format!("{line:?}: {idx:?} is not a port index"))?;
+    let p = ports
+        .get_mut(i)
+        .with_context(|| format!("{line:?}: there is no port {i}"))?;
+    Ok((i, p))
+}
+
 fn command(line: &str, ports: &mut [PeerPort]) -> Result<Cmd> {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
@@ -126,34 +137,19 @@ fn command(line: &str, ports: &mut [PeerPort]) -> Result<Cmd> {
         ["quit"] => Ok(Cmd::Quit),
         ["count"] => Ok(Cmd::Count),
         ["send", idx, file] => {
-            let i: usize = idx
-                .parse()
-                .with_context(|| format!("{line:?}: {idx:?} is not a port index"))?;
-            let p = ports
-                .get_mut(i)
-                .with_context(|| format!("{line:?}: there is no port {i}"))?;
+            let (i, p) = port_of(line, idx, ports)?;
             let frames = capture::read_file(std::path::Path::new(file))?.frames;
             let n = frames.len();
             p.to_send.extend(frames);
             Ok(Cmd::Sent(i, n))
         }
         [verb @ ("pause" | "resume"), idx] => {
-            let i: usize = idx
-                .parse()
-                .with_context(|| format!("{line:?}: {idx:?} is not a port index"))?;
-            let p = ports
-                .get_mut(i)
-                .with_context(|| format!("{line:?}: there is no port {i}"))?;
+            let (i, p) = port_of(line, idx, ports)?;
             p.paused = *verb == "pause";
             Ok(Cmd::Pause(i, p.paused))
         }
         ["rotate", idx, file] => {
-            let i: usize = idx
-                .parse()
-                .with_context(|| format!("{line:?}: {idx:?} is not a port index"))?;
-            let p = ports
-                .get_mut(i)
-                .with_context(|| format!("{line:?}: there is no port {i}"))?;
+            let (i, p) = port_of(line, idx, ports)?;
             let next = recording(std::path::Path::new(file))?;
             if let Some(w) = p.out.replace(next) {
                 w.into_inner()?;
@@ -375,4 +371,22 @@ fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_of;
+
+    #[test]
+    fn a_command_names_its_port_or_says_why_not() {
+        let mut ports = vec!['a', 'b'];
+        let (i, p) = port_of("pause 1", "1", &mut ports).expect("port 1 exists");
+        assert_eq!((i, *p), (1, 'b'));
+        let e = port_of("pause 2", "2", &mut ports).unwrap_err().to_string();
+        assert_eq!(e, "\"pause 2\": there is no port 2");
+        let e = port_of("send x f", "x", &mut ports)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "\"send x f\": \"x\" is not a port index");
+    }
 }
