@@ -1,5 +1,5 @@
-//! The C ABI as a C program sees it: `examples/c/remus_loop.c` and a layout probe are
-//! compiled with `cc` against `include/epochgate_shim.h` and `libvmm_shim.a`, and run against
+//! The C ABI as a C program sees it: `examples/c/remus_loop.c`, `examples/c/latency_probe.c`
+//! and a layout probe are compiled with `cc` against `include/epochgate_shim.h` and `libvmm_shim.a`, and run against
 //! a fake epochgate on a real socket.
 
 mod common;
@@ -93,10 +93,25 @@ struct Run {
     stderr: String,
 }
 
+fn latency_probe() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        compile(
+            &Path::new(MANIFEST_DIR).join("examples/c/latency_probe.c"),
+            "latency_probe",
+        )
+    })
+}
+
 fn run_remus_loop(socket: &Path, vm: &str, rounds: u32) -> Run {
+    run_example(remus_loop(), socket, vm, rounds)
+}
+
+/// Runs one of the C examples as `EXE SOCKET VM ROUNDS`.
+fn run_example(exe: &Path, socket: &Path, vm: &str, rounds: u32) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut child = Command::new(remus_loop())
+    let mut child = Command::new(exe)
         .arg(socket)
         .arg(vm)
         .arg(rounds.to_string())
@@ -162,6 +177,78 @@ events=1
     );
     assert!(matches!(requests[8], Request::Ping { .. }));
     assert_eq!(requests[9], Request::Stats);
+}
+
+/// The probe's figures are round trips: the time the server takes before it answers is in them.
+#[test]
+fn the_latency_probe_times_each_call_from_request_to_answer() {
+    const ROUNDS: u32 = 20;
+    const FENCE_DELAY: std::time::Duration = std::time::Duration::from_millis(3);
+    let server = FakeServer::start(|s| {
+        s.serve_with(|_, req| {
+            if matches!(req, Request::Fence { .. }) {
+                std::thread::sleep(FENCE_DELAY);
+            }
+        })
+    });
+    let run = run_example(latency_probe(), server.path(), "web", ROUNDS);
+    let requests = server.finish();
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert_eq!(run.stderr, "");
+    // hello, protect, then (fence, commit) and pings in their order, each epoch once.
+    let mut expected = vec![Request::hello("web").unwrap(), Request::Protect];
+    for e in 1..=u64::from(ROUNDS) {
+        expected.push(Request::Fence { epoch: e });
+        expected.push(Request::Commit { epoch: e });
+    }
+    let n = expected.len();
+    assert_eq!(requests[..n], expected[..], "{requests:?}");
+    let pings = &requests[n..];
+    assert_eq!(pings.len(), ROUNDS as usize, "{requests:?}");
+    assert!(pings.iter().all(|r| matches!(r, Request::Ping { .. })));
+
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    let figures = |line: &str, name: &str| -> Vec<f64> {
+        let mut words = line.split(' ');
+        assert_eq!(words.next(), Some(name), "{line}");
+        assert_eq!(words.next(), Some(format!("n={ROUNDS}").as_str()), "{line}");
+        words
+            .zip(["p50=", "p90=", "p99=", "max="])
+            .map(|(w, key)| {
+                let v = w
+                    .strip_prefix(key)
+                    .unwrap_or_else(|| panic!("{line}: {key}"));
+                v.parse().unwrap_or_else(|_| panic!("{line}: {v}"))
+            })
+            .collect()
+    };
+    let fence = figures(lines[0], "fence_us");
+    let commit = figures(lines[1], "commit_us");
+    let ping = figures(lines[2], "ping_us");
+    for f in [&fence, &commit, &ping] {
+        assert_eq!(f.len(), 4, "{}", run.stdout);
+        assert!(
+            f.windows(2).all(|w| w[0] <= w[1]),
+            "ordered: {}",
+            run.stdout
+        );
+        assert!(f[0] > 0.0, "{}", run.stdout);
+    }
+    // Every fence waited for the server's 3 ms; the commits and pings did not.
+    let delay_us = FENCE_DELAY.as_micros() as f64;
+    assert!(fence[0] >= delay_us, "{}", run.stdout);
+    assert!(commit[0] < fence[0] && ping[0] < fence[0], "{}", run.stdout);
+}
+
+#[test]
+fn the_latency_probe_refuses_a_bad_count() {
+    let run = run_example(latency_probe(), Path::new("/nonexistent"), "web", 0);
+    assert_eq!(run.code, Some(2));
+    assert_eq!(
+        run.stderr,
+        "latency_probe: N must be a number from 1 to 10000000, not \"0\"\n"
+    );
 }
 
 #[test]
