@@ -104,17 +104,18 @@ fn latency_probe() -> &'static Path {
 }
 
 fn run_remus_loop(socket: &Path, vm: &str, rounds: u32) -> Run {
-    run_example(remus_loop(), socket, vm, rounds)
+    run_example(remus_loop(), socket, vm, rounds, &[])
 }
 
-/// Runs one of the C examples as `EXE SOCKET VM ROUNDS`.
-fn run_example(exe: &Path, socket: &Path, vm: &str, rounds: u32) -> Run {
+/// Runs one of the C examples as `EXE SOCKET VM ROUNDS EXTRA...`.
+fn run_example(exe: &Path, socket: &Path, vm: &str, rounds: u32, extra: &[&str]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut child = Command::new(exe)
         .arg(socket)
         .arg(vm)
         .arg(rounds.to_string())
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(File::create(&out).unwrap())
         .stderr(File::create(&err).unwrap())
@@ -179,9 +180,16 @@ events=1
     assert_eq!(requests[9], Request::Stats);
 }
 
-/// The probe's figures are round trips: the time the server takes before it answers is in them.
+/// The probe's figures are round trips: the time the server takes before it answers is in them,
+/// with the shim's pinger (`PING_MS` 0, as `eg_shim_connect`) and without it (-1).
 #[test]
 fn the_latency_probe_times_each_call_from_request_to_answer() {
+    for ping_ms in ["0", "-1"] {
+        probe_times_each_call(ping_ms);
+    }
+}
+
+fn probe_times_each_call(ping_ms: &str) {
     const ROUNDS: u32 = 20;
     const FENCE_DELAY: std::time::Duration = std::time::Duration::from_millis(3);
     let server = FakeServer::start(|s| {
@@ -191,7 +199,7 @@ fn the_latency_probe_times_each_call_from_request_to_answer() {
             }
         })
     });
-    let run = run_example(latency_probe(), server.path(), "web", ROUNDS);
+    let run = run_example(latency_probe(), server.path(), "web", ROUNDS, &[ping_ms]);
     let requests = server.finish();
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
     assert_eq!(run.stderr, "");
@@ -242,12 +250,24 @@ fn the_latency_probe_times_each_call_from_request_to_answer() {
 }
 
 #[test]
-fn the_latency_probe_refuses_a_bad_count() {
-    let run = run_example(latency_probe(), Path::new("/nonexistent"), "web", 0);
+fn the_latency_probe_refuses_a_bad_count_or_ping_interval() {
+    let run = run_example(latency_probe(), Path::new("/nonexistent"), "web", 0, &[]);
     assert_eq!(run.code, Some(2));
     assert_eq!(
         run.stderr,
         "latency_probe: N must be a number from 1 to 10000000, not \"0\"\n"
+    );
+    let run = run_example(
+        latency_probe(),
+        Path::new("/nonexistent"),
+        "web",
+        1,
+        &["-2"],
+    );
+    assert_eq!(run.code, Some(2));
+    assert_eq!(
+        run.stderr,
+        "latency_probe: PING_MS must be -1, 0 or a number of ms, not \"-2\"\n"
     );
 }
 

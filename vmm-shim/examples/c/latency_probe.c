@@ -1,9 +1,11 @@
 /*
  * latency_probe.c - the control path's round trips as a VMM sees them, through the C ABI.
  *
- *   latency_probe SOCKET VM N
+ *   latency_probe SOCKET VM N [PING_MS]
  *
- * Adopts VM, starts protection unless it is already protected, then N times: fence the open
+ * PING_MS is eg_shim_connect_with's ping_interval_ms: 0 (the default) the background pinger at
+ * the interval epochgate asks for, as eg_shim_connect does; -1 no pinger (the probe's own calls
+ * keep the session alive). Adopts VM, starts protection unless it is already protected, then N times: fence the open
  * epoch and commit it, timing each call on CLOCK_MONOTONIC from before the call to its return
  * (the request written, epochgate's control thread and worker, the answer read). Then N pings.
  * With no traffic on the VM, the fence is "the fence round trip of an idle VM" and the commit
@@ -63,8 +65,8 @@ static int fail(const char *what, int rc)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s SOCKET VM N\n", argv[0]);
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: %s SOCKET VM N [PING_MS]\n", argv[0]);
         return 2;
     }
     char *end = NULL;
@@ -74,6 +76,15 @@ int main(int argc, char **argv)
                 argv[3]);
         return 2;
     }
+    long ping_ms = 0;
+    if (argc == 5) {
+        ping_ms = strtol(argv[4], &end, 10);
+        if (*argv[4] == '\0' || *end != '\0' || ping_ms < -1 || ping_ms > 3600000) {
+            fprintf(stderr, "latency_probe: PING_MS must be -1, 0 or a number of ms, not \"%s\"\n",
+                    argv[4]);
+            return 2;
+        }
+    }
     uint64_t *fence = calloc(n, sizeof *fence);
     uint64_t *commit = calloc(n, sizeof *commit);
     uint64_t *ping = calloc(n, sizeof *ping);
@@ -82,7 +93,7 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    eg_shim *shim = eg_shim_connect(argv[1], argv[2]);
+    eg_shim *shim = eg_shim_connect_with(argv[1], argv[2], (int32_t)ping_ms, 0);
     if (shim == NULL) {
         fprintf(stderr, "latency_probe: cannot adopt VM %s: %s\n", argv[2],
                 eg_shim_last_error());
