@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -71,7 +72,43 @@ static void *echo_spin(void *x) {
     return NULL;
 }
 
+static int sv[2];
+
+static void *echo_socket(void *x) {
+    (void)x;
+    pin(echo_cpu);
+    char b[64];
+    for (;;) {
+        ssize_t n = recv(sv[1], b, sizeof b, 0);
+        if (n <= 0 || send(sv[1], b, (size_t)n, 0) != n)
+            return NULL;
+    }
+}
+
 static double v[N];
+
+/* A 16-byte message and its answer over a SEQPACKET socket pair, as a VMM's call and
+ * epochgate's control thread exchange them: the least a call through the shim can take. */
+static void socket_rtt(int cpu_a, int cpu_b, const char *what) {
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) != 0)
+        exit(1);
+    echo_cpu = cpu_b;
+    pthread_t t;
+    pthread_create(&t, NULL, echo_socket, NULL);
+    pin(cpu_a);
+    char b[64] = {0};
+    for (int i = 0; i < N; i++) {
+        double a = now_ns();
+        if (send(sv[0], b, 16, 0) != 16 || recv(sv[0], b, sizeof b, 0) != 16)
+            exit(1);
+        v[i] = now_ns() - a;
+        usleep(50);
+    }
+    report(what, v, N, 1.0);
+    close(sv[0]);
+    pthread_join(t, NULL);
+    close(sv[1]);
+}
 
 static void eventfd_rtt(int cpu_a, int cpu_b, const char *what) {
     efa = eventfd(0, 0);
@@ -102,8 +139,10 @@ int main(int argc, char **argv) {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     printf("cpus online: %ld; %d samples each\n", cpus, N);
     eventfd_rtt(0, 0, "wake-up of a sleeping thread, same core");
+    socket_rtt(0, 0, "socket message and answer (round trip), same core");
     if (cpus > 1) {
         eventfd_rtt(0, 1, "wake-up of a sleeping thread, other core");
+        socket_rtt(0, 1, "socket message and answer (round trip), other core");
         echo_cpu = 1;
         pthread_t t;
         pthread_create(&t, NULL, echo_spin, NULL);
