@@ -205,7 +205,8 @@ int eg_shim_set_event_callback(eg_shim *shim, void (*cb)(const eg_event *event, 
                                void *user);
 
 /* What to poll(2) for POLLIN (events, epochgate closing or not answering); -1 for NULL: the
- * session's socket, or with the pinger a descriptor it keeps readable while a message waits.
+ * session's socket, or with the pinger an epoll descriptor over the socket and what the pinger
+ * took from it, readable while a message waits in either.
  * Events may already have been read by a call: check eg_shim_next_event(shim, 0, ...) before
  * polling. Do not read, write or close it. */
 int eg_shim_fd(const eg_shim *shim);

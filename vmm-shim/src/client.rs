@@ -1732,8 +1732,10 @@ mod tests {
         t.join().unwrap();
     }
 
+    /// Neither a call's answer nor an event sent while the caller is idle goes through the
+    /// pinger thread: the caller reads both from the socket, which its descriptor watches.
     #[test]
-    fn a_calls_answer_is_read_by_the_caller_and_idle_events_by_the_pinger() {
+    fn a_calls_answer_and_an_idle_event_reach_the_caller_without_the_pinger() {
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let (checked_tx, checked_rx) = mpsc::channel::<()>();
         let (mut c, t) = pinged_session(pinged(3_600_000, 10_000), move |s| {
@@ -1747,7 +1749,7 @@ mod tests {
                 })
                 .unwrap();
             }
-            // While no call reads, the pinger takes what comes.
+            // While no call reads, what comes waits for the caller.
             checked_rx.recv_timeout(PATIENCE).unwrap();
             s.send(&event(51)).unwrap();
             go_tx.send(()).unwrap();
@@ -1766,20 +1768,59 @@ mod tests {
         );
         checked_tx.send(()).unwrap();
         go_rx.recv_timeout(PATIENCE).unwrap();
-        // The pinger thread reads the idle event and makes the descriptor readable.
-        let until = Instant::now() + PATIENCE;
-        while !readable(c.as_fd()) {
-            assert!(
-                Instant::now() < until,
-                "the idle event never made the fd readable"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        // The idle event makes the descriptor readable by itself (no pinger turn for an hour).
+        let mut fds = [PollFd::new(c.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::from(30_000u16)).unwrap(), 1);
         let Link::Pinged(p) = &c.link else {
             unreachable!()
         };
-        assert_eq!(p.taken(), 1);
-        assert_eq!(c.next_event(Some(PATIENCE)).unwrap().unwrap().epoch, 51);
+        assert_eq!(p.taken(), 0, "the pinger thread was not woken for it");
+        assert_eq!(
+            c.next_event(Some(Duration::ZERO)).unwrap().unwrap().epoch,
+            51
+        );
+        assert!(!readable(c.as_fd()), "nothing more waits");
+        drop(c);
+        t.join().unwrap();
+    }
+
+    /// A caller that never reads: at each of its turns the pinger takes what waits (so the
+    /// socket never fills and epochgate never closes the session as not reading), and the
+    /// caller still gets it, in order, and the descriptor says so.
+    #[test]
+    fn the_pinger_takes_what_an_idle_caller_leaves_unread_at_its_turns() {
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let (mut c, t) = pinged_session(pinged(20, 10_000), move |s| {
+            for epoch in 1..=3 {
+                s.send(&event(epoch)).unwrap();
+            }
+            go_rx.recv_timeout(PATIENCE).unwrap();
+            assert_eq!(next_not_ping(s), None);
+        });
+        let until = Instant::now() + PATIENCE;
+        loop {
+            let Link::Pinged(p) = &c.link else {
+                panic!("the pinger is on")
+            };
+            if p.taken() == 3 {
+                break;
+            }
+            assert!(Instant::now() < until, "the pinger never took the events");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            readable(c.as_fd()),
+            "the inbox makes the descriptor readable"
+        );
+        for epoch in 1..=3 {
+            let e = c
+                .next_event(Some(Duration::ZERO))
+                .unwrap()
+                .expect("an event");
+            assert_eq!(e.epoch, epoch);
+        }
+        assert!(c.next_event(Some(Duration::ZERO)).unwrap().is_none());
+        go_tx.send(()).unwrap();
         drop(c);
         t.join().unwrap();
     }
@@ -1838,7 +1879,7 @@ mod tests {
     }
 
     #[test]
-    fn events_read_by_the_pinger_make_the_fd_readable_until_taken() {
+    fn events_make_the_fd_readable_until_taken() {
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let (mut c, t) = pinged_session(pinged(3_600_000, 10_000), move |s| {
             s.send(&event(8)).unwrap();
@@ -1853,7 +1894,7 @@ mod tests {
         assert!(!readable(c.as_fd()), "nothing more waits");
         go_tx.send(()).unwrap();
         t.join().unwrap();
-        // The close, read by the pinger, makes it readable for good.
+        // The close makes it readable for good.
         let mut fds = [PollFd::new(c.as_fd(), PollFlags::POLLIN)];
         assert_eq!(poll(&mut fds, PollTimeout::from(30_000u16)).unwrap(), 1);
         assert!(matches!(c.next_event(None), Err(ShimError::Closed)));

@@ -5,10 +5,14 @@
 //! One thread at a time reads the socket (the *reader*, a flag in the shared state). A call of
 //! the caller's reads it itself: its answer wakes the caller directly, with no hand-over through
 //! this thread (on a machine where every wake-up costs microseconds, that hand-over was half of
-//! a fence's round trip). While no call reads, this thread waits for the socket to be readable
-//! and then takes what is there into an inbox, which the caller's next call or
-//! [`Client::next_event`](crate::Client::next_event) reads first, so messages keep the order
-//! epochgate sent them in. Whoever reads consumes the `Pong`s that answer the pinger's own
+//! a fence's round trip). This thread never waits on the socket either: if it did, every answer
+//! would wake it too, and on a small machine that second wake-up, and the lock it then takes,
+//! doubled a call's round trip (a fence of an idle VM through the C ABI: 18-23 us p50 against
+//! 10-11 us without a pinger, `scripts/measure-c-abi.sh`). It sleeps until its next ping or
+//! silence deadline, and then, if no call reads, takes what is there into an inbox, which the
+//! caller's next call or [`Client::next_event`](crate::Client::next_event) reads first, so
+//! messages keep the order epochgate sent them in. Between its turns, what epochgate sends
+//! while the caller is idle waits in the socket, which the caller's descriptor watches. Whoever reads consumes the `Pong`s that answer the pinger's own
 //! pings (each carries a token only the pinger knows): a pong of the pinger is never taken for
 //! the answer to one of the caller's calls. Both threads send on the socket under one mutex,
 //! which also keeps the "something is unanswered since" clock.
@@ -18,8 +22,10 @@
 //! every later call says so. A thread that was itself frozen (its process stopped) does not
 //! blame epochgate for the time it did not run.
 //!
-//! While the inbox holds something (or the session is over) an eventfd is readable: that is
-//! the descriptor [`Client`](crate::Client)'s `AsFd` gives, so callers that poll keep working.
+//! The descriptor [`Client`](crate::Client)'s `AsFd` gives is an epoll instance over the socket
+//! and an eventfd that is readable while the inbox holds something (or the session is over):
+//! it is readable whenever something waits, wherever it waits, so callers that poll hear of an
+//! event as soon as epochgate sends it, with no hand-over through this thread.
 
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
@@ -31,6 +37,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::client::{Connection, ShimError};
@@ -96,6 +103,8 @@ struct State {
 struct Shared {
     conn: Connection,
     bell: EventFd,
+    /// The socket and the bell: the caller's descriptor.
+    watch: Epoll,
     state: Mutex<State>,
     cond: Condvar,
     interval: Duration,
@@ -214,10 +223,17 @@ impl Pinger {
     ) -> Result<Pinger, ShimError> {
         let bell = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(io::Error::from)?;
+        let watch = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
+        for (i, fd) in [conn.as_fd(), bell.as_fd()].into_iter().enumerate() {
+            watch
+                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))
+                .map_err(io::Error::from)?;
+        }
         let now = Instant::now();
         let shared = Arc::new(Shared {
             conn,
             bell,
+            watch,
             state: Mutex::new(State {
                 inbox: VecDeque::new(),
                 end: None,
@@ -286,6 +302,9 @@ impl Pinger {
         let sh = &*self.shared;
         let mut st = sh.lock();
         st.reading = true;
+        // The socket is looked at once even with a deadline already past: what waits there is
+        // what the caller's descriptor said is readable.
+        let mut looked = false;
         let got = loop {
             if let Some(bytes) = st.inbox.pop_front() {
                 if st.inbox.is_empty() && st.end.is_none() {
@@ -296,9 +315,10 @@ impl Pinger {
             if let Some(end) = &st.end {
                 break Err(end.error());
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if looked && deadline.is_some_and(|d| Instant::now() >= d) {
                 break Ok(None);
             }
+            looked = true;
             // Read until the caller's deadline, or until silence would end the session.
             let until = match (deadline, sh.silent_at(&st)) {
                 (Some(d), Some(s)) => Some(d.min(s)),
@@ -320,16 +340,15 @@ impl Pinger {
                 Err(e) => sh.failed(&mut st, e),
             }
         };
+        // Nobody is woken: the pinger takes its turn at its own deadline.
         st.reading = false;
-        // The pinger waits for the role while a call holds it.
-        sh.cond.notify_all();
         got
     }
 }
 
 impl AsFd for Pinger {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.shared.bell.as_fd()
+        self.shared.watch.0.as_fd()
     }
 }
 
@@ -337,8 +356,7 @@ impl Drop for Pinger {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.cond.notify_all();
-        // Wakes the thread from its poll (the socket reads as hung up); the session is over
-        // anyway, as it is when a Client without pinger is dropped.
+        // The session is over, as it is when a Client without pinger is dropped.
         let _ = self.shared.conn.socket().shutdown(Shutdown::Both);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -356,19 +374,14 @@ fn run_pinger(sh: &Shared) {
         }
         let ping_at = st.last_sent + sh.interval;
         let wake = sh.silent_at(&st).map_or(ping_at, |t| t.min(ping_at));
-        if st.reading {
-            // A call reads the socket: this thread only keeps time until it is done.
-            st = sh.wait_cond(st, Some(wake));
-        } else {
-            drop(st);
-            // Readable (or hung up) means something to take, unless a call takes it first.
-            let readable = sh.conn.wait(Some(wake));
-            st = sh.lock();
-            match readable {
-                Ok(true) if !st.reading && st.end.is_none() => drain(sh, &mut st),
-                Ok(_) => {}
-                Err(e) => sh.failed(&mut st, ShimError::Io(e)),
-            }
+        // Until the next ping or silence deadline (or a stop), never on the socket: an
+        // answer to a call wakes only the call.
+        st = sh.wait_cond(st, Some(wake));
+        if !st.reading && !st.stop && st.end.is_none() {
+            // What came while nobody read (events, pongs, a close) is taken now, before the
+            // silence is judged: a pong waiting here is an answer. While a call reads, what
+            // comes is the call's to read.
+            drain(sh, &mut st);
         }
         let now = Instant::now();
         if st.stop || st.end.is_some() {
