@@ -7,12 +7,13 @@
 //! this thread (on a machine where every wake-up costs microseconds, that hand-over was half of
 //! a fence's round trip). This thread never waits on the socket either: if it did, every answer
 //! would wake it too, and on a small machine that second wake-up, and the lock it then takes,
-//! doubled a call's round trip (a fence of an idle VM through the C ABI: 18-23 us p50 against
-//! 10-11 us without a pinger, `scripts/measure-c-abi.sh`). It sleeps until its next ping or
+//! doubled a call's round trip (a fence of an idle VM through the C ABI: 22.8-23.5 us p50
+//! then, 10.2-11.2 us now, `scripts/measure-c-abi.sh`). It sleeps until its next ping or
 //! silence deadline, and then, if no call reads, takes what is there into an inbox, which the
 //! caller's next call or [`Client::next_event`](crate::Client::next_event) reads first, so
 //! messages keep the order epochgate sent them in. Between its turns, what epochgate sends
-//! while the caller is idle waits in the socket, which the caller's descriptor watches. Whoever reads consumes the `Pong`s that answer the pinger's own
+//! while the caller is idle waits in the socket, which the caller's descriptor watches.
+//! Whoever reads consumes the `Pong`s that answer the pinger's own
 //! pings (each carries a token only the pinger knows): a pong of the pinger is never taken for
 //! the answer to one of the caller's calls. Both threads send on the socket under one mutex,
 //! which also keeps the "something is unanswered since" clock.
