@@ -9,21 +9,20 @@
 //! VMM gets in once descriptors are back.
 
 mod common;
+use common::{told, DEADLINE};
 
 use epochgate::config::ControlConfig;
 use epochgate::control::{Answer, ControlServer, ControlVm, Mode, Op, Reply, Rings, Workers};
 use epochgate::stats::VmCounters;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use socket2::{Domain, SockAddr, Socket, Type};
-use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vmm_shim::proto::{self, ErrorCode};
+use vmm_shim::proto::ErrorCode;
 
-const DEADLINE: Duration = Duration::from_secs(60);
 const CHILD: &str = "EPOCHGATE_EMFILE_CHILD";
 
 #[test]
@@ -88,18 +87,6 @@ fn connect_all(socks: &[Socket], path: &Path) -> usize {
         s.set_nonblocking(false).expect("blocking");
     }
     socks.len()
-}
-
-fn told(s: &Socket) -> Option<(ErrorCode, String)> {
-    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    let mut buf = vec![0u8; proto::MAX_MESSAGE + 1];
-    match (&*s).read(&mut buf) {
-        Ok(n) if n > 0 => match proto::decode_reply(&buf[..n]) {
-            Ok(Reply::Error { code, text }) => Some((code, text)),
-            other => panic!("a silent connection was sent {other:?}"),
-        },
-        _ => None,
-    }
 }
 
 fn set_fd_limit(soft: u64) {

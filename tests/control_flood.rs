@@ -10,51 +10,16 @@
 
 mod common;
 use common::*;
-use epochgate::tools::gen::{self, Stream};
-use epochgate::wire::frame::MacAddr;
-use std::io::Read;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use vmm_shim::proto::{self, Reply, Request};
-
-fn raw(path: &Path) -> socket2::Socket {
-    let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None)
-        .expect("socket");
-    s.connect(&socket2::SockAddr::unix(path).expect("addr"))
-        .expect("connect");
-    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    s
-}
-
-fn hear(s: &socket2::Socket) -> Option<Reply> {
-    let mut buf = vec![0u8; proto::MAX_MESSAGE + 1];
-    loop {
-        let n = (&*s).read(&mut buf).ok()?;
-        if n == 0 {
-            return None;
-        }
-        match proto::decode_reply(&buf[..n]).expect("a well-formed reply") {
-            Reply::CheckpointRequest { .. } => continue,
-            r => return Some(r),
-        }
-    }
-}
+use vmm_shim::proto::{Reply, Request};
 
 #[test]
 fn idle_connections_a_session_that_never_reads_and_a_command_flood_stall_no_other_vmm() {
     let _g = serial();
     let dir = tempdir();
     let d = dir.path();
-    let frames = gen::frames(
-        &Stream {
-            id: 1,
-            src: MacAddr([0x52, 0x54, 0, 0, 0, 1]),
-            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
-            vlan: None,
-        },
-        64,
-    );
+    let frames = guest_frames(1, 64);
     let input = d.join("busy.pcap");
     write_pcap(&input, &frames);
     let (quiet_in, noisy_in) = (d.join("quiet.pcap"), d.join("noisy.pcap"));
@@ -77,13 +42,13 @@ fn idle_connections_a_session_that_never_reads_and_a_command_flood_stall_no_othe
     eg.wait_for_path(&socket);
 
     // 30 connections that never say Hello (up to max_sessions with the three below).
-    let idle: Vec<_> = (0..30).map(|_| raw(&socket)).collect();
+    let idle: Vec<_> = (0..30).map(|_| raw_session(&socket, DEADLINE)).collect();
     eg.wait_for("the idle sessions", |s| {
         s["control"]["sessions"].as_u64() >= Some(30)
     });
 
     // A session that adopts `quiet`, then sends pings and never reads.
-    let quiet = raw(&socket);
+    let quiet = raw_session(&socket, DEADLINE);
     quiet
         .send(&Request::hello("quiet").unwrap().encode())
         .expect("hello");
@@ -111,7 +76,7 @@ fn idle_connections_a_session_that_never_reads_and_a_command_flood_stall_no_othe
     // A session on `noisy` that floods commands and reads every answer.
     const FLOOD: u64 = 20_000;
     let flooder = {
-        let s = raw(&socket);
+        let s = raw_session(&socket, DEADLINE);
         std::thread::spawn(move || {
             s.send(&Request::hello("noisy").unwrap().encode())
                 .expect("hello");

@@ -6,15 +6,12 @@
 
 mod common;
 use common::*;
-use epochgate::tools::gen::{self, Stream};
-use epochgate::wire::frame::MacAddr;
 use serde_json::Value;
 use socket2::{Domain, SockAddr, Socket, Type};
-use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vmm_shim::proto::{self, ErrorCode, Mode, Reply};
+use vmm_shim::proto::{ErrorCode, Mode};
 use vmm_shim::Client;
 
 /// Frames the protected VM sends (all held until the VMM commits them).
@@ -23,34 +20,7 @@ const FRAMES: usize = 30;
 /// epochgate with one protected VM `web` on a pcap port that sends [`FRAMES`] frames, egress to
 /// `egress.pcap`, and `control_extra` in `[control]`.
 fn start(d: &Path, prefix: &str, control_extra: &str) -> (Running, Vec<Vec<u8>>) {
-    let frames: Vec<Vec<u8>> = gen::frames(
-        &Stream {
-            id: 1,
-            src: MacAddr([0x52, 0x54, 0, 0, 0, 1]),
-            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
-            vlan: None,
-        },
-        FRAMES as u32,
-    );
-    let input = d.join("web.pcap");
-    write_pcap(&input, &frames);
-    let empty = d.join("empty.pcap");
-    write_pcap(&empty, &[]);
-    let cfg = format!(
-        "{}{control_extra}\n\
-         [egress]\nport = \"net_pcap0,rx_pcap={e},tx_pcap={d}/egress.pcap\"\n\n\
-         [[vm]]\nname = \"web\"\nmode = \"protected\"\nport = \"net_pcap1,rx_pcap={i},tx_pcap={d}/web-in.pcap\"\n",
-        eal_and_control(d, prefix),
-        e = empty.display(),
-        i = input.display(),
-        d = d.display()
-    );
-    let mut eg = Running::start(d, &cfg);
-    eg.wait_for_path(&d.join("control.sock"));
-    eg.wait_for("the VM's frames held", |s| {
-        u(vm(s, "web"), "held_frames") == FRAMES as u64
-    });
-    (eg, frames)
+    start_held_web(d, prefix, control_extra, FRAMES, "control.sock")
 }
 
 /// Opens up to `n` raw connections that never send anything. A connection is given generous
@@ -81,19 +51,6 @@ fn hostile(socket: &Path, n: usize) -> Vec<Socket> {
         out.push(s);
     }
     out
-}
-
-/// What a hostile connection was told before being closed (waits up to the deadline).
-fn told(s: &Socket) -> Option<(ErrorCode, String)> {
-    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    let mut buf = vec![0u8; proto::MAX_MESSAGE + 1];
-    match (&*s).read(&mut buf) {
-        Ok(n) if n > 0 => match proto::decode_reply(&buf[..n]) {
-            Ok(Reply::Error { code, text }) => Some((code, text)),
-            other => panic!("a silent connection was sent {other:?}"),
-        },
-        _ => None,
-    }
 }
 
 fn stderr_of(eg: &Running) -> String {

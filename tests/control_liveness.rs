@@ -12,13 +12,10 @@
 
 mod common;
 use common::*;
-use epochgate::tools::gen::{self, Stream};
-use epochgate::wire::frame::MacAddr;
-use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use vmm_shim::proto::{self, Reply, Request};
+use vmm_shim::proto::{Reply, Request};
 
 fn check(d: &Path, text: &str) -> (bool, String) {
     let f = d.join("check.toml");
@@ -101,12 +98,7 @@ struct Raw(socket2::Socket);
 
 impl Raw {
     fn connect(path: &Path) -> Raw {
-        let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None)
-            .expect("socket");
-        s.connect(&socket2::SockAddr::unix(path).expect("addr"))
-            .expect("connect");
-        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-        Raw(s)
+        Raw(raw_session(path, DEADLINE))
     }
 
     fn say(&self, r: &Request) {
@@ -115,15 +107,7 @@ impl Raw {
 
     /// The next reply that is not a checkpoint request (the VM sends all the time).
     fn hear(&self) -> Reply {
-        let mut buf = vec![0u8; proto::MAX_MESSAGE + 1];
-        loop {
-            let n = (&self.0).read(&mut buf).expect("a reply");
-            assert!(n > 0, "epochgate closed the session");
-            match proto::decode_reply(&buf[..n]).expect("a well-formed reply") {
-                Reply::CheckpointRequest { .. } => continue,
-                r => return r,
-            }
-        }
+        hear(&self.0).expect("a reply (epochgate closed the session or did not answer)")
     }
 }
 
@@ -132,15 +116,7 @@ fn a_vmm_pinging_through_full_length_fences_stays_alive() {
     let _g = serial();
     let dir = tempdir();
     let d = dir.path();
-    let frames = gen::frames(
-        &Stream {
-            id: 1,
-            src: MacAddr([0x52, 0x54, 0, 0, 0, 1]),
-            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
-            vlan: None,
-        },
-        64,
-    );
+    let frames = guest_frames(1, 64);
     let input = d.join("web.pcap");
     write_pcap(&input, &frames);
     let empty = d.join("empty.pcap");
@@ -230,22 +206,6 @@ fn a_vmm_pinging_through_full_length_fences_stays_alive() {
 }
 
 // --- Liveness both ways (issue 13, item 1): the shim's own pinger -------------------------
-
-/// `epochgate-shim` from this workspace (built by `cargo test --workspace`; built here if not).
-fn shim_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("epochgate-shim");
-    if !bin.exists() {
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "-p", "vmm-shim", "--bin", "epochgate-shim"])
-            .status()
-            .expect("cargo build")
-            .success();
-        assert!(ok, "cannot build epochgate-shim");
-    }
-    bin
-}
 
 /// A VMM process: the shim CLI (`epochgate-shim session`), which pings by itself while idle.
 /// Its lines are read by a thread, so that a wait for one has a deadline.
@@ -357,15 +317,7 @@ const LIVENESS_MS: u64 = 1500;
 /// all held, and a liveness timeout of [`LIVENESS_MS`] (pings every quarter of it, the
 /// default); the egress is a pcap capture.
 fn held_vm(d: &Path, prefix: &str) -> (Running, Vec<Vec<u8>>) {
-    let frames = gen::frames(
-        &Stream {
-            id: 1,
-            src: MacAddr([0x52, 0x54, 0, 0, 0, 1]),
-            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
-            vlan: None,
-        },
-        HELD,
-    );
+    let frames = guest_frames(1, HELD);
     let input = d.join("web.pcap");
     write_pcap(&input, &frames);
     let empty = d.join("empty.pcap");

@@ -7,55 +7,20 @@
 
 mod common;
 use common::*;
-use epochgate::tools::gen::{self, Stream};
-use epochgate::wire::frame::MacAddr;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 const FRAMES: usize = 20;
 const NOBODY: u32 = 65534;
 
-fn shim_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    dir.join("epochgate-shim")
-}
-
 /// epochgate with one protected VM `web` holding [`FRAMES`] frames; `extra` goes after
 /// `[control]`'s socket keys (more `[control]` keys, then other sections).
 fn start(d: &Path, prefix: &str, extra: &str) -> Running {
-    let frames: Vec<Vec<u8>> = gen::frames(
-        &Stream {
-            id: 1,
-            src: MacAddr([0x52, 0x54, 0, 0, 0, 1]),
-            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
-            vlan: None,
-        },
-        FRAMES as u32,
-    );
-    let input = d.join("web.pcap");
-    write_pcap(&input, &frames);
-    let empty = d.join("empty.pcap");
-    write_pcap(&empty, &[]);
-    let cfg = format!(
-        "{}{extra}\n\
-         [egress]\nport = \"net_pcap0,rx_pcap={e},tx_pcap={d}/egress.pcap\"\n\n\
-         [[vm]]\nname = \"web\"\nmode = \"protected\"\nport = \"net_pcap1,rx_pcap={i},tx_pcap={d}/web-in.pcap\"\n",
-        eal_and_control(d, prefix),
-        e = empty.display(),
-        i = input.display(),
-        d = d.display()
-    );
-    let mut eg = Running::start(d, &cfg);
-    eg.wait_for_path(&d.join("admin.sock"));
-    eg.wait_for("the VM's frames held", |s| {
-        u(vm(s, "web"), "held_frames") == FRAMES as u64
-    });
-    eg
+    start_held_web(d, prefix, extra, FRAMES, "admin.sock").0
 }
 
 /// `epochgate ARGS` as root, or as nobody.
@@ -91,7 +56,7 @@ fn shim_as_nobody(
     BufReader<std::process::ChildStdout>,
     Value,
 ) {
-    let mut child = Command::new(shim_bin())
+    let mut child = Command::new(shim_path())
         .arg("--socket")
         .arg(socket)
         .args(["--vm", "web", "session"])

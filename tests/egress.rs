@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use epochgate::stats::{Snapshot, VmSnapshot};
-use epochgate::tools::gen::{self, Stream};
+use epochgate::tools::gen;
 use epochgate::wire::frame::MacAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -45,17 +45,7 @@ impl Rig {
         let mut eg = Running::start(dir, &config);
         let mut socks = vec![dir.join("uplink.sock")];
         socks.extend(vms.iter().map(|(n, _)| dir.join(format!("{n}.sock"))));
-        for s in &socks {
-            eg.wait_for_path(s);
-        }
-        eg.wait_for_path(&dir.join("admin.sock"));
-        let vdevs: Vec<String> = socks
-            .iter()
-            .enumerate()
-            .map(|(i, s)| virtio_user(i as u32, s))
-            .collect();
-        let egress = dir.join("egress.pcap");
-        let peer = Peer::start(dir, &format!("{prefix}-peer"), &vdevs, &[(UPLINK, &egress)]);
+        let peer = eg.attach_peer(prefix, &socks, &dir.join("admin.sock"));
         Rig {
             eg,
             peer: Some(peer),
@@ -114,17 +104,6 @@ impl Rig {
     }
 }
 
-/// Frames `seqs` of stream `id` from `src` (mixed kinds, sizes 60..=1514).
-fn frames(id: u32, src: MacAddr, seqs: std::ops::Range<u32>) -> Vec<Vec<u8>> {
-    let s = Stream {
-        id,
-        src,
-        dst: GW,
-        vlan: None,
-    };
-    seqs.map(|q| gen::frame(&s, q)).collect()
-}
-
 fn stream_of(f: &[u8]) -> Option<u32> {
     gen::stamp(f).map(|(id, _)| id)
 }
@@ -165,14 +144,14 @@ fn released_frames_go_first_within_the_starvation_guard() {
         &[("prot", "mode = \"protected\""), ("pass", "")],
     );
     let mut c = r.client("prot");
-    let held = frames(1, mac(1), 0..400);
+    let held = stream_frames(1, mac(1), 0..400);
     r.peer().send(1, &held);
     assert_eq!(c.fence(1).expect("fence").frames, 400);
 
     // The uplink stalls: pass-through frames fill its ring, the egress stage and then their
     // VM's queue. Then epoch 1 commits, so both classes are backlogged when the uplink resumes.
     r.peer().pause(UPLINK);
-    let pass = frames(2, mac(2), 0..900);
+    let pass = stream_frames(2, mac(2), 0..900);
     r.peer().send(2, &pass);
     r.wait_vm("pass", "every pass-through frame read", |v| {
         v.rx_frames == 900
@@ -255,8 +234,8 @@ fn rate_limited_vms_send_no_faster_than_their_rate_and_lose_nothing() {
             ("bps", &format!("rate_mbps = 0.8\nburst = {BURST_BYTES}")),
         ],
     );
-    let a = frames(1, mac(1), 0..300);
-    let b = frames(2, mac(2), 0..100);
+    let a = stream_frames(1, mac(1), 0..300);
+    let b = stream_frames(2, mac(2), 0..100);
     let b_bytes: u64 = b.iter().map(|f| f.len() as u64).sum();
     let t0 = Instant::now();
     r.peer().send_nowait(1, &a);
@@ -339,7 +318,7 @@ fn backpressure_under_a_full_buffer_loses_nothing() {
         )],
     );
     let mut c = r.client("prot");
-    let all = frames(1, mac(1), 0..1000);
+    let all = stream_frames(1, mac(1), 0..1000);
     r.peer().send_nowait(1, &all);
     // The guest keeps sending; epochgate reads only what fits. Checkpoint until all is out.
     let mut committed = 0u64;
@@ -413,8 +392,8 @@ fn the_drop_policy_counts_every_frame_it_drops() {
     );
     let mut cf = r.client("frames");
     let mut cb = r.client("bytes");
-    let a = frames(1, mac(1), 0..100);
-    let b = frames(2, mac(2), 0..100);
+    let a = stream_frames(1, mac(1), 0..100);
+    let b = stream_frames(2, mac(2), 0..100);
     r.peer().send(1, &a);
     r.peer().send(2, &b);
     let fv = r.wait_vm("frames", "all 100 frames read", |v| v.rx_frames == 100);
@@ -533,7 +512,7 @@ fn the_mbuf_pool_counts_what_a_protected_vm_holds_and_gets_it_back_after_the_com
     };
     pool(&r);
     let mut c = r.client("prot");
-    r.peer().send(1, &frames(1, mac(1), 0..N as u32));
+    r.peer().send(1, &stream_frames(1, mac(1), 0..N as u32));
     r.wait_vm("prot", "every frame held", |v| v.held_frames == N);
     let held = pool(&r);
     assert!(

@@ -7,30 +7,11 @@
 
 mod common;
 use common::*;
-use epochgate::tools::gen::{self, Stream};
-use epochgate::wire::frame::MacAddr;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn stream(id: u8, n: u32) -> Vec<Vec<u8>> {
-    gen::frames(
-        &Stream {
-            id: u32::from(id),
-            src: MacAddr([0x52, 0x54, 0, 0, 0, id]),
-            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
-            vlan: None,
-        },
-        n,
-    )
-}
 
 /// The value of one series in a metrics text.
 fn series(text: &str, name: &str) -> Option<f64> {
@@ -81,28 +62,6 @@ fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
     out
 }
 
-/// Starts epochgate with `NOTIFY_SOCKET` pointing at a datagram socket of the test's.
-fn start_notified(dir: &Path, config: &str, notify: &Path) -> Running {
-    let cfg = dir.join("epochgate.toml");
-    std::fs::write(&cfg, config).unwrap();
-    let stats = dir.join("stats.json");
-    let child = Command::new(EPOCHGATE)
-        .args(["run", "--quiet", "--config"])
-        .arg(&cfg)
-        .arg("--stats-file")
-        .arg(&stats)
-        .env("NOTIFY_SOCKET", notify)
-        .stdout(std::fs::File::create(dir.join("epochgate.out")).unwrap())
-        .stderr(std::fs::File::create(dir.join("epochgate.err")).unwrap())
-        .spawn()
-        .expect("spawn epochgate");
-    Running {
-        child,
-        stats,
-        dir: dir.to_path_buf(),
-    }
-}
-
 fn recv(sock: &UnixDatagram, eg: &mut Running) -> String {
     let start = Instant::now();
     let mut buf = [0u8; 512];
@@ -133,8 +92,8 @@ fn metrics_of_a_running_epochgate_over_the_socket_and_http() {
     let _g = serial();
     let dir = tempdir();
     let d = dir.path();
-    let web = stream(1, 700);
-    let ledger = stream(3, 40);
+    let web = guest_frames(1, 700);
+    let ledger = guest_frames(3, 40);
     write_pcap(&d.join("web.pcap"), &web);
     write_pcap(&d.join("ledger.pcap"), &ledger);
     write_pcap(&d.join("empty.pcap"), &[]);
@@ -154,7 +113,7 @@ fn metrics_of_a_running_epochgate_over_the_socket_and_http() {
     notify
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let mut eg = start_notified(d, &cfg, &notify_path);
+    let mut eg = Running::start_env(d, &cfg, &[("NOTIFY_SOCKET", notify_path.as_path())]);
 
     // READY=1 comes once the ports and every socket are up: both sockets answer at once.
     let ready = recv(&notify, &mut eg);
@@ -317,7 +276,9 @@ fn metrics_of_a_running_epochgate_over_the_socket_and_http() {
         "served after bad requests: {ok}"
     );
 
-    refused_peer(d, &admin);
+    // A user who is not root, epochgate's user or allowed gets "permission denied" from
+    // `metrics` and `top`.
+    refused_as_nobody(d, &admin, &[&["metrics"], &["top", "--batch", "-n", "1"]]);
 
     // SIGTERM: STOPPING=1, then a clean exit 0; the protected VM's held frames never left.
     signal(eg.child.id(), "TERM");
@@ -341,42 +302,6 @@ fn metrics_of_a_running_epochgate_over_the_socket_and_http() {
         TcpStream::connect(addr).is_err(),
         "still listening after the stop"
     );
-}
-
-/// A user who is not root, epochgate's user or allowed gets "permission denied" from `metrics`
-/// and `top` (needs root to run them as `nobody`, and setpriv; skipped otherwise).
-fn refused_peer(dir: &Path, socket: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if !nix::unistd::geteuid().is_root() || Command::new("setpriv").arg("--help").output().is_err()
-    {
-        eprintln!("skipping the refused-peer check: needs root and setpriv");
-        return;
-    }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    for cmd in [&["metrics"][..], &["top", "--batch", "-n", "1"][..]] {
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                EPOCHGATE,
-            ])
-            .args(cmd)
-            .arg("--socket")
-            .arg(socket)
-            .output()
-            .unwrap();
-        let err = text(&out.stderr);
-        if err.contains("setpriv:") {
-            eprintln!("skipping the refused-peer check: {err}");
-            return;
-        }
-        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {err}");
-        assert!(
-            err.contains("permission denied: uid 65534 is not allowed"),
-            "{cmd:?}: {err}"
-        );
-    }
 }
 
 #[test]

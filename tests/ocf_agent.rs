@@ -11,33 +11,12 @@
 
 mod common;
 use common::*;
-use epochgate::tools::gen::{self, Stream};
-use epochgate::wire::frame::MacAddr;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const AGENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ocf/epochgate-vm");
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// `epochgate-shim` of this workspace, built now (so it knows `demote`).
-fn shim_bin() -> PathBuf {
-    let ok = Command::new(env!("CARGO"))
-        .args(["build", "-p", "vmm-shim", "--bin", "epochgate-shim"])
-        .status()
-        .expect("cargo build")
-        .success();
-    assert!(ok, "cannot build epochgate-shim");
-    let exe = std::env::current_exe().expect("test exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("epochgate-shim")
-}
 
 struct Agent {
     path: PathBuf,
@@ -102,15 +81,7 @@ fn ocf_tester_passes_and_the_agent_moves_the_output_as_pacemaker_would() {
     let d = dir.path();
     // ocf-tester runs meta-data as `nobody`: the agent's directory must be readable.
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let frames = gen::frames(
-        &Stream {
-            id: 1,
-            src: MacAddr([0x52, 0x54, 0, 0, 0, 1]),
-            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
-            vlan: None,
-        },
-        50,
-    );
+    let frames = guest_frames(1, 50);
     write_pcap(&d.join("web.pcap"), &frames);
     write_pcap(&d.join("uplink.pcap"), &[]);
     let cfg = format!(
@@ -132,7 +103,8 @@ fn ocf_tester_passes_and_the_agent_moves_the_output_as_pacemaker_would() {
     std::fs::set_permissions(&agent_path, std::fs::Permissions::from_mode(0o755)).unwrap();
     let rsctmp = d.join("rsctmp");
     std::fs::create_dir(&rsctmp).unwrap();
-    let shim = shim_bin();
+    // Built now, so that it knows `demote`.
+    let shim = build_shim();
     let params = vec![
         ("vm".to_string(), "web".to_string()),
         ("control_socket".to_string(), control.display().to_string()),
@@ -260,15 +232,7 @@ fn demote_drops_what_was_held_and_is_remembered_across_a_restart() {
     let _g = serial();
     let dir = tempdir();
     let d = dir.path();
-    let frames = gen::frames(
-        &Stream {
-            id: 4,
-            src: MacAddr([0x52, 0x54, 0, 0, 0, 4]),
-            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
-            vlan: None,
-        },
-        30,
-    );
+    let frames = guest_frames(4, 30);
     let n = frames.len() as u64;
     write_pcap(&d.join("ledger.pcap"), &frames);
     write_pcap(&d.join("empty.pcap"), &[]);
@@ -279,7 +243,8 @@ fn demote_drops_what_was_held_and_is_remembered_across_a_restart() {
         eal_and_control(d, "eg-demote"),
         d = d.display()
     );
-    let shim = shim_bin();
+    // Built now, so that it knows `demote`.
+    let shim = build_shim();
     let session = |commands: &str| -> Vec<String> {
         let mut c = Command::new(&shim)
             .arg("--socket")

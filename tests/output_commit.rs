@@ -57,17 +57,7 @@ impl Gate {
         let mut eg = Running::start(dir, &config);
         let socks =
             ["uplink", "prot", "pass", "other", "spare"].map(|n| dir.join(format!("{n}.sock")));
-        for s in &socks {
-            eg.wait_for_path(s);
-        }
-        eg.wait_for_path(&dir.join("control.sock"));
-        let vdevs: Vec<String> = socks
-            .iter()
-            .enumerate()
-            .map(|(i, s)| virtio_user(i as u32, s))
-            .collect();
-        let egress = dir.join("egress.pcap");
-        let peer = Peer::start(dir, &format!("{prefix}-peer"), &vdevs, &[(UPLINK, &egress)]);
+        let peer = eg.attach_peer(prefix, &socks, &dir.join("control.sock"));
         Gate {
             eg,
             peer: Some(peer),
@@ -107,17 +97,6 @@ impl Gate {
     }
 }
 
-/// Frames `seqs` of VM stream `id` (mixed kinds: IPv4, IPv6, ARP, VLAN-tagged).
-fn frames(id: u32, mac: MacAddr, seqs: std::ops::Range<u32>) -> Vec<Vec<u8>> {
-    let s = Stream {
-        id,
-        src: mac,
-        dst: GW,
-        vlan: None,
-    };
-    seqs.map(|q| gen::frame(&s, q)).collect()
-}
-
 /// The frames of stream `id` in `out`, in order.
 fn of_stream(out: &[Vec<u8>], id: u32) -> Vec<Vec<u8>> {
     out.iter()
@@ -149,8 +128,8 @@ fn fence_then_commit_releases_exactly_the_epoch_in_order() {
     assert_eq!(c.welcome().mode, Mode::Protected);
     assert_eq!(c.welcome().epoch, 1);
 
-    let first = frames(1, PROT, 0..40);
-    let rest = frames(1, PROT, 40..100);
+    let first = stream_frames(1, PROT, 0..40);
+    let rest = stream_frames(1, PROT, 40..100);
     g.peer().send(P_PROT, &first);
     let f = c.fence(1).expect("fence 1");
     assert_eq!(f.epoch, 1);
@@ -241,9 +220,9 @@ fn pipelined_epochs_are_committed_one_at_a_time() {
     let dir = tempdir();
     let mut g = Gate::start(dir.path(), "eg-oc-c", "");
     let mut c = g.client("prot");
-    let e1 = frames(1, PROT, 0..30);
-    let e2 = frames(1, PROT, 30..50);
-    let e3 = frames(1, PROT, 50..55);
+    let e1 = stream_frames(1, PROT, 0..30);
+    let e2 = stream_frames(1, PROT, 30..50);
+    let e3 = stream_frames(1, PROT, 50..55);
     g.peer().send(P_PROT, &e1);
     assert_eq!(c.fence(1).expect("fence 1").frames, 30);
     g.peer().send(P_PROT, &e2);
@@ -327,22 +306,6 @@ impl ShimCli {
     }
 }
 
-/// `epochgate-shim` from this workspace (built by `cargo test --workspace`; built here if not).
-fn shim_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("epochgate-shim");
-    if !bin.exists() {
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "-p", "vmm-shim", "--bin", "epochgate-shim"])
-            .status()
-            .expect("cargo build")
-            .success();
-        assert!(ok, "cannot build epochgate-shim");
-    }
-    bin
-}
-
 #[test]
 fn a_vmm_killed_mid_epoch_leaks_nothing_and_its_vm_can_be_adopted_again() {
     let _g = serial();
@@ -353,9 +316,9 @@ fn a_vmm_killed_mid_epoch_leaks_nothing_and_its_vm_can_be_adopted_again() {
     assert_eq!(w["reply"], "welcome", "{w}");
     assert_eq!(w["epoch"], 1, "{w}");
 
-    let committed = frames(1, PROT, 0..10);
-    let sealed = frames(1, PROT, 10..35);
-    let open = frames(1, PROT, 35..50);
+    let committed = stream_frames(1, PROT, 0..10);
+    let sealed = stream_frames(1, PROT, 10..35);
+    let open = stream_frames(1, PROT, 35..50);
     g.peer().send(P_PROT, &committed);
     let r = shim.say("fence 1");
     assert_eq!(
@@ -384,7 +347,7 @@ fn a_vmm_killed_mid_epoch_leaks_nothing_and_its_vm_can_be_adopted_again() {
     );
     assert_eq!(u(v, "held_frames"), 0, "{v}");
     // Output of a failed VM does not leave either.
-    g.peer().send(P_PROT, &frames(1, PROT, 50..53));
+    g.peer().send(P_PROT, &stream_frames(1, PROT, 50..53));
     g.uplink_holds_at(10, "after the controller died");
     let st = g.eg.wait_for("frames of the failed VM counted", |s| {
         dropped(vm(s, "prot"), "failed") == 3
@@ -404,7 +367,7 @@ fn a_vmm_killed_mid_epoch_leaks_nothing_and_its_vm_can_be_adopted_again() {
         ErrorCode::WrongEpoch,
         "commit of a discarded epoch",
     );
-    let fresh = frames(1, PROT, 53..60);
+    let fresh = stream_frames(1, PROT, 53..60);
     g.peer().send(P_PROT, &fresh);
     assert_eq!(c.fence(epoch).expect("fence").frames, 7);
     c.commit(epoch).expect("commit");
@@ -416,17 +379,6 @@ fn a_vmm_killed_mid_epoch_leaks_nothing_and_its_vm_can_be_adopted_again() {
     let v = vm(&stats, "prot");
     assert_eq!(dropped(v, "controller-lost"), 40);
     assert_eq!(dropped(v, "failed"), 3);
-}
-
-/// A raw SEQPACKET connection, for input no well-behaved client would send.
-fn raw(socket: &Path) -> socket2::Socket {
-    let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None)
-        .expect("socket");
-    s.connect(&socket2::SockAddr::unix(socket).expect("addr"))
-        .expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s
 }
 
 fn exchange(s: &socket2::Socket, bytes: &[u8]) -> Reply {
@@ -463,12 +415,12 @@ fn bad_control_input_is_refused_and_changes_nothing() {
 
     // A healthy session on another VM, mid-epoch, that must not notice anything.
     let mut other = g.client("other");
-    let o1 = frames(3, OTHER, 0..20);
+    let o1 = stream_frames(3, OTHER, 0..20);
     g.peer().send(P_OTHER, &o1);
     assert_eq!(other.fence(1).expect("fence").frames, 20);
 
     let mut c = g.client("prot");
-    let p1 = frames(1, PROT, 0..12);
+    let p1 = stream_frames(1, PROT, 0..12);
     g.peer().send(P_PROT, &p1);
     refused(c.commit(1), ErrorCode::NotSealed, "commit before fence");
     refused(c.fence(2), ErrorCode::WrongEpoch, "fence of a future epoch");
@@ -499,7 +451,7 @@ fn bad_control_input_is_refused_and_changes_nothing() {
     refused(connect("other"), ErrorCode::VmBusy, "second session");
 
     // Garbage on a raw connection: before Hello, and after.
-    let s = raw(&g.socket());
+    let s = raw_session(&g.socket(), Duration::from_secs(10));
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     for len in [0usize, 1, 7, 8, 9, 64, 300] {
         let bytes: Vec<u8> = (0..len)
@@ -580,8 +532,8 @@ fn passthrough_frames_flow_while_a_protected_vm_is_held() {
     let dir = tempdir();
     let mut g = Gate::start(dir.path(), "eg-oc-f", "");
     let mut c = g.client("prot");
-    let held = frames(1, PROT, 0..50);
-    let free = frames(2, PASS, 0..200);
+    let held = stream_frames(1, PROT, 0..50);
+    let free = stream_frames(2, PASS, 0..200);
     g.peer().send(P_PROT, &held);
     g.peer().send(P_PASS, &free);
     g.uplink_holds_at(200, "pass-through frames only");
@@ -624,7 +576,7 @@ fn random_interleavings_never_release_an_uncommitted_frame() {
         match next() % 4 {
             0 | 1 => {
                 let n = (next() % 40) as u32 + 1;
-                g.peer().send(P_PROT, &frames(1, PROT, seq..seq + n));
+                g.peer().send(P_PROT, &stream_frames(1, PROT, seq..seq + n));
                 seq += n;
                 open_frames += u64::from(n);
             }
@@ -659,7 +611,7 @@ fn random_interleavings_never_release_an_uncommitted_frame() {
     }
     drop(c);
     let (out, _) = g.finish();
-    let want = frames(1, PROT, 0..released as u32);
+    let want = stream_frames(1, PROT, 0..released as u32);
     assert_eq!(
         out, want,
         "the uplink must be exactly the committed prefix, in order"
@@ -674,15 +626,15 @@ fn unprotect_discard_and_promote_act_on_held_frames_as_documented() {
     let dir = tempdir();
     let mut g = Gate::start(dir.path(), "eg-oc-l", "");
     let mut c = g.client("prot");
-    let a = frames(1, PROT, 0..10);
-    let b = frames(1, PROT, 10..15);
+    let a = stream_frames(1, PROT, 0..10);
+    let b = stream_frames(1, PROT, 10..15);
     g.peer().send(P_PROT, &a);
     assert_eq!(c.fence(1).expect("fence").frames, 10);
     g.peer().send(P_PROT, &b);
     // The secondary is lost: the primary goes on alone, and what it held leaves.
     assert_eq!(c.unprotect(Release::Release).expect("unprotect"), (15, 0));
     g.uplink_holds_at(15, "unprotect release");
-    let free = frames(1, PROT, 15..20);
+    let free = stream_frames(1, PROT, 15..20);
     g.peer().send(P_PROT, &free);
     g.uplink_holds_at(20, "pass-through after unprotect");
     refused(
@@ -694,7 +646,7 @@ fn unprotect_discard_and_promote_act_on_held_frames_as_documented() {
     // Protected again: a new epoch, larger than any before.
     let e = c.protect().expect("protect");
     assert!(e > 2, "epoch {e}");
-    g.peer().send(P_PROT, &frames(1, PROT, 20..24));
+    g.peer().send(P_PROT, &stream_frames(1, PROT, 20..24));
     g.uplink_holds_at(20, "held again");
     assert_eq!(c.discard().expect("discard"), 4);
     assert_eq!(
@@ -703,7 +655,7 @@ fn unprotect_discard_and_promote_act_on_held_frames_as_documented() {
         "discarded frames are in no epoch"
     );
     assert_eq!(c.commit(e).expect("commit"), 0);
-    g.peer().send(P_PROT, &frames(1, PROT, 24..27));
+    g.peer().send(P_PROT, &stream_frames(1, PROT, 24..27));
     assert_eq!(c.fence(e + 1).expect("fence").frames, 3);
     assert_eq!(c.unprotect(Release::Drop).expect("unprotect"), (0, 3));
     g.uplink_holds_at(20, "discard and unprotect drop send nothing");
@@ -711,7 +663,7 @@ fn unprotect_discard_and_promote_act_on_held_frames_as_documented() {
     // The standby copy: its output is dropped until it is promoted.
     let mut s = g.client("spare");
     assert_eq!(s.welcome().mode, Mode::Standby);
-    g.peer().send(P_SPARE, &frames(4, SPARE, 0..6));
+    g.peer().send(P_SPARE, &stream_frames(4, SPARE, 0..6));
     refused(s.fence(1), ErrorCode::NotProtected, "fence of a standby VM");
     refused(s.protect(), ErrorCode::WrongMode, "protect a standby VM");
     // Promotion announces the VM's addresses at once (they are epochgate's frames, not the
@@ -724,7 +676,7 @@ fn unprotect_discard_and_promote_act_on_held_frames_as_documented() {
     g.uplink_holds_at(22, "gratuitous ARP and neighbour advertisement");
     let st = s.stats().expect("stats");
     assert_eq!(st.mode, Mode::Protected);
-    let live = frames(4, SPARE, 6..8);
+    let live = stream_frames(4, SPARE, 6..8);
     g.peer().send(P_SPARE, &live);
     g.uplink_holds_at(22, "promoted and protected: held");
     assert_eq!(s.fence(st.open_epoch).expect("fence").frames, 2);
@@ -772,7 +724,7 @@ fn a_checkpoint_loop_scripted_in_shell_with_the_cli() {
     let _g = serial();
     let dir = tempdir();
     let mut g = Gate::start(dir.path(), "eg-oc-s", "");
-    let sent = frames(1, PROT, 0..30);
+    let sent = stream_frames(1, PROT, 0..30);
     g.peer().send(P_PROT, &sent);
     let script = r#"
 set -eu
@@ -826,8 +778,8 @@ fn a_silent_session_fails_its_vm_after_the_liveness_timeout() {
     // Without the shim's own pinger (which would keep it alive while it idles).
     let mut silent = Client::connect_with(g.socket(), "prot", vmm_shim::Options::without_pinger())
         .expect("session for prot");
-    g.peer().send(P_PROT, &frames(1, PROT, 0..8));
-    g.peer().send(P_OTHER, &frames(3, OTHER, 0..5));
+    g.peer().send(P_PROT, &stream_frames(1, PROT, 0..8));
+    g.peer().send(P_OTHER, &stream_frames(3, OTHER, 0..5));
     assert_eq!(silent.fence(1).expect("fence").frames, 8);
     // Keep the other session alive (pings) until the silent one's VM is seen failed.
     let mut st = Value::Null;

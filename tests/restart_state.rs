@@ -5,7 +5,6 @@
 
 mod common;
 use common::*;
-use epochgate::tools::gen::{self, Stream};
 use epochgate::wire::frame::MacAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -13,7 +12,6 @@ use vmm_shim::proto::Mode;
 use vmm_shim::Client;
 
 const VM: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x21]);
-const GW: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xfe]);
 
 /// One pass-through VM on a pcap port whose capture the test rewrites between runs (the guest
 /// goes on sending while epochgate restarts); the egress is recorded into `egress-N.pcap`.
@@ -27,15 +25,7 @@ fn config(d: &Path, prefix: &str, run: u32) -> String {
 }
 
 fn guest(n: u32) -> Vec<Vec<u8>> {
-    gen::frames(
-        &Stream {
-            id: 7,
-            src: VM,
-            dst: GW,
-            vlan: None,
-        },
-        n,
-    )
+    stream_frames(7, VM, 0..n)
 }
 
 /// Run 1: the VMM protects the pass-through VM and fences epoch 1; then epochgate stops by
@@ -244,15 +234,11 @@ fn a_state_file_deleted_after_a_clean_stop_stops_epochgate() {
     eg.stop();
     std::fs::remove_file(d.join("control.sock.state")).expect("the state file was there");
     write_pcap(&d.join("guest.pcap"), &guest(5));
-    let cfg = d.join("again.toml");
-    std::fs::write(&cfg, config(d, "eg-state-del2", 2)).unwrap();
-    let out = std::process::Command::new(EPOCHGATE)
-        .args(["run", "--duration", "1", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = run_refused(
+        &d.join("again.toml"),
+        &config(d, "eg-state-del2", 2),
+        &["--duration", "1"],
+    );
     assert!(
         err.contains("missing") && err.contains("control.sock"),
         "{err}"

@@ -7,8 +7,6 @@
 
 mod common;
 use common::*;
-use epochgate::tools::gen::{self, Stream};
-use epochgate::wire::frame::MacAddr;
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -16,10 +14,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const DIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dist");
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// The `[Service]` keys of a unit (a key given twice keeps every value, in order).
 fn service(unit: &str) -> BTreeMap<String, Vec<String>> {
@@ -161,15 +155,7 @@ fn the_units_commands_start_notify_stop_and_restart_as_systemd_would() {
     let _g = serial();
     let dir = tempdir();
     let d = dir.path();
-    let held = gen::frames(
-        &Stream {
-            id: 3,
-            src: MacAddr([0x52, 0x54, 0, 0, 0, 3]),
-            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
-            vlan: None,
-        },
-        30,
-    );
+    let held = guest_frames(3, 30);
     write_pcap(&d.join("ledger.pcap"), &held);
     write_pcap(&d.join("empty.pcap"), &[]);
     let config = d.join("demo.toml");

@@ -5,15 +5,9 @@
 
 mod common;
 use common::*;
-use epochgate::tools::gen::{self, Stream};
-use epochgate::wire::frame::MacAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// The test's own tmux server, killed (by its socket) when dropped.
 struct Tmux {
@@ -68,24 +62,8 @@ fn position(pane: &str, name: &str) -> usize {
 }
 
 fn config(d: &Path) -> String {
-    let web = gen::frames(
-        &Stream {
-            id: 1,
-            src: MacAddr([0x52, 0x54, 0, 0, 0, 1]),
-            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
-            vlan: None,
-        },
-        64,
-    );
-    let zeta = gen::frames(
-        &Stream {
-            id: 2,
-            src: MacAddr([0x52, 0x54, 0, 0, 0, 2]),
-            dst: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
-            vlan: None,
-        },
-        40,
-    );
+    let web = guest_frames(1, 64);
+    let zeta = guest_frames(2, 40);
     write_pcap(&d.join("web.pcap"), &web);
     write_pcap(&d.join("zeta.pcap"), &zeta);
     // web replays its capture for ever (a rate to show) into a null egress; zeta is protected

@@ -165,15 +165,11 @@ fn epochgate_comes_back_after_being_killed() {
 
     // A third instance on the same sockets is refused, naming the socket, and the live one is untouched.
     let third_dir = tempdir();
-    let cfg = third_dir.path().join("c.toml");
-    std::fs::write(&cfg, config(d, "eg-crash3")).unwrap();
-    let out = std::process::Command::new(EPOCHGATE)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = run_refused(
+        &third_dir.path().join("c.toml"),
+        &config(d, "eg-crash3"),
+        &[],
+    );
     assert!(
         err.contains("uplink.sock") && err.contains("another process"),
         "{err}"

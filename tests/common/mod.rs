@@ -4,7 +4,10 @@
 #![allow(dead_code)]
 
 use epochgate::tools::capture::{self, Frame};
+use epochgate::tools::gen::{self, Stream};
+use epochgate::wire::frame::MacAddr;
 use serde_json::Value;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -40,6 +43,31 @@ pub fn eal_and_control(dir: &Path, prefix: &str) -> String {
     )
 }
 
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The MAC of the gateway the guests send to.
+pub const GATEWAY: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xfe]);
+
+/// Frames `seqs` of stream `id` from `src` to [`GATEWAY`], untagged (mixed kinds: IPv4, IPv6,
+/// ARP, VLAN-tagged; sizes 60..=1514).
+pub fn stream_frames(id: u32, src: MacAddr, seqs: std::ops::Range<u32>) -> Vec<Vec<u8>> {
+    let s = Stream {
+        id,
+        src,
+        dst: GATEWAY,
+        vlan: None,
+    };
+    seqs.map(|q| gen::frame(&s, q)).collect()
+}
+
+/// The first `n` frames guest `id` sends: stream `id` from MAC 52:54:00:00:00:`id` to
+/// [`GATEWAY`].
+pub fn guest_frames(id: u8, n: u32) -> Vec<Vec<u8>> {
+    stream_frames(u32::from(id), MacAddr([0x52, 0x54, 0, 0, 0, id]), 0..n)
+}
+
 pub fn frames(data: &[Vec<u8>]) -> Vec<Frame> {
     data.iter()
         .enumerate()
@@ -73,6 +101,11 @@ pub struct Running {
 
 impl Running {
     pub fn start(dir: &Path, config: &str) -> Running {
+        Running::start_env(dir, config, &[])
+    }
+
+    /// Like [`Running::start`], with these environment variables set for epochgate.
+    pub fn start_env(dir: &Path, config: &str, env: &[(&str, &Path)]) -> Running {
         let cfg = dir.join("epochgate.toml");
         std::fs::write(&cfg, config).expect("write config");
         let stats = dir.join("stats.json");
@@ -81,6 +114,7 @@ impl Running {
             .arg(&cfg)
             .arg("--stats-file")
             .arg(&stats)
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(dir.join("epochgate.out")).expect("log"))
             .stderr(std::fs::File::create(dir.join("epochgate.err")).expect("log"))
             .spawn()
@@ -152,6 +186,28 @@ impl Running {
             "--- stdout\n{}--- stderr\n{}",
             read("epochgate.out"),
             read("epochgate.err")
+        )
+    }
+
+    /// Waits for epochgate's vhost-user sockets `socks` and then for `ready` (its control or admin
+    /// socket), and attaches an interactive peer to them (peer port `i` on `socks[i]`), recording
+    /// what port 0 (the uplink) receives into `egress.pcap` in epochgate's directory.
+    pub fn attach_peer(&mut self, prefix: &str, socks: &[PathBuf], ready: &Path) -> Peer {
+        for s in socks {
+            self.wait_for_path(s);
+        }
+        self.wait_for_path(ready);
+        let vdevs: Vec<String> = socks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| virtio_user(i as u32, s))
+            .collect();
+        let egress = self.dir.join("egress.pcap");
+        Peer::start(
+            &self.dir,
+            &format!("{prefix}-peer"),
+            &vdevs,
+            &[(0, &egress)],
         )
     }
 
@@ -539,4 +595,162 @@ pub fn thread_cpu_seconds(pid: u32, thread: &str) -> f64 {
         return ticks / hz;
     }
     panic!("no {thread} thread in process {pid}");
+}
+
+/// epochgate with one protected VM `web` on a pcap port that sends `n` frames of guest 1 (all
+/// held until a VMM commits them), egress to `egress.pcap`, and `extra` after `[control]`'s
+/// socket keys (more `[control]` keys, then other sections). Returns once `ready` (a socket in
+/// `d`, e.g. "control.sock") exists and the frames are held, with the frames.
+pub fn start_held_web(
+    d: &Path,
+    prefix: &str,
+    extra: &str,
+    n: usize,
+    ready: &str,
+) -> (Running, Vec<Vec<u8>>) {
+    let frames = guest_frames(1, n as u32);
+    let input = d.join("web.pcap");
+    write_pcap(&input, &frames);
+    let empty = d.join("empty.pcap");
+    write_pcap(&empty, &[]);
+    let cfg = format!(
+        "{}{extra}\n\
+         [egress]\nport = \"net_pcap0,rx_pcap={e},tx_pcap={d}/egress.pcap\"\n\n\
+         [[vm]]\nname = \"web\"\nmode = \"protected\"\nport = \"net_pcap1,rx_pcap={i},tx_pcap={d}/web-in.pcap\"\n",
+        eal_and_control(d, prefix),
+        e = empty.display(),
+        i = input.display(),
+        d = d.display()
+    );
+    let mut eg = Running::start(d, &cfg);
+    eg.wait_for_path(&d.join(ready));
+    eg.wait_for("the VM's frames held", |s| {
+        u(vm(s, "web"), "held_frames") == n as u64
+    });
+    (eg, frames)
+}
+
+/// Writes `config` to `file` and runs `epochgate run EXTRA --config FILE`, which must refuse to
+/// start (exit status 1); returns what it said on stderr.
+pub fn run_refused(file: &Path, config: &str, extra: &[&str]) -> String {
+    std::fs::write(file, config).expect("write config");
+    let out = Command::new(EPOCHGATE)
+        .arg("run")
+        .args(extra)
+        .arg("--config")
+        .arg(file)
+        .output()
+        .expect("run epochgate");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    err
+}
+
+/// A raw SEQPACKET session on the control socket at `path` (for what the blocking client cannot
+/// do, or input no well-behaved client would send); reads wait up to `timeout`.
+pub fn raw_session(path: &Path, timeout: Duration) -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None)
+        .expect("socket");
+    s.connect(&socket2::SockAddr::unix(path).expect("addr"))
+        .expect("connect");
+    s.set_read_timeout(Some(timeout)).expect("timeout");
+    s
+}
+
+/// The next reply on a raw session that is not a checkpoint request (a VM sends all the time);
+/// `None` if epochgate closed the session or the read failed (e.g. timed out).
+pub fn hear(s: &socket2::Socket) -> Option<vmm_shim::proto::Reply> {
+    use vmm_shim::proto::{self, Reply};
+    let mut buf = vec![0u8; proto::MAX_MESSAGE + 1];
+    loop {
+        let n = (&*s).read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        match proto::decode_reply(&buf[..n]).expect("a well-formed reply") {
+            Reply::CheckpointRequest { .. } => continue,
+            r => return Some(r),
+        }
+    }
+}
+
+/// What a silent connection on the control socket was told before being closed (waits up to
+/// the deadline): an error reply, or `None` if it was closed without one.
+pub fn told(s: &socket2::Socket) -> Option<(vmm_shim::proto::ErrorCode, String)> {
+    use vmm_shim::proto::{self, Reply};
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut buf = vec![0u8; proto::MAX_MESSAGE + 1];
+    match (&*s).read(&mut buf) {
+        Ok(n) if n > 0 => match proto::decode_reply(&buf[..n]) {
+            Ok(Reply::Error { code, text }) => Some((code, text)),
+            other => panic!("a silent connection was sent {other:?}"),
+        },
+        _ => None,
+    }
+}
+
+/// Where `epochgate-shim` of this workspace is (in the profile directory above the test
+/// binaries' `deps`), built or not.
+pub fn shim_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join("epochgate-shim")
+}
+
+/// Builds `epochgate-shim` of this workspace now, with cargo; returns [`shim_path`].
+pub fn build_shim() -> PathBuf {
+    let ok = Command::new(env!("CARGO"))
+        .args(["build", "-p", "vmm-shim", "--bin", "epochgate-shim"])
+        .status()
+        .expect("cargo build")
+        .success();
+    assert!(ok, "cannot build epochgate-shim");
+    shim_path()
+}
+
+/// `epochgate-shim` from this workspace (built by `cargo test --workspace`; built here if not).
+pub fn shim_bin() -> PathBuf {
+    let bin = shim_path();
+    if !bin.exists() {
+        build_shim();
+    }
+    bin
+}
+
+/// A user who is not root, not epochgate's user and not allowed: each of `cmds`, run as
+/// `nobody` (uid 65534) with `--socket SOCKET`, gets "permission denied" and exit 1. Makes
+/// `dir` (the socket's) searchable by all. Needs root (to run them as `nobody`) and `setpriv`;
+/// skipped, saying so, otherwise.
+pub fn refused_as_nobody(dir: &Path, socket: &Path, cmds: &[&[&str]]) {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() || Command::new("setpriv").arg("--help").output().is_err()
+    {
+        eprintln!("skipping the refused-peer check: needs root and setpriv");
+        return;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    for cmd in cmds {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                EPOCHGATE,
+            ])
+            .args(*cmd)
+            .arg("--socket")
+            .arg(socket)
+            .output()
+            .expect("run setpriv");
+        let err = text(&out.stderr);
+        if err.contains("setpriv:") {
+            eprintln!("skipping the refused-peer check: {err}");
+            return;
+        }
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {err}");
+        assert!(
+            err.contains("permission denied: uid 65534 is not allowed"),
+            "{cmd:?}: {err}"
+        );
+    }
 }
