@@ -15,9 +15,9 @@
  *   commit_us n=N p50=.. p90=.. p99=.. max=..
  *   ping_us n=N p50=.. p90=.. p99=.. max=..
  *
- * Percentiles are nearest-rank over the N samples. Exits 0 if every call succeeded, 1 if one
- * failed (with epochgate's text), 2 on bad arguments. scripts/measure-c-abi.sh runs it against
- * a real epochgate.
+ * Percentiles are nearest-rank over the N samples (probe_stats.h). Exits 0 if every call
+ * succeeded, 1 if one failed (with epochgate's text), 2 on bad arguments.
+ * scripts/measure-c-abi.sh runs it against a real epochgate.
  *
  * Build: cc -O2 -Wall -Wextra -I vmm-shim/include latency_probe.c target/release/libvmm_shim.a \
  *           -lpthread -ldl -lm -o latency_probe
@@ -29,32 +29,13 @@
 #include <time.h>
 
 #include "epochgate_shim.h"
+#include "probe_stats.h"
 
 static uint64_t now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Nearest rank: the smallest sample with at least p% of the samples at or below it. */
-static uint64_t rank(const uint64_t *sorted, unsigned long n, unsigned p)
-{
-    unsigned long k = (n * p + 99) / 100;
-    return sorted[k == 0 ? 0 : k - 1];
-}
-
-static void report(const char *what, uint64_t *ns, unsigned long n)
-{
-    qsort(ns, n, sizeof ns[0], cmp_u64);
-    printf("%s n=%lu p50=%.1f p90=%.1f p99=%.1f max=%.1f\n", what, n, rank(ns, n, 50) / 1e3,
-           rank(ns, n, 90) / 1e3, rank(ns, n, 99) / 1e3, ns[n - 1] / 1e3);
 }
 
 static int fail(const char *what, int rc)
