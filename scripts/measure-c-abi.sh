@@ -3,8 +3,9 @@
 # protected VM, its commit, and ping, N times each (vmm-shim/examples/c/latency_probe.c, linked
 # against libvmm_shim.a as a VMM links it). epochgate runs on net_null ports with --no-huge, so
 # this needs no hardware and no hugepages; it is started and stopped by this script (by PID).
-# Usage: scripts/measure-c-abi.sh [N [PING_MS]]   (default 2000 and 0: the shim's pinger as
-#        eg_shim_connect starts it; -1: no pinger; run from a built tree:
+# Usage: scripts/measure-c-abi.sh [N [PING_MS [GAP_US]]]   (default 2000, 0 and 0: the shim's
+#        pinger as eg_shim_connect starts it; -1: no pinger; GAP_US: the pause before each
+#        fence, 20000 for a VMM checkpointing at 40 Hz; run from a built tree:
 #        `source scripts/setup.sh && cargo build --release --workspace --bins`; the script
 #        builds the static library itself). PROBE_WRAP="taskset -c 0" runs the probe under a
 #        wrapper (here: on the CPU of epochgate's control thread, off the worker's).
@@ -12,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000}
 ping_ms=${2:-0}
+gap_us=${3:-0}
 eg=target/release/epochgate
 lib=target/release/libvmm_shim.a
 [ -x "$eg" ] || { echo "$eg not found: cargo build --release --workspace --bins" >&2; exit 1; }
@@ -46,5 +48,5 @@ for _ in $(seq 300); do
     sleep 0.1
 done
 [ -S "$dir/control.sock" ] || { echo "epochgate did not open $dir/control.sock" >&2; exit 1; }
-echo "latency_probe $dir/control.sock idle $n $ping_ms (us; epochgate pid $pid, logs in $dir)"
-${PROBE_WRAP:-} "$dir/latency_probe" "$dir/control.sock" idle "$n" "$ping_ms"
+echo "latency_probe $dir/control.sock idle $n $ping_ms $gap_us (us; epochgate pid $pid, logs in $dir)"
+${PROBE_WRAP:-} "$dir/latency_probe" "$dir/control.sock" idle "$n" "$ping_ms" "$gap_us"

@@ -6,13 +6,15 @@
 # probe sends into one and watches the other with AF_PACKET, so this needs root. Nothing
 # leaves the machine: the taps are not bridged or routed anywhere. epochgate runs with
 # --no-huge and is started and stopped by this script (by PID).
-# Usage: scripts/measure-frame-path.sh [N]   (default 2000; run from a built tree:
+# Usage: scripts/measure-frame-path.sh [N [GAP_US]]   (default 2000 and 0: GAP_US is the pause
+#        before each frame, 20000 a guest that sends once per 40 Hz epoch; run from a built tree:
 #        `source scripts/setup.sh && cargo build --release --workspace --bins`; the script
 #        builds the static library itself). PROBE_WRAP="taskset -c 0" runs the probe under a
 #        wrapper (here: on the CPU of epochgate's control thread, off the worker's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000}
+gap_us=${2:-0}
 eg=${EPOCHGATE:-target/release/epochgate}
 lib=${SHIM_LIB:-target/release/libvmm_shim.a}
 [ "$(id -u)" = 0 ] || { echo "measure-frame-path.sh: needs root (tap interfaces, AF_PACKET)" >&2; exit 1; }
@@ -65,5 +67,5 @@ done
 [ -S "$dir/control.sock" ] || { echo "epochgate did not open $dir/control.sock" >&2; exit 1; }
 ip link set "$in_if" up
 ip link set "$out_if" up
-echo "frame_probe $dir/control.sock probe $n $in_if $out_if (us; epochgate pid $pid, logs in $dir)"
-${PROBE_WRAP:-} "$dir/frame_probe" "$dir/control.sock" probe "$n" "$in_if" "$out_if"
+echo "frame_probe $dir/control.sock probe $n $in_if $out_if $gap_us (us; epochgate pid $pid, logs in $dir)"
+${PROBE_WRAP:-} "$dir/frame_probe" "$dir/control.sock" probe "$n" "$in_if" "$out_if" "$gap_us"

@@ -4,7 +4,11 @@
  *
  * A checkpoint request travels worker (its own core) -> control thread -> VMM; every wake-up
  * of a sleeping thread on another core costs at least the cross-core figure below. Built and
- * run by scripts/measure-wake-floor.sh. */
+ * run by scripts/measure-wake-floor.sh.
+ *
+ * `wake-floor GAP_US` measures only the socket round trips, GAP_US microseconds apart (500
+ * samples): what the same exchange costs after the machine sat idle that long, as a VMM's
+ * fence does at 40 Hz (GAP_US 20000). On a VM, caches and TLBs go cold meanwhile. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <poll.h>
@@ -86,6 +90,9 @@ static void *echo_socket(void *x) {
 }
 
 static double v[N];
+/* The pause between socket round trips, and how many are taken. */
+static long gap_us = 50;
+static int samples = N;
 
 /* A 16-byte message and its answer over a SEQPACKET socket pair, as a VMM's call and
  * epochgate's control thread exchange them: the least a call through the shim can take. */
@@ -97,14 +104,14 @@ static void socket_rtt(int cpu_a, int cpu_b, const char *what) {
     pthread_create(&t, NULL, echo_socket, NULL);
     pin(cpu_a);
     char b[64] = {0};
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < samples; i++) {
         double a = now_ns();
         if (send(sv[0], b, 16, 0) != 16 || recv(sv[0], b, sizeof b, 0) != 16)
             exit(1);
         v[i] = now_ns() - a;
-        usleep(50);
+        usleep((useconds_t)gap_us);
     }
-    report(what, v, N, 1.0);
+    report(what, v, samples, 1.0);
     close(sv[0]);
     pthread_join(t, NULL);
     close(sv[1]);
@@ -134,9 +141,23 @@ static void eventfd_rtt(int cpu_a, int cpu_b, const char *what) {
 }
 
 int main(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (argc > 1) {
+        char *end = NULL;
+        gap_us = strtol(argv[1], &end, 10);
+        if (*argv[1] == '\0' || *end != '\0' || gap_us < 0 || gap_us > 1000000) {
+            fprintf(stderr,
+                    "wake-floor: GAP_US must be a number of us up to 1000000, not \"%s\"\n",
+                    argv[1]);
+            return 2;
+        }
+        samples = 500;
+        printf("cpus online: %ld; %d samples each, %ld us apart\n", cpus, samples, gap_us);
+        socket_rtt(0, 0, "socket message and answer (round trip), same core");
+        if (cpus > 1)
+            socket_rtt(0, 1, "socket message and answer (round trip), other core");
+        return 0;
+    }
     printf("cpus online: %ld; %d samples each\n", cpus, N);
     eventfd_rtt(0, 0, "wake-up of a sleeping thread, same core");
     socket_rtt(0, 0, "socket message and answer (round trip), same core");

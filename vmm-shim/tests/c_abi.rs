@@ -271,6 +271,46 @@ fn the_latency_probe_refuses_a_bad_count_or_ping_interval() {
     );
 }
 
+/// `GAP_US` puts that pause before every fence (a VMM checkpointing at 40 Hz fences every
+/// 25 ms): the run takes at least ROUNDS gaps, and the calls are the same.
+#[test]
+fn the_latency_probe_pauses_before_each_fence_and_refuses_a_bad_gap() {
+    const ROUNDS: u32 = 5;
+    let server = FakeServer::start(|s| s.serve());
+    let started = std::time::Instant::now();
+    let run = run_example(
+        latency_probe(),
+        server.path(),
+        "web",
+        ROUNDS,
+        &["-1", "20000"],
+    );
+    let took = started.elapsed();
+    let requests = server.finish();
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    let fences = requests
+        .iter()
+        .filter(|r| matches!(r, Request::Fence { .. }))
+        .count();
+    assert_eq!(fences, ROUNDS as usize, "{requests:?}");
+    assert!(
+        took >= std::time::Duration::from_millis(20 * u64::from(ROUNDS)),
+        "{took:?}"
+    );
+    let run = run_example(
+        latency_probe(),
+        Path::new("/nonexistent"),
+        "web",
+        1,
+        &["0", "soon"],
+    );
+    assert_eq!(run.code, Some(2));
+    assert_eq!(
+        run.stderr,
+        "latency_probe: GAP_US must be a number of us up to 10000000, not \"soon\"\n"
+    );
+}
+
 #[test]
 fn an_already_protected_vm_is_not_protected_again() {
     let server = FakeServer::with_model(Model::new("web").protected(7), |s| s.serve());

@@ -3,12 +3,14 @@
  * how soon the checkpoint request comes, and how soon after the commit the frame is on the
  * wire. It also checks output commit from outside: no frame is on the wire before its commit.
  *
- *   frame_probe SOCKET VM N IN_IF OUT_IF
+ *   frame_probe SOCKET VM N IN_IF OUT_IF [GAP_US]
  *
  * IN_IF is the kernel side of the VM's port (a tap epochgate reads as `net_tap0,iface=IN_IF`)
  * and OUT_IF the kernel side of its egress; root only (AF_PACKET). Adopts VM, starts protection
  * unless it is already protected, then N times:
  *
+ *   0. sleeps GAP_US microseconds (default 0; 20000 is a guest that sends once per 40 Hz epoch,
+ *      to a machine that sat idle meanwhile);
  *   1. sends one UDP frame into IN_IF (it is "the guest's") and waits for the checkpoint
  *      request it causes: request_us, from before the send to eg_shim_next_event's return
  *      (the kernel's tap, epochgate's worker and control thread, the shim);
@@ -197,8 +199,8 @@ static int64_t next_probe_frame(int rx, int wait_ms, uint64_t *at)
 
 int main(int argc, char **argv)
 {
-    if (argc != 6) {
-        fprintf(stderr, "usage: %s SOCKET VM N IN_IF OUT_IF\n", argv[0]);
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: %s SOCKET VM N IN_IF OUT_IF [GAP_US]\n", argv[0]);
         return 2;
     }
     char *end = NULL;
@@ -208,6 +210,17 @@ int main(int argc, char **argv)
                 argv[3]);
         return 2;
     }
+    long gap_us = 0;
+    if (argc == 7) {
+        gap_us = strtol(argv[6], &end, 10);
+        if (*argv[6] == '\0' || *end != '\0' || gap_us < 0 || gap_us > 10000000) {
+            fprintf(stderr,
+                    "frame_probe: GAP_US must be a number of us up to 10000000, not \"%s\"\n",
+                    argv[6]);
+            return 2;
+        }
+    }
+    const struct timespec gap = {gap_us / 1000000, (gap_us % 1000000) * 1000};
     int in_index, out_index;
     int tx = packet_socket(argv[4], 0, &in_index);
     if (tx < 0)
@@ -248,6 +261,8 @@ int main(int argc, char **argv)
     }
 
     for (unsigned long i = 0; i < n; i++) {
+        if (gap_us > 0)
+            nanosleep(&gap, NULL);
         uint8_t f[FRAME_LEN];
         make_frame(f, i);
         memcpy(to.sll_addr, f, 6);

@@ -1,13 +1,17 @@
 /*
  * latency_probe.c - the control path's round trips as a VMM sees them, through the C ABI.
  *
- *   latency_probe SOCKET VM N [PING_MS]
+ *   latency_probe SOCKET VM N [PING_MS [GAP_US]]
  *
  * PING_MS is eg_shim_connect_with's ping_interval_ms: 0 (the default) the background pinger at
  * the interval epochgate asks for, as eg_shim_connect does; -1 no pinger (the probe's own calls
- * keep the session alive). Adopts VM, starts protection unless it is already protected, then N times: fence the open
- * epoch and commit it, timing each call on CLOCK_MONOTONIC from before the call to its return
- * (the request written, epochgate's control thread and worker, the answer read). Then N pings.
+ * keep the session alive). Adopts VM, starts protection unless it is already protected, then
+ * N times: sleep GAP_US microseconds (default 0), fence the open epoch and commit it, timing
+ * each call on CLOCK_MONOTONIC from before the call to its return (the request written,
+ * epochgate's control thread and worker, the answer read). Then N pings, back to back.
+ * A VMM checkpointing at 40 Hz fences every 25 ms: GAP_US=20000 is that, a fence after the
+ * machine sat idle (on a VM, caches and TLBs go cold meanwhile, and every call costs more;
+ * scripts/measure-wake-floor.sh GAP_US measures the same on a bare socket).
  * With no traffic on the VM, the fence is "the fence round trip of an idle VM" and the commit
  * is the commit's round trip with nothing to release. Prints one line per measurement:
  *
@@ -46,8 +50,8 @@ static int fail(const char *what, int rc)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4 && argc != 5) {
-        fprintf(stderr, "usage: %s SOCKET VM N [PING_MS]\n", argv[0]);
+    if (argc < 4 || argc > 6) {
+        fprintf(stderr, "usage: %s SOCKET VM N [PING_MS [GAP_US]]\n", argv[0]);
         return 2;
     }
     char *end = NULL;
@@ -58,7 +62,7 @@ int main(int argc, char **argv)
         return 2;
     }
     long ping_ms = 0;
-    if (argc == 5) {
+    if (argc >= 5) {
         ping_ms = strtol(argv[4], &end, 10);
         if (*argv[4] == '\0' || *end != '\0' || ping_ms < -1 || ping_ms > 3600000) {
             fprintf(stderr, "latency_probe: PING_MS must be -1, 0 or a number of ms, not \"%s\"\n",
@@ -66,6 +70,17 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    long gap_us = 0;
+    if (argc == 6) {
+        gap_us = strtol(argv[5], &end, 10);
+        if (*argv[5] == '\0' || *end != '\0' || gap_us < 0 || gap_us > 10000000) {
+            fprintf(stderr,
+                    "latency_probe: GAP_US must be a number of us up to 10000000, not \"%s\"\n",
+                    argv[5]);
+            return 2;
+        }
+    }
+    const struct timespec gap = {gap_us / 1000000, (gap_us % 1000000) * 1000};
     uint64_t *fence = calloc(n, sizeof *fence);
     uint64_t *commit = calloc(n, sizeof *commit);
     uint64_t *ping = calloc(n, sizeof *ping);
@@ -89,6 +104,8 @@ int main(int argc, char **argv)
     }
 
     for (unsigned long i = 0; i < n; i++) {
+        if (gap_us > 0)
+            nanosleep(&gap, NULL);
         eg_fenced f;
         uint64_t released = 0;
         uint64_t t0 = now_ns();
