@@ -14,26 +14,6 @@ use vmm_shim::Client;
 const VM: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x31]);
 const GW: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xfe]);
 
-fn sh(cmd: &str, args: &[&str]) {
-    let ok = std::process::Command::new(cmd)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
-        .success();
-    assert!(ok, "{cmd} {args:?} failed");
-}
-
-/// Deletes the tap interface the test made.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.0])
-            .status();
-    }
-}
-
 #[test]
 fn fences_on_a_tap_port_are_counted_unproven_and_lose_nothing() {
     if !nix::unistd::geteuid().is_root() {
@@ -51,7 +31,7 @@ fn fences_on_a_tap_port_are_counted_unproven_and_lose_nothing() {
         "ip",
         &["tuntap", "add", "dev", &tap, "mode", "tap", "multi_queue"],
     );
-    let _del = Cleanup(tap.clone());
+    let _del = DeleteLink(tap.clone());
     std::fs::write(format!("/proc/sys/net/ipv6/conf/{tap}/disable_ipv6"), "1")
         .expect("disable IPv6 on the tap");
     write_pcap(&d.join("empty.pcap"), &[]);

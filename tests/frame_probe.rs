@@ -12,24 +12,6 @@ use std::process::Command;
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
-fn sh(cmd: &str, args: &[&str]) {
-    let ok = Command::new(cmd)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
-        .success();
-    assert!(ok, "{cmd} {args:?} failed");
-}
-
-/// Deletes the interface the test made (its peer goes with it).
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
 /// `libvmm_shim.a` of this workspace, built now (the profile directory above the test
 /// binaries' `deps`).
 fn shim_lib() -> PathBuf {
@@ -126,7 +108,7 @@ fn the_probe_catches_output_that_bypasses_the_hold_and_refuses_bad_arguments() {
         "ip",
         &["link", "add", &a, "type", "veth", "peer", "name", &b],
     );
-    let _del = Cleanup(a.clone());
+    let _del = DeleteLink(a.clone());
     for i in [&a, &b] {
         std::fs::write(format!("/proc/sys/net/ipv6/conf/{i}/disable_ipv6"), "1")
             .expect("disable IPv6");

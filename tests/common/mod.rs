@@ -754,3 +754,22 @@ pub fn refused_as_nobody(dir: &Path, socket: &Path, cmds: &[&[&str]]) {
         );
     }
 }
+
+/// Runs `cmd args` (e.g. `ip link ...`), which must succeed.
+pub fn sh(cmd: &str, args: &[&str]) {
+    let ok = Command::new(cmd)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+        .success();
+    assert!(ok, "{cmd} {args:?} failed");
+}
+
+/// Deletes the network interface a test made (a veth's peer goes with it) when dropped.
+pub struct DeleteLink(pub String);
+
+impl Drop for DeleteLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
